@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Runs every test of vitalbridge, on a fresh Debian machine with Rust and nothing else.
+#
+# It brings up what the tests need:
+#   - PostgreSQL: uses the server at $VB_TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres)
+#     when it answers; otherwise starts the distribution's cluster, or a private cluster in a
+#     temporary directory (initdb/pg_ctl, as the postgres user when run as root), installing the
+#     distribution package first when no PostgreSQL is installed at all. It never skips.
+#   - the official FHIR R4 examples (npm package hl7.fhir.r4.examples) for the round-trip test.
+# Then it checks formatting and lints and runs the whole test suite on both backends.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+export VB_TEST_PG_URL="${VB_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+
+pg_answers() {
+  command -v psql >/dev/null 2>&1 && psql "$VB_TEST_PG_URL" -Atqc 'select 1' >/dev/null 2>&1
+}
+
+find_pg_bin() {
+  for d in /usr/lib/postgresql/*/bin /usr/local/pgsql/bin /usr/local/bin /usr/bin; do
+    if [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then echo "$d"; return 0; fi
+  done
+  return 1
+}
+
+start_private_cluster() {
+  local bin=$1 port=54329
+  local dir
+  dir=$(mktemp -d /tmp/vb-pg.XXXXXX)
+  local run=()
+  if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+    chown postgres "$dir"
+    run=(runuser -u postgres --)
+  fi
+  log "starting a private PostgreSQL cluster in $dir on port $port"
+  "${run[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust >/dev/null
+  "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=300" start >/dev/null
+  export VB_TEST_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  # Stop it when the tests end.
+  trap '"${run[@]}" "$bin/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true' EXIT
+}
+
+ensure_postgres() {
+  if pg_answers; then log "PostgreSQL answers at $VB_TEST_PG_URL"; return; fi
+  if command -v pg_ctlcluster >/dev/null 2>&1 && ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    log "starting the distribution's PostgreSQL cluster"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+    sleep 1
+    if pg_answers; then return; fi
+  fi
+  local bin
+  if ! bin=$(find_pg_bin); then
+    log "no PostgreSQL installed: installing the distribution package"
+    [ "$(id -u)" = 0 ] || die "PostgreSQL is not installed and this user cannot install it; install postgresql or set VB_TEST_PG_URL"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq postgresql postgresql-client >/dev/null \
+      || die "could not install PostgreSQL"
+    bin=$(find_pg_bin) || die "PostgreSQL installed but initdb not found"
+  fi
+  start_private_cluster "$bin"
+  pg_answers || die "PostgreSQL did not come up at $VB_TEST_PG_URL"
+}
+
+ensure_examples() {
+  local dir=target/fhir-examples
+  if [ -f "$dir/package/package.json" ]; then return; fi
+  command -v npm >/dev/null 2>&1 || die "npm is needed to fetch the official FHIR examples (apt-get install npm)"
+  log "fetching the official FHIR R4 examples (npm hl7.fhir.r4.examples)"
+  mkdir -p "$dir"
+  (cd "$dir" && npm pack --silent hl7.fhir.r4.examples >/dev/null && tar xzf hl7.fhir.r4.examples-*.tgz && rm -f hl7.fhir.r4.examples-*.tgz)
+}
+
+ensure_postgres
+ensure_examples
+export VB_FHIR_EXAMPLES="$PWD/target/fhir-examples/package"
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+log "cargo test"
+cargo test --all-targets -- --test-threads="${VB_TEST_THREADS:-4}"

@@ -1,0 +1,145 @@
+//! The shared HTTP client and the one request helper every worker uses.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+
+use super::fhir::{FHIR_JSON, id_from_body, id_from_location};
+use super::stats::{ErrKind, snippet};
+
+// Functions rather than consts: a `HeaderValue` const would be a fresh
+// interior-mutable value at every use (clippy::declare_interior_mutable_const);
+// `from_static` does not allocate either way.
+pub fn prefer_minimal() -> HeaderValue {
+    HeaderValue::from_static("return=minimal")
+}
+
+pub fn prefer_representation() -> HeaderValue {
+    HeaderValue::from_static("return=representation")
+}
+
+pub fn content_type_fhir() -> HeaderValue {
+    HeaderValue::from_static(FHIR_JSON)
+}
+
+/// One client for the whole run: its pool keeps a warm keep-alive connection
+/// per worker, so the timed phase never pays for TCP set-up.
+pub fn build_client(
+    clients: usize,
+    timeout: Duration,
+    token: Option<&str>,
+) -> anyhow::Result<reqwest::Client> {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::ACCEPT, HeaderValue::from_static(FHIR_JSON));
+    if let Some(token) = token {
+        let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the bearer token contains characters not allowed in a header")?;
+        v.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, v);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .user_agent(concat!("vitalbridge-bench/", env!("CARGO_PKG_VERSION")))
+        // At least one idle connection per worker, or connections would be
+        // closed and reopened between scenarios and after bursts.
+        .pool_max_idle_per_host(clients.max(1))
+        .pool_idle_timeout(Duration::from_secs(300))
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        // Benchmark the server, not a proxy picked up from HTTP_PROXY & co.
+        .no_proxy()
+        // No-ops with this crate's reqwest features, but they keep a
+        // dependency that enables them from adding decompression (and an
+        // Accept-Encoding the server would spend CPU honouring).
+        .no_gzip()
+        .no_brotli()
+        .no_deflate()
+        .no_zstd()
+        .build()
+        .context("building the HTTP client")
+}
+
+/// A failed request: its class for the counters and a detail for the report.
+#[derive(Debug)]
+pub struct Failure {
+    pub kind: ErrKind,
+    pub detail: String,
+}
+
+fn transport_failure(e: &reqwest::Error) -> Failure {
+    let kind = if e.is_timeout() {
+        ErrKind::Timeout
+    } else if e.is_connect() {
+        ErrKind::Connect
+    } else if e.is_body() || e.is_decode() {
+        ErrKind::Body
+    } else {
+        ErrKind::Transport
+    };
+    // A reqwest error's Display omits its causes ("error sending request
+    // for url ..."); the cause chain says what actually went wrong.
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    Failure { kind, detail }
+}
+
+/// Sends `req` and reads the response to its end, so the connection goes back
+/// to the pool. With `want_id` the created resource's id is returned, taken
+/// from `Location` or, failing that, from the body (see [`id_from_location`]).
+pub async fn send(
+    req: reqwest::RequestBuilder,
+    want_id: Option<&str>,
+) -> Result<Option<String>, Failure> {
+    let mut resp = req.send().await.map_err(|e| transport_failure(&e))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(Failure {
+            kind: ErrKind::Status(status.as_u16()),
+            detail: snippet(&body, 300),
+        });
+    }
+    let Some(resource_type) = want_id else {
+        // Drain chunk by chunk: nothing is concatenated or parsed.
+        while resp
+            .chunk()
+            .await
+            .map_err(|e| transport_failure(&e))?
+            .is_some()
+        {}
+        return Ok(None);
+    };
+    let from_location = resp
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| id_from_location(l, resource_type))
+        .map(str::to_owned);
+    if let Some(id) = from_location {
+        while resp
+            .chunk()
+            .await
+            .map_err(|e| transport_failure(&e))?
+            .is_some()
+        {}
+        return Ok(Some(id));
+    }
+    let body = resp.bytes().await.map_err(|e| transport_failure(&e))?;
+    match id_from_body(&body, resource_type) {
+        Some(id) => Ok(Some(id)),
+        None => Err(Failure {
+            kind: ErrKind::NoId,
+            detail: format!(
+                "{status} without a {resource_type} id in Location or body: {}",
+                snippet(&String::from_utf8_lossy(&body), 200)
+            ),
+        }),
+    }
+}

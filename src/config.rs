@@ -1,0 +1,79 @@
+//! Typed settings from the command line and the environment. `Debug` never prints secrets: the
+//! database URL may carry a password, so it is shown without it.
+
+use std::fmt;
+
+#[derive(Clone)]
+pub struct Settings {
+    /// Address to listen on, e.g. `127.0.0.1:8080` (`--listen`, `VB_LISTEN`).
+    pub listen: String,
+    /// `postgres://…` or `sqlite://…`; `None` means an SQLite file under `./data/`.
+    pub database_url: Option<String>,
+    /// Public FHIR base URL for `Location` and `fullUrl` (`VB_BASE_URL`); by default derived from
+    /// the request's `Host`.
+    pub base_url: Option<String>,
+    /// Largest accepted request body in bytes (`VB_BODY_LIMIT`); larger ones get 413.
+    pub body_limit: usize,
+    /// Database connections per process (`VB_DB_POOL`).
+    pub db_pool: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: "127.0.0.1:8080".into(),
+            database_url: None,
+            base_url: None,
+            body_limit: 16 * 1024 * 1024,
+            db_pool: 16,
+        }
+    }
+}
+
+/// The embedded default store.
+pub const DEFAULT_SQLITE_URL: &str = "sqlite://data/vitalbridge.db";
+
+impl Settings {
+    pub fn database_url(&self) -> &str {
+        self.database_url.as_deref().unwrap_or(DEFAULT_SQLITE_URL)
+    }
+}
+
+/// A database URL with any password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("database_url", &redact_url(self.database_url()))
+            .field("base_url", &self.base_url)
+            .field("body_limit", &self.body_limit)
+            .field("db_pool", &self.db_pool)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_password() {
+        let s = Settings {
+            database_url: Some("postgres://vb:s3cret@db/vb".into()),
+            ..Default::default()
+        };
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("***"));
+    }
+}

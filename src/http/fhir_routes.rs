@@ -1,0 +1,702 @@
+//! Routes of the FHIR RESTful API under `/fhir` (https://hl7.org/fhir/R4/http.html).
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::Value;
+
+use super::AppState;
+use super::error::{ApiError, Issue, operation_outcome};
+use super::format::{
+    FhirResponse, Format, Negotiated, Payload, encode, negotiate, parse_body, read_body,
+};
+use crate::fhir::bundle::{self, Return, history_bundle, searchset};
+use crate::fhir::capability::capability_statement;
+use crate::fhir::parse::{Expect, validate_resource};
+use crate::fhir::rest::{self, Outcome, parse_if_match};
+use crate::fhir::types::{ResourceId, ResourceType};
+use crate::search;
+use crate::store::{HistoryQuery, HistoryScope, format_http_date, now_micros, parse_instant_range};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", post(system_bundle))
+        .route("/metadata", get(metadata))
+        .route("/_history", get(history_system))
+        .route(
+            "/{type}",
+            get(search_type)
+                .post(create)
+                .put(conditional_update)
+                .delete(conditional_delete),
+        )
+        .route("/{type}/_search", post(search_post))
+        .route("/{type}/_history", get(history_type))
+        .route(
+            "/{type}/{id}",
+            get(read).put(update).delete(delete).patch(patch),
+        )
+        .route("/{type}/{id}/_history", get(history_instance))
+        .route("/{type}/{id}/_history/{vid}", get(vread))
+}
+
+/// What every FHIR handler needs from the request.
+struct Ctx {
+    n: Negotiated,
+    params: Vec<(String, String)>,
+    raw_query: String,
+    base: String,
+    prefer_return: Return,
+    strict: bool,
+}
+
+impl Ctx {
+    fn new(
+        state: &AppState,
+        headers: &HeaderMap,
+        raw_query: Option<String>,
+    ) -> Result<Ctx, ApiError> {
+        let raw_query = raw_query.unwrap_or_default();
+        let params = search::decode_query(&raw_query);
+        let n = negotiate(&params, headers)?;
+        let base = match &state.settings.base_url {
+            Some(b) => b.trim_end_matches('/').to_owned(),
+            None => {
+                let host = headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("localhost");
+                format!("http://{host}/fhir")
+            }
+        };
+        let mut prefer_return = Return::Representation;
+        let mut strict = false;
+        for pref in headers
+            .get_all("prefer")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split([',', ';']))
+        {
+            match pref.trim() {
+                "return=minimal" => prefer_return = Return::Minimal,
+                "return=representation" => prefer_return = Return::Representation,
+                "return=OperationOutcome" => prefer_return = Return::OperationOutcome,
+                "handling=strict" => strict = true,
+                "handling=lenient" => strict = false,
+                _ => {}
+            }
+        }
+        Ok(Ctx {
+            n,
+            params,
+            raw_query,
+            base,
+            prefer_return,
+            strict,
+        })
+    }
+
+    /// Renders a result; errors become OperationOutcomes in the negotiated format.
+    fn respond(&self, result: Result<FhirResponse, ApiError>) -> Response {
+        match result {
+            Ok(r) => r.render(self.n),
+            Err(e) => error_response(e, self.n),
+        }
+    }
+
+    /// The response to a write, shaped by `Prefer: return=…`.
+    fn write_response(&self, o: Outcome) -> FhirResponse {
+        let payload = match (self.prefer_return, &o.content) {
+            (Return::Minimal, _) => Payload::Empty,
+            (Return::OperationOutcome, _) => Payload::Value(operation_outcome(&[Issue {
+                severity: "information",
+                code: "informational",
+                diagnostics: format!(
+                    "{} {}/{} version {}",
+                    o.status.as_u16(),
+                    o.ty,
+                    o.id,
+                    o.version_id
+                ),
+                expression: None,
+            }])),
+            (Return::Representation, Some(c)) => Payload::Stored(c.clone()),
+            (Return::Representation, None) => Payload::Empty,
+        };
+        // 204 carries no body; with a body to return, a successful delete answers 200.
+        let status = if o.status == StatusCode::NO_CONTENT && !matches!(payload, Payload::Empty) {
+            StatusCode::OK
+        } else {
+            o.status
+        };
+        versioned(FhirResponse::new(status, payload), &o, &self.base)
+    }
+}
+
+/// ETag, Last-Modified and (for creates) Location of a version (http.html#versioning).
+fn versioned(mut r: FhirResponse, o: &Outcome, base: &str) -> FhirResponse {
+    if o.version_id > 0 {
+        r = r
+            .header(header::ETAG, &o.etag())
+            .header(header::LAST_MODIFIED, &format_http_date(o.last_updated));
+        if o.location {
+            r = r.header(
+                header::LOCATION,
+                &format!("{base}/{}/{}/_history/{}", o.ty, o.id, o.version_id),
+            );
+        }
+    }
+    r
+}
+
+pub fn error_response(e: ApiError, n: Negotiated) -> Response {
+    if n.format == Format::Xml && !matches!(e, ApiError::NotAcceptable(_)) {
+        let status = e.status();
+        if let ApiError::Internal(cause) = &e {
+            tracing::error!(error = format!("{cause:#}"), "internal error");
+        }
+        if let Ok(body) = encode(&operation_outcome(&e.issues()), Format::Xml, n.pretty) {
+            return (
+                status,
+                [(header::CONTENT_TYPE, "application/fhir+xml; charset=utf-8")],
+                body,
+            )
+                .into_response();
+        }
+    }
+    e.into_response()
+}
+
+fn parse_type(t: &str) -> Result<ResourceType, ApiError> {
+    ResourceType::parse(t).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "'{}' is not a resource type this server knows",
+            t.chars().take(64).collect::<String>()
+        ))
+    })
+}
+
+fn parse_id(id: &str) -> Result<ResourceId, ApiError> {
+    ResourceId::parse(id).ok_or_else(|| {
+        ApiError::bad_request(
+            "value",
+            "the id in the URL is not a valid FHIR id ([A-Za-z0-9-.]{1,64})",
+        )
+    })
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    headers
+        .get(header::IF_MATCH)
+        .map(|v| parse_if_match(v.to_str().unwrap_or("")))
+        .transpose()
+}
+
+async fn body_json(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+    let bytes = read_body(body, state.settings.body_limit).await?;
+    parse_body(headers, &bytes)
+}
+
+/// Runs a single write interaction in its own transaction.
+macro_rules! in_tx {
+    ($state:expr, |$tx:ident| $body:expr) => {{
+        async {
+            let mut $tx = $state.store.begin().await?;
+            let out = $body;
+            $tx.commit().await?;
+            Ok::<_, ApiError>(out)
+        }
+        .await
+    }};
+}
+
+async fn metadata(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let ctx = match Ctx::new(&state, &headers, q) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let cs = capability_statement(&ctx.base, env!("CARGO_PKG_VERSION"), &state.started);
+    ctx.respond(Ok(FhirResponse::new(StatusCode::OK, Payload::Value(cs))))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Path((ty, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let ctx = match Ctx::new(&state, &headers, q) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let result = async {
+        let ty = parse_type(&ty)?;
+        let id = parse_id(&id)?;
+        let o = rest::found(ty, &id, state.store.read(ty, &id).await?)?;
+        // Conditional read: the client's copy is current (http.html#cread).
+        if headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == o.etag())
+        {
+            return Ok(versioned(
+                FhirResponse::new(StatusCode::NOT_MODIFIED, Payload::Empty),
+                &o,
+                &ctx.base,
+            ));
+        }
+        let content = o.content.clone().unwrap_or_default();
+        Ok(versioned(
+            FhirResponse::new(StatusCode::OK, Payload::Stored(content)),
+            &o,
+            &ctx.base,
+        ))
+    }
+    .await;
+    ctx.respond(result)
+}
+
+async fn vread(
+    State(state): State<AppState>,
+    Path((ty, id, vid)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let ctx = match Ctx::new(&state, &headers, q) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let result = async {
+        let ty = parse_type(&ty)?;
+        let id = parse_id(&id)?;
+        let vid: i64 = vid
+            .parse()
+            .map_err(|_| ApiError::NotFound(format!("{ty}/{id} has no such version")))?;
+        let o = rest::found_version(ty, &id, vid, state.store.vread(ty, &id, vid).await?)?;
+        let content = o.content.clone().unwrap_or_default();
+        Ok(versioned(
+            FhirResponse::new(StatusCode::OK, Payload::Stored(content)),
+            &o,
+            &ctx.base,
+        ))
+    }
+    .await;
+    ctx.respond(result)
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Path(ty): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> Response {
+    let ctx = match Ctx::new(&state, &headers, q) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let result = async {
+        let ty = parse_type(&ty)?;
+        let value = body_json(&state, &headers, body).await?;
+        let res = validate_resource(value, Expect::Create(ty))?;
+        let if_none_exist = headers
+            .get("if-none-exist")
+            .map(|v| v.to_str().map(|s| s.trim_start_matches('?').to_owned()))
+            .transpose()
+            .map_err(|_| ApiError::bad_request("invalid", "If-None-Exist is not valid text"))?;
+        let o = in_tx!(state, |tx| rest::create(
+            &mut tx,
+            res,
+            None,
+            if_none_exist.as_deref()
+        )
+        .await?)?;
+        Ok(ctx.write_response(o))
+    }
+    .await;
+    ctx.respond(result)
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path((ty, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> Response {
+    let ctx = match Ctx::new(&state, &headers, q) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let result = async {
+        let ty = parse_type(&ty)?;
+        let id = parse_id(&id)?;
+        let if_match = if_match(&headers)?;
+        let value = body_json(&state, &headers, body).await?;
+        let res = validate_resource(value, Expect::Update(ty, &id))?;
+        let o = in_tx!(state, |tx| rest::update(&mut tx, res, &id, if_match)
+            .await?)?;
+        Ok(ctx.write_response(o))
+    }
+    .await;
+    ctx.respond(result)
+}
+
+async fn conditional_update(
+    State(state): State<AppState>,
+    Path(ty): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> Response {
+    let ctx = match Ctx::new(&state, &headers, q) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let result = async {
+        let ty = parse_type(&ty)?;
+        let if_match = if_match(&headers)?;
+        let value = body_json(&state, &headers, body).await?;
+        let res = validate_resource(value, Expect::ConditionalUpdate(ty))?;
+        let query = criteria_query(&ctx.raw_query);
+        let o = in_tx!(state, |tx| rest::conditional_update(
+            &mut tx, res, &query, if_match
+        )
+        .await?)?;
+        Ok(ctx.write_response(o))
+    }
+    .await;
+    ctx.respond(result)
+}
+
+/// The query string without the parameters that only shape the response.
+fn criteria_query(raw: &str) -> String {
+    let kept: Vec<(String, String)> = search::decode_query(raw)
+        .into_iter()
+        .filter(|(k, _)| k != "_format" && k != "_pretty")
+        .collect();
+    let mut s = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in &kept {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Path((ty, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let ctx = match Ctx::new(&state, &headers, q) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let result = async {
+        let ty = parse_type(&ty)?;
+        let id = parse_id(&id)?;
+        let if_match = if_match(&headers)?;
+        let o = in_tx!(state, |tx| rest::delete(&mut tx, ty, &id, if_match).await?)?;
+        Ok(ctx.write_response(o))
+    }
+    .await;
+    ctx.respond(result)
+}
+
+async fn conditional_delete(
+    State(state): State<AppState>,
+    Path(ty): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let ctx = match Ctx::new(&state, &headers, q) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let result = async {
+        let ty = parse_type(&ty)?;
+        let query = criteria_query(&ctx.raw_query);
+        let o = in_tx!(state, |tx| rest::conditional_delete(&mut tx, ty, &query)
+            .await?)?;
+        Ok(ctx.write_response(o))
+    }
+    .await;
+    ctx.respond(result)
+}
+
+async fn patch(
+    State(state): State<AppState>,
+    Path((ty, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> Response {
+    let ctx = match Ctx::new(&state, &headers, q) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let result = async {
+        let ty = parse_type(&ty)?;
+        let id = parse_id(&id)?;
+        let if_match = if_match(&headers)?;
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !ct.starts_with("application/json-patch+json") {
+            return Err(ApiError::UnsupportedMediaType(
+                "PATCH takes a JSON Patch document (Content-Type: application/json-patch+json)"
+                    .into(),
+            ));
+        }
+        let bytes = read_body(body, state.settings.body_limit).await?;
+        let doc: Value = serde_json::from_slice(&bytes)
+            .map_err(|_| ApiError::bad_request("structure", "the body is not valid JSON"))?;
+        let o = in_tx!(state, |tx| rest::patch(&mut tx, ty, &id, doc, if_match)
+            .await?)?;
+        Ok(ctx.write_response(o))
+    }
+    .await;
+    ctx.respond(result)
+}
+
+pub(super) async fn system_bundle(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> Response {
+    let ctx = match Ctx::new(&state, &headers, q) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let result = async {
+        let value = body_json(&state, &headers, body).await?;
+        if value.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+            return Err(ApiError::BadRequest(vec![
+                Issue::error(
+                    "invalid",
+                    "only a batch or transaction Bundle can be posted to the base",
+                )
+                .at("resourceType"),
+            ]));
+        }
+        let out = bundle::process(&state.store, value, &ctx.base, ctx.prefer_return).await?;
+        Ok(FhirResponse::new(StatusCode::OK, Payload::Value(out)))
+    }
+    .await;
+    ctx.respond(result)
+}
+
+async fn run_search(
+    state: &AppState,
+    ctx: &Ctx,
+    ty: &str,
+    params: &[(String, String)],
+) -> Result<FhirResponse, ApiError> {
+    let ty = parse_type(ty)?;
+    let q = search::parse(ty, params);
+    if ctx.strict && (!q.unknown.is_empty() || !q.invalid.is_empty()) {
+        let mut issues: Vec<Issue> = q
+            .unknown
+            .iter()
+            .map(|n| {
+                Issue::error(
+                    "not-supported",
+                    format!("search parameter '{n}' is not supported"),
+                )
+            })
+            .collect();
+        issues.extend(
+            q.invalid
+                .iter()
+                .map(|(n, why)| Issue::error("invalid", format!("{n}: {why}"))),
+        );
+        return Err(ApiError::BadRequest(issues));
+    }
+    if let Some((name, why)) = q.invalid.first() {
+        return Err(ApiError::bad_request("invalid", format!("{name}: {why}")));
+    }
+    let count = q.count.unwrap_or(search::DEFAULT_COUNT);
+    let (versions, total) = state.store.search(ty, &q.criteria, count, q.offset).await?;
+    let bundle = searchset(&ctx.base, ty, params, &q, versions, total)?;
+    Ok(FhirResponse::new(StatusCode::OK, Payload::Value(bundle)))
+}
+
+async fn search_type(
+    State(state): State<AppState>,
+    Path(ty): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let ctx = match Ctx::new(&state, &headers, q) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let result = run_search(&state, &ctx, &ty, &ctx.params).await;
+    ctx.respond(result)
+}
+
+/// `POST [type]/_search` with form parameters (search.html#Introduction): same results as GET.
+async fn search_post(
+    State(state): State<AppState>,
+    Path(ty): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> Response {
+    let ctx = match Ctx::new(&state, &headers, q) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let result = async {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !ct.is_empty() && !ct.starts_with("application/x-www-form-urlencoded") {
+            return Err(ApiError::UnsupportedMediaType(
+                "_search takes application/x-www-form-urlencoded".into(),
+            ));
+        }
+        let bytes = read_body(body, state.settings.body_limit).await?;
+        let mut params = ctx.params.clone();
+        params.extend(url::form_urlencoded::parse(&bytes).into_owned());
+        run_search(&state, &ctx, &ty, &params).await
+    }
+    .await;
+    ctx.respond(result)
+}
+
+async fn history(
+    state: &AppState,
+    ctx: &Ctx,
+    scope: HistoryScope<'_>,
+    path: &str,
+) -> Result<FhirResponse, ApiError> {
+    let mut q = HistoryQuery {
+        count: search::DEFAULT_COUNT,
+        ..Default::default()
+    };
+    let mut pin = None;
+    for (k, v) in &ctx.params {
+        let bad = |what: &str| ApiError::bad_request("invalid", format!("{k} must be {what}"));
+        match k.as_str() {
+            "_since" => {
+                q.since = Some(parse_instant_range(v).ok_or_else(|| bad("an instant"))?.0 - 1)
+            }
+            "_at" => {
+                let (start, end) =
+                    parse_instant_range(v).ok_or_else(|| bad("a date or dateTime"))?;
+                q.until = Some(end);
+                q.at_start = Some(start);
+            }
+            "_count" => {
+                q.count = v
+                    .parse::<usize>()
+                    .map_err(|_| bad("a non-negative integer"))?
+                    .min(search::MAX_COUNT)
+            }
+            "_offset" => q.offset = v.parse().map_err(|_| bad("a non-negative integer"))?,
+            "_pin" => pin = Some(v.parse::<i64>().map_err(|_| bad("an integer"))?),
+            _ => {}
+        }
+    }
+    // The pages of one history listing all end at the moment the first page was made, so new
+    // versions do not shift later pages.
+    let pin = pin.unwrap_or_else(now_micros);
+    q.until = Some(q.until.map_or(pin, |u| u.min(pin)));
+    let (versions, total) = state.store.history(scope, &q).await?;
+    let link = |offset: usize| {
+        let mut s = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in ctx
+            .params
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "_offset" | "_pin" | "_count"))
+        {
+            s.append_pair(k, v);
+        }
+        s.append_pair("_count", &q.count.to_string());
+        s.append_pair("_pin", &pin.to_string());
+        if offset > 0 {
+            s.append_pair("_offset", &offset.to_string());
+        }
+        format!("{}{path}?{}", ctx.base, s.finish())
+    };
+    let next = ((q.offset + versions.len()) < total as usize && !versions.is_empty())
+        .then(|| link(q.offset + q.count));
+    let bundle = history_bundle(&ctx.base, &link(q.offset), next, versions, total)?;
+    Ok(FhirResponse::new(StatusCode::OK, Payload::Value(bundle)))
+}
+
+async fn history_system(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let ctx = match Ctx::new(&state, &headers, q) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let result = history(&state, &ctx, HistoryScope::System, "/_history").await;
+    ctx.respond(result)
+}
+
+async fn history_type(
+    State(state): State<AppState>,
+    Path(ty): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let ctx = match Ctx::new(&state, &headers, q) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let result = async {
+        let ty = parse_type(&ty)?;
+        history(
+            &state,
+            &ctx,
+            HistoryScope::Type(ty),
+            &format!("/{ty}/_history"),
+        )
+        .await
+    }
+    .await;
+    ctx.respond(result)
+}
+
+async fn history_instance(
+    State(state): State<AppState>,
+    Path((ty, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let ctx = match Ctx::new(&state, &headers, q) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let result = async {
+        let ty = parse_type(&ty)?;
+        let id = parse_id(&id)?;
+        if state.store.read(ty, &id).await?.is_none() {
+            return Err(ApiError::NotFound(format!("{ty}/{id} is not known")));
+        }
+        history(
+            &state,
+            &ctx,
+            HistoryScope::Instance(ty, &id),
+            &format!("/{ty}/{id}/_history"),
+        )
+        .await
+    }
+    .await;
+    ctx.respond(result)
+}

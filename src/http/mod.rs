@@ -1,0 +1,73 @@
+//! The axum router: routes, request ids, errors as OperationOutcomes, panics caught.
+
+pub mod error;
+mod fhir_routes;
+pub mod format;
+pub mod request_id;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::config::Settings;
+use crate::store::Store;
+use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+pub struct Inner {
+    pub store: Store,
+    pub settings: Settings,
+    /// Server start time as a FHIR instant (CapabilityStatement.date).
+    pub started: String,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .nest("/fhir", fhir_routes::router())
+        // Batches and transactions are posted to the base, with or without a trailing slash.
+        .route("/fhir/", axum::routing::post(fhir_routes::system_bundle))
+        .fallback(not_found)
+        .with_state(state)
+        // Outermost: the request id and its log span cover everything below, panics included.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .layer(axum::middleware::from_fn(request_id::middleware))
+}
+
+/// Liveness: the process answers and the database answers.
+async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    let (status, body) = if state.store.ping().await {
+        (StatusCode::OK, r#"{"status":"ok"}"#)
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"status":"database unavailable"}"#,
+        )
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint; the FHIR base is /fhir".into())
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    // The payload may quote request data, so it is not logged; the request span marks the failure.
+    tracing::error!("handler panicked");
+    ApiError::Internal(anyhow::anyhow!("panic")).into_response()
+}

@@ -1,0 +1,103 @@
+//! vitalbridge: a FHIR R4 server for remote patient monitoring.
+//!
+//! Rooms (DESIGN.md): `config`, `http`, `fhir`, `validate`, `search`, `store`. Tests and `main`
+//! build the same application through [`Application::build`].
+
+pub mod bench;
+pub mod config;
+pub mod fhir;
+pub mod http;
+pub mod search;
+pub mod store;
+pub mod validate;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use config::Settings;
+use http::{AppState, Inner};
+use store::{ConnectOptions, Store};
+
+/// A built application: the listener is bound and the database migrated.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    store: Store,
+}
+
+impl Application {
+    /// Connects the store, applies migrations and binds the listener (port 0 picks a free one).
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let url = settings.database_url().to_owned();
+        let store = Store::connect(
+            &url,
+            &ConnectOptions {
+                max_connections: settings.db_pool,
+            },
+        )
+        .await
+        .with_context(|| format!("cannot open the database {}", config::redact_url(&url)))?;
+        store
+            .migrate()
+            .await
+            .context("cannot apply the database migrations")?;
+        let listener = TcpListener::bind(&settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let state = AppState(Arc::new(Inner {
+            store: store.clone(),
+            settings,
+            started: store::format_instant(store::now_micros()),
+        }));
+        Ok(Application {
+            listener,
+            router: http::router(state),
+            store,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves until `shutdown` completes; requests in flight are finished first.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        self.store.close().await;
+        Ok(())
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

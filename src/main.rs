@@ -1,0 +1,122 @@
+//! The command line. Everything else lives in the library.
+
+use clap::{Parser, Subcommand};
+use vitalbridge::config::{Settings, redact_url};
+use vitalbridge::{Application, bench, shutdown_signal};
+
+#[derive(Parser)]
+#[command(
+    name = "vitalbridge",
+    version,
+    about = "FHIR R4 server for remote patient monitoring"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct DbArgs {
+    /// postgres://… for PostgreSQL, sqlite://… for the embedded store
+    /// [default: an SQLite file under ./data/]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the FHIR server
+    Serve {
+        /// Address to listen on
+        #[arg(long, env = "VB_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        #[command(flatten)]
+        db: DbArgs,
+        /// Public FHIR base URL used in Location headers and Bundle fullUrls
+        #[arg(long, env = "VB_BASE_URL")]
+        base_url: Option<String>,
+        /// Largest accepted request body, in bytes
+        #[arg(long, env = "VB_BODY_LIMIT", default_value_t = 16 * 1024 * 1024)]
+        body_limit: usize,
+        /// Database connections per server process
+        #[arg(long, env = "VB_DB_POOL", default_value_t = 16)]
+        db_pool: u32,
+    },
+    /// Apply the database migrations and exit
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Drive a running FHIR server with concurrent clients and report throughput and latency
+    Bench(bench::BenchArgs),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Serve {
+            listen,
+            db,
+            base_url,
+            body_limit,
+            db_pool,
+        } => {
+            serve(Settings {
+                listen,
+                database_url: db.database_url,
+                base_url,
+                body_limit,
+                db_pool,
+            })
+            .await
+        }
+        Command::Migrate { db } => migrate(db.database_url).await,
+        Command::Bench(args) => bench::run(args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let db = redact_url(settings.database_url());
+    let app = Application::build(settings).await?;
+    tracing::info!(
+        addr = %app.local_addr()?,
+        database = %db,
+        ready_ms = started.elapsed().as_millis() as u64,
+        "vitalbridge ready; FHIR base /fhir"
+    );
+    app.run_until(shutdown_signal()).await
+}
+
+async fn migrate(database_url: Option<String>) -> anyhow::Result<()> {
+    let settings = Settings {
+        database_url,
+        ..Default::default()
+    };
+    let store =
+        vitalbridge::store::Store::connect(settings.database_url(), &Default::default()).await?;
+    store.migrate().await?;
+    println!(
+        "migrations applied to {}",
+        redact_url(settings.database_url())
+    );
+    Ok(())
+}

@@ -1,0 +1,839 @@
+//! The only room that speaks SQL (DESIGN.md rule 2).
+//!
+//! One write path (rule 1): [`StoreTx::write`] assigns the version, stamps `meta`, writes the
+//! history row, moves the current-version pointer, rewrites the search-index rows and appends to
+//! the change log, all inside the caller's database transaction. A FHIR write or a whole
+//! transaction Bundle is one [`StoreTx`].
+//!
+//! PostgreSQL and SQLite share one body of code: the [`backend!`] macro instantiates the same
+//! functions once per sqlx driver, so the two backends cannot drift apart (rule 6). The few
+//! dialect differences are spelled out where they occur.
+
+mod time_fmt;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+pub use time_fmt::{
+    format_http_date, format_instant, now_micros, parse_instant_micros, parse_instant_range,
+};
+
+use crate::fhir::types::{ResourceId, ResourceType};
+
+/// Errors of the store. Constraint violations that mean something to a client are turned into
+/// variants here, in one place, rather than matched as strings by callers (STYLE.md habit 3).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// `If-Match` named a version that is not the current one (or the resource does not exist).
+    #[error("version conflict: expected version {expected}, current is {current:?}")]
+    VersionConflict { expected: i64, current: Option<i64> },
+    #[error("database error")]
+    Db(#[from] sqlx::Error),
+    #[error("migration error")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("resource could not be serialised")]
+    Json(#[from] serde_json::Error),
+}
+
+/// The interaction that produced a version (`Bundle.entry.request.method` in a history Bundle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+        }
+    }
+
+    fn parse(s: &str) -> Method {
+        match s {
+            "POST" => Method::Post,
+            "PATCH" => Method::Patch,
+            "DELETE" => Method::Delete,
+            _ => Method::Put,
+        }
+    }
+}
+
+/// One stored version of a resource.
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub ty: String,
+    pub id: String,
+    pub version_id: i64,
+    /// Microseconds since the Unix epoch.
+    pub last_updated: i64,
+    pub method: Method,
+    /// The resource JSON with `id` and `meta` stamped; `None` for a delete.
+    pub content: Option<String>,
+}
+
+impl Version {
+    pub fn is_deleted(&self) -> bool {
+        self.content.is_none()
+    }
+}
+
+/// What a write asks for.
+#[derive(Debug)]
+pub enum Write<'a> {
+    /// A new resource with a server-assigned id (POST).
+    Create { resource: &'a mut Value },
+    /// Create-or-update at a known id (PUT, PATCH). `if_match` makes it version-aware.
+    Update {
+        resource: &'a mut Value,
+        if_match: Option<i64>,
+        method: Method,
+    },
+    /// Delete (a no-op when the resource is missing or already deleted).
+    Delete { if_match: Option<i64> },
+}
+
+/// The result of a write.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub ty: ResourceType,
+    pub id: String,
+    pub version_id: i64,
+    pub last_updated: i64,
+    /// The stored JSON; `None` for deletes.
+    pub content: Option<String>,
+    /// True when this write created the resource (201 rather than 200).
+    pub created: bool,
+    /// False when a delete found nothing to delete.
+    pub changed: bool,
+}
+
+/// Which versions a history interaction lists (https://hl7.org/fhir/R4/http.html#history).
+#[derive(Debug, Clone, Copy)]
+pub enum HistoryScope<'a> {
+    System,
+    Type(ResourceType),
+    Instance(ResourceType, &'a ResourceId),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    /// Only versions updated after this instant (`_since`), microseconds.
+    pub since: Option<i64>,
+    /// Only versions updated at or before this instant (`_at` / the pinned end of a page set).
+    pub until: Option<i64>,
+    /// With `_at`: only versions still current at this instant or later, i.e. whose successor
+    /// (if any) came after it (http.html#history).
+    pub at_start: Option<i64>,
+    pub count: usize,
+    pub offset: usize,
+}
+
+/// A search criterion the store can answer directly. The full search engine plugs in here.
+#[derive(Debug, Clone)]
+pub enum Criterion {
+    /// `_id=a,b`: any of these ids.
+    Id(Vec<String>),
+    /// A token parameter: any of (system, code); `system: None` means any system, `Some("")`
+    /// means no system (`|code`).
+    Token {
+        param: String,
+        values: Vec<(Option<String>, String)>,
+    },
+}
+
+/// The application's store: PostgreSQL in production, SQLite as the embedded default.
+#[derive(Clone)]
+pub enum Store {
+    Pg(PgPool),
+    Sqlite {
+        /// Readers run concurrently (WAL mode).
+        read: SqlitePool,
+        /// SQLite admits one writer at a time; a single connection serialises writers in-process
+        /// instead of letting them fail with SQLITE_BUSY.
+        write: SqlitePool,
+    },
+}
+
+/// A write transaction. Dropping it without [`StoreTx::commit`] rolls everything back.
+pub enum StoreTx {
+    Pg(sqlx::Transaction<'static, sqlx::Postgres>),
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+}
+
+/// Connection settings for [`Store::connect`].
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub max_connections: u32,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            max_connections: 16,
+        }
+    }
+}
+
+impl Store {
+    /// Opens `url` (`postgres://…` or `sqlite://…`). For SQLite the file and its folder are created.
+    pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<Store, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(opts.max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await?;
+            Ok(Store::Pg(pool))
+        } else {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // In WAL mode NORMAL never loses a committed transaction when the process dies
+                // (kill -9); only an OS crash or power loss can take back the last commits.
+                // https://www.sqlite.org/pragma.html#pragma_synchronous
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            if let Some(parent) = std::path::Path::new(options.get_filename()).parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
+            }
+            let write = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options.clone())
+                .await?;
+            let read = SqlitePoolOptions::new()
+                .max_connections(opts.max_connections.clamp(1, 8))
+                .connect_with(options.read_only(true))
+                .await;
+            // A read-only connection cannot be opened before the file exists; the writer made it.
+            let read = match read {
+                Ok(pool) => pool,
+                Err(e) => return Err(e.into()),
+            };
+            Ok(Store::Sqlite { read, write })
+        }
+    }
+
+    /// Applies the migrations of `migrations/{postgres,sqlite}` that have not run yet.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Pg(pool) => sqlx::migrate!("migrations/postgres").run(pool).await?,
+            Store::Sqlite { write, .. } => sqlx::migrate!("migrations/sqlite").run(write).await?,
+        }
+        Ok(())
+    }
+
+    /// True when the database answers.
+    pub async fn ping(&self) -> bool {
+        match self {
+            Store::Pg(pool) => sqlx::query("select 1").execute(pool).await.is_ok(),
+            Store::Sqlite { read, .. } => sqlx::query("select 1").execute(read).await.is_ok(),
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Store::Pg(_) => "postgresql",
+            Store::Sqlite { .. } => "sqlite",
+        }
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<StoreTx, StoreError> {
+        Ok(match self {
+            Store::Pg(pool) => StoreTx::Pg(pool.begin().await?),
+            // IMMEDIATE takes the write lock up front, so a transaction never fails half-way
+            // when it upgrades from reading to writing. https://www.sqlite.org/lang_transaction.html
+            Store::Sqlite { write, .. } => {
+                StoreTx::Sqlite(write.begin_with("BEGIN IMMEDIATE").await?)
+            }
+        })
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Store::Pg(pool) => pool.close().await,
+            Store::Sqlite { read, write } => {
+                read.close().await;
+                write.close().await;
+            }
+        }
+    }
+
+    /// The current version (possibly a delete), or `None` if the resource never existed.
+    pub async fn read(
+        &self,
+        ty: ResourceType,
+        id: &ResourceId,
+    ) -> Result<Option<Version>, StoreError> {
+        match self {
+            Store::Pg(pool) => pg::read(&mut *pool.acquire().await?, ty, id).await,
+            Store::Sqlite { read, .. } => sqlite::read(&mut *read.acquire().await?, ty, id).await,
+        }
+    }
+
+    pub async fn vread(
+        &self,
+        ty: ResourceType,
+        id: &ResourceId,
+        version_id: i64,
+    ) -> Result<Option<Version>, StoreError> {
+        match self {
+            Store::Pg(pool) => pg::vread(&mut *pool.acquire().await?, ty, id, version_id).await,
+            Store::Sqlite { read, .. } => {
+                sqlite::vread(&mut *read.acquire().await?, ty, id, version_id).await
+            }
+        }
+    }
+
+    /// Versions newest first, and the number of versions the query matches in all.
+    pub async fn history(
+        &self,
+        scope: HistoryScope<'_>,
+        q: &HistoryQuery,
+    ) -> Result<(Vec<Version>, i64), StoreError> {
+        match self {
+            Store::Pg(pool) => pg::history(&mut *pool.acquire().await?, scope, q).await,
+            Store::Sqlite { read, .. } => {
+                sqlite::history(&mut *read.acquire().await?, scope, q).await
+            }
+        }
+    }
+
+    /// Current, not deleted resources of `ty` matching every criterion (AND), ordered by last
+    /// update (newest first), with the total count.
+    pub async fn search(
+        &self,
+        ty: ResourceType,
+        criteria: &[Criterion],
+        count: usize,
+        offset: usize,
+    ) -> Result<(Vec<Version>, i64), StoreError> {
+        match self {
+            Store::Pg(pool) => {
+                pg::search(&mut *pool.acquire().await?, ty, criteria, count, offset).await
+            }
+            Store::Sqlite { read, .. } => {
+                sqlite::search(&mut *read.acquire().await?, ty, criteria, count, offset).await
+            }
+        }
+    }
+}
+
+impl StoreTx {
+    /// The one write path (DESIGN.md rule 1). `resource` must already be validated by the caller
+    /// (the `fhir` room); this stamps `id` and `meta`, and writes version, history, search index
+    /// and change log rows in this transaction.
+    pub async fn write(
+        &mut self,
+        ty: ResourceType,
+        id: Option<&ResourceId>,
+        write: Write<'_>,
+    ) -> Result<Written, StoreError> {
+        match self {
+            StoreTx::Pg(tx) => pg::write(tx, ty, id, write).await,
+            StoreTx::Sqlite(tx) => sqlite::write(tx, ty, id, write).await,
+        }
+    }
+
+    /// The current version, read inside this transaction (sees its own writes).
+    pub async fn read(
+        &mut self,
+        ty: ResourceType,
+        id: &ResourceId,
+    ) -> Result<Option<Version>, StoreError> {
+        match self {
+            StoreTx::Pg(tx) => pg::read(tx, ty, id).await,
+            StoreTx::Sqlite(tx) => sqlite::read(tx, ty, id).await,
+        }
+    }
+
+    pub async fn vread(
+        &mut self,
+        ty: ResourceType,
+        id: &ResourceId,
+        version_id: i64,
+    ) -> Result<Option<Version>, StoreError> {
+        match self {
+            StoreTx::Pg(tx) => pg::vread(tx, ty, id, version_id).await,
+            StoreTx::Sqlite(tx) => sqlite::vread(tx, ty, id, version_id).await,
+        }
+    }
+
+    /// Ids of current resources matching the criteria, inside this transaction. Used by
+    /// conditional create/update/delete and conditional references.
+    pub async fn search(
+        &mut self,
+        ty: ResourceType,
+        criteria: &[Criterion],
+        count: usize,
+    ) -> Result<Vec<Version>, StoreError> {
+        match self {
+            StoreTx::Pg(tx) => Ok(pg::search(tx, ty, criteria, count, 0).await?.0),
+            StoreTx::Sqlite(tx) => Ok(sqlite::search(tx, ty, criteria, count, 0).await?.0),
+        }
+    }
+
+    /// Locks the resource row until the transaction ends (read-modify-write: PATCH), returning
+    /// its current version number, or `None` when it does not exist.
+    pub async fn lock_resource(
+        &mut self,
+        ty: ResourceType,
+        id: &ResourceId,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(match self {
+            StoreTx::Pg(tx) => pg::lock_current(tx, ty, id).await?,
+            StoreTx::Sqlite(tx) => sqlite::lock_current(tx, ty, id).await?,
+        }
+        .map(|(version, _, _)| version))
+    }
+
+    /// A page of search results with the total, inside this transaction.
+    pub async fn search_page(
+        &mut self,
+        ty: ResourceType,
+        criteria: &[Criterion],
+        count: usize,
+        offset: usize,
+    ) -> Result<(Vec<Version>, i64), StoreError> {
+        match self {
+            StoreTx::Pg(tx) => pg::search(tx, ty, criteria, count, offset).await,
+            StoreTx::Sqlite(tx) => sqlite::search(tx, ty, criteria, count, offset).await,
+        }
+    }
+
+    /// Serialises conditional interactions on the same criteria across concurrent transactions,
+    /// so two `If-None-Exist` creates cannot both create. SQLite transactions are serial anyway.
+    pub async fn lock_key(&mut self, key: &str) -> Result<(), StoreError> {
+        if let StoreTx::Pg(tx) = self {
+            sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(key)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            StoreTx::Pg(tx) => tx.commit().await?,
+            StoreTx::Sqlite(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+/// Sets `id`, `meta.versionId` and `meta.lastUpdated`, keeping the rest of `meta`.
+fn stamp(resource: &mut Value, id: &str, version_id: i64, last_updated: i64) {
+    let Value::Object(map) = resource else { return };
+    map.insert("id".into(), Value::String(id.to_owned()));
+    let meta = map
+        .entry("meta")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if !meta.is_object() {
+        *meta = Value::Object(Default::default());
+    }
+    if let Value::Object(meta) = meta {
+        meta.insert("versionId".into(), Value::String(version_id.to_string()));
+        meta.insert(
+            "lastUpdated".into(),
+            Value::String(format_instant(last_updated)),
+        );
+    }
+    // `id` first, then `meta`, as the JSON examples of the specification order them.
+    let mut ordered = serde_json::Map::with_capacity(map.len());
+    for key in ["resourceType", "id", "meta"] {
+        if let Some(v) = map.shift_remove(key) {
+            ordered.insert(key.into(), v);
+        }
+    }
+    ordered.append(map);
+    *map = ordered;
+}
+
+/// Token index rows of a resource: `identifier` (system, value) pairs.
+fn tokens(resource: &Value) -> Vec<(&'static str, Option<&str>, &str)> {
+    fn push<'a>(out: &mut Vec<(&'static str, Option<&'a str>, &'a str)>, ident: &'a Value) {
+        if let Some(value) = ident.get("value").and_then(Value::as_str) {
+            out.push((
+                "identifier",
+                ident.get("system").and_then(Value::as_str),
+                value,
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    match resource.get("identifier") {
+        Some(Value::Array(items)) => items.iter().for_each(|i| push(&mut out, i)),
+        Some(ident @ Value::Object(_)) => push(&mut out, ident),
+        _ => {}
+    }
+    out
+}
+
+/// Instantiates the store functions for one sqlx driver.
+macro_rules! backend {
+    ($module:ident, $db:ty, $for_update:expr) => {
+        mod $module {
+            use super::*;
+            use sqlx::{QueryBuilder, Row};
+
+            type Conn = <$db as sqlx::Database>::Connection;
+
+            fn version_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Version, sqlx::Error> {
+                Ok(Version {
+                    ty: row.try_get("res_type")?,
+                    id: row.try_get("res_id")?,
+                    version_id: row.try_get("version_id")?,
+                    last_updated: row.try_get("last_updated")?,
+                    method: Method::parse(row.try_get::<&str, _>("method")?),
+                    content: row.try_get("content")?,
+                })
+            }
+
+            pub async fn read(conn: &mut Conn, ty: ResourceType, id: &ResourceId) -> Result<Option<Version>, StoreError> {
+                let row = sqlx::query(
+                    "select res_type, res_id, version_id, last_updated, method, content from resource_history \
+                     where res_type = $1 and res_id = $2 order by version_id desc limit 1",
+                )
+                .bind(ty.as_str())
+                .bind(id.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
+                Ok(row.as_ref().map(version_from_row).transpose()?)
+            }
+
+            pub async fn vread(
+                conn: &mut Conn,
+                ty: ResourceType,
+                id: &ResourceId,
+                version_id: i64,
+            ) -> Result<Option<Version>, StoreError> {
+                let row = sqlx::query(
+                    "select res_type, res_id, version_id, last_updated, method, content from resource_history \
+                     where res_type = $1 and res_id = $2 and version_id = $3",
+                )
+                .bind(ty.as_str())
+                .bind(id.as_str())
+                .bind(version_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+                Ok(row.as_ref().map(version_from_row).transpose()?)
+            }
+
+            fn push_history_filter(qb: &mut QueryBuilder<$db>, scope: HistoryScope<'_>, q: &HistoryQuery) {
+                qb.push(" from resource_history where 1 = 1");
+                match scope {
+                    HistoryScope::System => {}
+                    HistoryScope::Type(ty) => {
+                        qb.push(" and res_type = ").push_bind(ty.as_str());
+                    }
+                    HistoryScope::Instance(ty, id) => {
+                        qb.push(" and res_type = ").push_bind(ty.as_str());
+                        qb.push(" and res_id = ").push_bind(id.as_str());
+                    }
+                }
+                if let Some(since) = q.since {
+                    qb.push(" and last_updated > ").push_bind(since);
+                }
+                if let Some(until) = q.until {
+                    qb.push(" and last_updated <= ").push_bind(until);
+                }
+                if let Some(start) = q.at_start {
+                    qb.push(
+                        " and not exists (select 1 from resource_history n where n.res_type = resource_history.res_type \
+                          and n.res_id = resource_history.res_id and n.version_id = resource_history.version_id + 1 \
+                          and n.last_updated <= ",
+                    )
+                    .push_bind(start)
+                    .push(")");
+                }
+            }
+
+            pub async fn history(
+                conn: &mut Conn,
+                scope: HistoryScope<'_>,
+                q: &HistoryQuery,
+            ) -> Result<(Vec<Version>, i64), StoreError> {
+                let mut qb = QueryBuilder::<$db>::new("select count(*)");
+                push_history_filter(&mut qb, scope, q);
+                let total: i64 = qb.build().fetch_one(&mut *conn).await?.try_get(0)?;
+
+                let mut qb = QueryBuilder::<$db>::new(
+                    "select res_type, res_id, version_id, last_updated, method, content",
+                );
+                push_history_filter(&mut qb, scope, q);
+                qb.push(" order by last_updated desc, res_type, res_id, version_id desc limit ")
+                    .push_bind(q.count as i64)
+                    .push(" offset ")
+                    .push_bind(q.offset as i64);
+                let rows = qb.build().fetch_all(&mut *conn).await?;
+                let versions = rows.iter().map(version_from_row).collect::<Result<_, _>>()?;
+                Ok((versions, total))
+            }
+
+            fn push_search_filter(qb: &mut QueryBuilder<$db>, ty: ResourceType, criteria: &[Criterion]) {
+                qb.push(" from resource r join resource_history h on h.res_type = r.res_type \
+                          and h.res_id = r.res_id and h.version_id = r.version_id \
+                          where r.deleted = false and r.res_type = ")
+                    .push_bind(ty.as_str());
+                for criterion in criteria {
+                    match criterion {
+                        Criterion::Id(ids) => {
+                            qb.push(" and r.res_id in (");
+                            let mut sep = qb.separated(", ");
+                            for id in ids {
+                                sep.push_bind(id.as_str());
+                            }
+                            qb.push(")");
+                        }
+                        Criterion::Token { param, values } => {
+                            qb.push(" and exists (select 1 from search_token t where t.res_type = r.res_type \
+                                      and t.res_id = r.res_id and t.param = ")
+                                .push_bind(param.as_str())
+                                .push(" and (");
+                            for (i, (system, code)) in values.iter().enumerate() {
+                                if i > 0 {
+                                    qb.push(" or ");
+                                }
+                                qb.push("(t.code = ").push_bind(code.as_str());
+                                match system.as_deref() {
+                                    None => {}
+                                    Some("") => {
+                                        qb.push(" and t.system is null");
+                                    }
+                                    Some(s) => {
+                                        qb.push(" and t.system = ").push_bind(s);
+                                    }
+                                }
+                                qb.push(")");
+                            }
+                            qb.push("))");
+                        }
+                    }
+                }
+            }
+
+            pub async fn search(
+                conn: &mut Conn,
+                ty: ResourceType,
+                criteria: &[Criterion],
+                count: usize,
+                offset: usize,
+            ) -> Result<(Vec<Version>, i64), StoreError> {
+                // An empty OR list matches nothing; the SQL would not even parse.
+                if criteria.iter().any(|c| match c {
+                    Criterion::Id(v) => v.is_empty(),
+                    Criterion::Token { values, .. } => values.is_empty(),
+                }) {
+                    return Ok((Vec::new(), 0));
+                }
+                let mut qb = QueryBuilder::<$db>::new("select count(*)");
+                push_search_filter(&mut qb, ty, criteria);
+                let total: i64 = qb.build().fetch_one(&mut *conn).await?.try_get(0)?;
+                if count == 0 {
+                    return Ok((Vec::new(), total));
+                }
+                let mut qb = QueryBuilder::<$db>::new(
+                    "select h.res_type, h.res_id, h.version_id, h.last_updated, h.method, h.content",
+                );
+                push_search_filter(&mut qb, ty, criteria);
+                qb.push(" order by r.last_updated desc, r.res_id limit ")
+                    .push_bind(count as i64)
+                    .push(" offset ")
+                    .push_bind(offset as i64);
+                let rows = qb.build().fetch_all(&mut *conn).await?;
+                let versions = rows.iter().map(version_from_row).collect::<Result<_, _>>()?;
+                Ok((versions, total))
+            }
+
+            pub async fn write(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                ty: ResourceType,
+                id: Option<&ResourceId>,
+                write: Write<'_>,
+            ) -> Result<Written, StoreError> {
+                let conn: &mut Conn = &mut *tx;
+                let fresh;
+                let id = match (id, &write) {
+                    (Some(id), _) => id,
+                    (None, _) => {
+                        fresh = ResourceId::generate();
+                        &fresh
+                    }
+                };
+                // Lock the resource row so that concurrent writers of this resource queue up
+                // behind each other and each sees the version the previous one committed.
+                let current: Option<(i64, i64, bool)> = match &write {
+                    Write::Create { .. } => None,
+                    _ => lock_current(conn, ty, id).await?,
+                };
+                let (if_match, method) = match &write {
+                    Write::Create { .. } => (None, Method::Post),
+                    Write::Update { if_match, method, .. } => (*if_match, *method),
+                    Write::Delete { if_match } => (*if_match, Method::Delete),
+                };
+                if let Some(expected) = if_match
+                    && current.map(|c| c.0) != Some(expected)
+                {
+                    return Err(StoreError::VersionConflict { expected, current: current.map(|c| c.0) });
+                }
+                if let Write::Delete { .. } = write
+                    && current.is_none_or(|(_, _, deleted)| deleted)
+                {
+                    // Deleting what is not there succeeds without a new version (http.html#delete).
+                    return Ok(Written {
+                        ty,
+                        id: id.as_str().to_owned(),
+                        version_id: current.map(|c| c.0).unwrap_or(0),
+                        last_updated: current.map(|c| c.1).unwrap_or(0),
+                        content: None,
+                        created: false,
+                        changed: false,
+                    });
+                }
+
+                let version_id = current.map(|c| c.0).unwrap_or(0) + 1;
+                // lastUpdated never goes backwards within one resource, even if the clock does.
+                let last_updated = now_micros().max(current.map(|c| c.1 + 1).unwrap_or(0));
+                let created = current.is_none();
+                let content = match write {
+                    Write::Create { resource } | Write::Update { resource, .. } => {
+                        stamp(resource, id.as_str(), version_id, last_updated);
+                        Some((serde_json::to_string(&*resource)?, resource))
+                    }
+                    Write::Delete { .. } => None,
+                };
+                let deleted = content.is_none();
+
+                if created {
+                    let inserted = sqlx::query(
+                        "insert into resource (res_type, res_id, version_id, last_updated, deleted) \
+                         values ($1, $2, $3, $4, $5) on conflict do nothing",
+                    )
+                    .bind(ty.as_str())
+                    .bind(id.as_str())
+                    .bind(version_id)
+                    .bind(last_updated)
+                    .bind(deleted)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                    if inserted == 0 {
+                        // Another transaction created this id between our look-up and insert
+                        // (only possible for client-chosen ids). Treat it as a conflict the
+                        // caller may retry; never overwrite what the other writer committed.
+                        return Err(StoreError::VersionConflict { expected: 0, current: None });
+                    }
+                } else {
+                    sqlx::query(
+                        "update resource set version_id = $3, last_updated = $4, deleted = $5 \
+                         where res_type = $1 and res_id = $2",
+                    )
+                    .bind(ty.as_str())
+                    .bind(id.as_str())
+                    .bind(version_id)
+                    .bind(last_updated)
+                    .bind(deleted)
+                    .execute(&mut *conn)
+                    .await?;
+                    sqlx::query("delete from search_token where res_type = $1 and res_id = $2")
+                        .bind(ty.as_str())
+                        .bind(id.as_str())
+                        .execute(&mut *conn)
+                        .await?;
+                }
+
+                sqlx::query(
+                    "insert into resource_history (res_type, res_id, version_id, last_updated, method, content) \
+                     values ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(ty.as_str())
+                .bind(id.as_str())
+                .bind(version_id)
+                .bind(last_updated)
+                .bind(method.as_str())
+                .bind(content.as_ref().map(|(text, _)| text.as_str()))
+                .execute(&mut *conn)
+                .await?;
+
+                if let Some((_, resource)) = &content {
+                    let rows = tokens(resource);
+                    if !rows.is_empty() {
+                        let mut qb = QueryBuilder::<$db>::new(
+                            "insert into search_token (res_type, res_id, param, system, code) ",
+                        );
+                        qb.push_values(rows, |mut b, (param, system, code)| {
+                            b.push_bind(ty.as_str())
+                                .push_bind(id.as_str())
+                                .push_bind(param)
+                                .push_bind(system)
+                                .push_bind(code);
+                        });
+                        qb.build().execute(&mut *conn).await?;
+                    }
+                }
+
+                sqlx::query(
+                    "insert into change_log (res_type, res_id, version_id, method, recorded_at) \
+                     values ($1, $2, $3, $4, $5)",
+                )
+                .bind(ty.as_str())
+                .bind(id.as_str())
+                .bind(version_id)
+                .bind(method.as_str())
+                .bind(last_updated)
+                .execute(&mut *conn)
+                .await?;
+
+                Ok(Written {
+                    ty,
+                    id: id.as_str().to_owned(),
+                    version_id,
+                    last_updated,
+                    content: content.map(|(text, _)| text),
+                    created,
+                    changed: true,
+                })
+            }
+
+            pub async fn lock_current(
+                conn: &mut Conn,
+                ty: ResourceType,
+                id: &ResourceId,
+            ) -> Result<Option<(i64, i64, bool)>, StoreError> {
+                let sql = concat!(
+                    "select version_id, last_updated, deleted from resource where res_type = $1 and res_id = $2",
+                    $for_update
+                );
+                let row = sqlx::query(sql)
+                    .bind(ty.as_str())
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                Ok(match row {
+                    Some(row) => Some((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)),
+                    None => None,
+                })
+            }
+        }
+    };
+}
+
+backend!(pg, sqlx::Postgres, " for update");
+// SQLite has no row locks; its write transactions (BEGIN IMMEDIATE) are serial.
+backend!(sqlite, sqlx::Sqlite, "");

@@ -1,0 +1,200 @@
+//! Starts the real application (Application::build, as `main` does) on 127.0.0.1:0 against a
+//! fresh database: a new PostgreSQL database on the server at VB_TEST_PG_URL, or a new SQLite
+//! file. Every case runs on both backends through `both!`.
+
+use serde_json::Value;
+use sqlx::Connection;
+use vitalbridge::Application;
+use vitalbridge::config::Settings;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub backend: Backend,
+    pub database_url: String,
+}
+
+pub fn pg_admin_url() -> String {
+    std::env::var("VB_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh, empty database URL for `backend`.
+pub async fn fresh_database(backend: Backend) -> String {
+    let name = format!("vb_test_{}", uuid::Uuid::new_v4().simple());
+    match backend {
+        Backend::Postgres => {
+            let admin = pg_admin_url();
+            let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+                panic!("PostgreSQL does not answer at {admin} ({e}); run the tests with scripts/test.sh, which starts it")
+            });
+            sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+                .execute(&mut conn)
+                .await
+                .expect("create test database");
+            let mut url = url::Url::parse(&admin).expect("VB_TEST_PG_URL is a URL");
+            url.set_path(&name);
+            url.to_string()
+        }
+        Backend::Sqlite => {
+            let dir = std::env::temp_dir().join("vitalbridge-tests");
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            format!("sqlite://{}", dir.join(format!("{name}.db")).display())
+        }
+    }
+}
+
+pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let database_url = fresh_database(backend).await;
+    let mut settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        database_url: Some(database_url.clone()),
+        db_pool: 8,
+        ..Default::default()
+    };
+    tweak(&mut settings);
+    let app = Application::build(settings)
+        .await
+        .expect("application builds");
+    let addr = app.local_addr().expect("bound");
+    tokio::spawn(app.run_until(std::future::pending()));
+    TestApp {
+        base: format!("http://{addr}/fhir"),
+        client: reqwest::Client::builder().build().expect("client"),
+        backend,
+        database_url,
+    }
+}
+
+pub async fn spawn(backend: Backend) -> TestApp {
+    spawn_with(backend, |_| {}).await
+}
+
+/// A response read whole: status, headers and body.
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts the body is an OperationOutcome and returns its issues.
+    pub fn outcome_issues(&self) -> Vec<Value> {
+        let v = self.json();
+        assert_eq!(v["resourceType"], "OperationOutcome", "{}", self.text);
+        v["issue"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base, path.trim_start_matches('/'))
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Resp {
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        Resp {
+            status,
+            headers,
+            text,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Resp {
+        self.send(
+            self.client
+                .post(self.url(path))
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Resp {
+        self.send(
+            self.client
+                .put(self.url(path))
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str) -> Resp {
+        self.send(self.client.delete(self.url(path))).await
+    }
+
+    /// Creates a resource and returns its id.
+    pub async fn create(&self, body: &Value) -> String {
+        let ty = body["resourceType"].as_str().expect("resourceType");
+        let r = self.post(ty, body).await;
+        assert_eq!(r.status, 201, "create {ty}: {}", r.text);
+        r.json()["id"].as_str().expect("id").to_owned()
+    }
+}
+
+/// Runs an async test case on PostgreSQL and on SQLite.
+#[macro_export]
+macro_rules! both {
+    ($case:ident) => {
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$case($crate::common::spawn($crate::common::Backend::Postgres).await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$case($crate::common::spawn($crate::common::Backend::Sqlite).await).await
+            }
+        }
+    };
+}
+
+pub fn patient(family: &str) -> Value {
+    serde_json::json!({
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:vb:test", "value": family}],
+        "name": [{"family": family, "given": ["Ada"]}],
+        "gender": "female",
+        "birthDate": "1950-04-01"
+    })
+}
+
+pub fn heart_rate(patient_id: &str, value: f64) -> Value {
+    serde_json::json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+        "subject": {"reference": format!("Patient/{patient_id}")},
+        "effectiveDateTime": "2026-11-20T08:30:00Z",
+        "valueQuantity": {"value": value, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}
+    })
+}
+
+/// `v` with `key` set to `value`.
+pub fn with(mut v: Value, key: &str, value: Value) -> Value {
+    v[key] = value;
+    v
+}

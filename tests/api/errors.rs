@@ -1,0 +1,362 @@
+//! Bad input: every case answers with an OperationOutcome of the right status that names the
+//! offending element, and never disturbs what was stored.
+
+use serde_json::{Value, json};
+
+use crate::both;
+use crate::common::{TestApp, heart_rate, patient, with};
+
+/// (name, type in URL, body text, expected status, expected issue code, expected expression)
+type BadCase = (
+    &'static str,
+    &'static str,
+    String,
+    u16,
+    &'static str,
+    Option<&'static str>,
+);
+
+fn bad_creates() -> Vec<BadCase> {
+    let obs = heart_rate("p1", 70.0);
+    let set = |k: &str, v: Value| with(obs.clone(), k, v).to_string();
+    vec![
+        (
+            "not json",
+            "Observation",
+            "{\"resourceType\": ".into(),
+            400,
+            "structure",
+            None,
+        ),
+        ("array", "Observation", "[]".into(), 400, "structure", None),
+        (
+            "empty body",
+            "Observation",
+            "".into(),
+            400,
+            "required",
+            None,
+        ),
+        (
+            "no resourceType",
+            "Observation",
+            json!({"status": "final"}).to_string(),
+            400,
+            "required",
+            Some("resourceType"),
+        ),
+        (
+            "unknown type",
+            "Observation",
+            json!({"resourceType": "Spaceship"}).to_string(),
+            400,
+            "not-supported",
+            Some("resourceType"),
+        ),
+        (
+            "type mismatch",
+            "Patient",
+            obs.to_string(),
+            400,
+            "invalid",
+            Some("resourceType"),
+        ),
+        (
+            "unknown element",
+            "Observation",
+            set("colour", json!("red")),
+            400,
+            "structure",
+            Some("Observation.colour"),
+        ),
+        (
+            "unknown nested element",
+            "Observation",
+            with(
+                obs.clone(),
+                "code",
+                json!({"coding": [{"system": "http://loinc.org", "code": "8867-4", "colour": 1}]}),
+            )
+            .to_string(),
+            400,
+            "structure",
+            Some("Observation.code.coding[0].colour"),
+        ),
+        (
+            "missing required",
+            "Observation",
+            {
+                let mut o = obs.clone();
+                o.as_object_mut().map(|m| m.remove("code"));
+                o.to_string()
+            },
+            400,
+            "required",
+            Some("Observation.code"),
+        ),
+        (
+            "bad status code",
+            "Observation",
+            set("status", json!("done")),
+            400,
+            "code-invalid",
+            Some("Observation.status"),
+        ),
+        (
+            "bad dateTime",
+            "Observation",
+            set("effectiveDateTime", json!("2026-13-45")),
+            400,
+            "value",
+            Some("Observation.effectiveDateTime"),
+        ),
+        (
+            "dateTime without zone",
+            "Observation",
+            set("effectiveDateTime", json!("2026-11-20T08:30:00")),
+            400,
+            "value",
+            Some("Observation.effectiveDateTime"),
+        ),
+        (
+            "bad instant",
+            "Observation",
+            set("issued", json!("2026-11-20")),
+            400,
+            "value",
+            Some("Observation.issued"),
+        ),
+        (
+            "decimal as string",
+            "Observation",
+            with(obs.clone(), "valueQuantity", json!({"value": "72"})).to_string(),
+            400,
+            "structure",
+            None,
+        ),
+        (
+            "bad date",
+            "Patient",
+            with(patient("X"), "birthDate", json!("1950-02-30")).to_string(),
+            400,
+            "value",
+            Some("Patient.birthDate"),
+        ),
+        (
+            "bad gender",
+            "Patient",
+            with(patient("X"), "gender", json!("robot")).to_string(),
+            400,
+            "code-invalid",
+            Some("Patient.gender"),
+        ),
+        (
+            "bad uri",
+            "Patient",
+            with(
+                patient("X"),
+                "identifier",
+                json!([{"system": "urn:vb test", "value": "1"}]),
+            )
+            .to_string(),
+            400,
+            "value",
+            Some("Patient.identifier[0].system"),
+        ),
+        (
+            "bad base64",
+            "Binary",
+            json!({"resourceType": "Binary", "contentType": "text/plain", "data": "@@@"})
+                .to_string(),
+            400,
+            "value",
+            Some("Binary.data"),
+        ),
+        (
+            "bad unsignedInt",
+            "Patient",
+            with(
+                patient("X"),
+                "photo",
+                json!([{"contentType": "image/png", "size": -1}]),
+            )
+            .to_string(),
+            400,
+            "value",
+            Some("Patient.photo[0].size"),
+        ),
+        (
+            "bad positiveInt",
+            "Observation",
+            with(
+                obs.clone(),
+                "valueSampledData",
+                json!({"origin": {"value": 0}, "period": 1, "dimensions": 0}),
+            )
+            .to_string(),
+            400,
+            "value",
+            Some("Observation.valueSampledData.dimensions"),
+        ),
+        (
+            "nested too deep",
+            "Observation",
+            format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+            400,
+            "structure",
+            None,
+        ),
+    ]
+}
+
+async fn bad_input_table(app: TestApp) {
+    let pid = app.create(&patient("Safe")).await;
+    for (name, ty, body, status, code, expression) in bad_creates() {
+        let r = app
+            .send(
+                app.client
+                    .post(app.url(ty))
+                    .header("content-type", "application/fhir+json")
+                    .body(body),
+            )
+            .await;
+        assert_eq!(r.status, status, "{name}: {}", r.text);
+        assert!(
+            r.header("content-type")
+                .is_some_and(|c| c.starts_with("application/fhir+json")),
+            "{name}"
+        );
+        let issues = r.outcome_issues();
+        assert!(
+            issues.iter().any(|i| i["code"] == code),
+            "{name}: expected code {code}: {}",
+            r.text
+        );
+        if let Some(e) = expression {
+            assert!(
+                issues.iter().any(|i| i["expression"]
+                    .as_array()
+                    .is_some_and(|x| x.iter().any(|x| x == e))),
+                "{name}: expected expression {e}: {}",
+                r.text
+            );
+        }
+    }
+    // Updates: the id must match the URL and be present.
+    let good = app.get(&format!("Patient/{pid}")).await.json();
+    let r = app.put("Patient/other", &good).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let mut no_id = good.clone();
+    no_id.as_object_mut().map(|m| m.remove("id"));
+    assert_eq!(app.put(&format!("Patient/{pid}"), &no_id).await.status, 400);
+    assert_eq!(app.put("Patient/bad_id!", &good).await.status, 400);
+    // Nothing of the above disturbed the stored patient.
+    let after = app.get(&format!("Patient/{pid}")).await.json();
+    assert_eq!(after, good);
+    assert_eq!(app.get("Observation?_count=0").await.json()["total"], 0);
+
+    // URL errors.
+    let r = app.get("Spaceship/1").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.outcome_issues()[0]["code"], "not-found");
+    assert_eq!(
+        app.get(&format!("Patient/{pid}/_history/abc")).await.status,
+        404
+    );
+    let r = app
+        .send(app.client.get(app.base.replace("/fhir", "/nothing")))
+        .await;
+    assert_eq!(r.status, 404);
+    r.outcome_issues();
+    let r = app
+        .send(
+            app.client
+                .put(app.url(&format!("Patient/{pid}")))
+                .header("if-match", "banana")
+                .body(good.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    // Unsupported media types.
+    let r = app
+        .send(
+            app.client
+                .post(app.url("Patient"))
+                .header("content-type", "text/plain")
+                .body("hello"),
+        )
+        .await;
+    assert_eq!(r.status, 415, "{}", r.text);
+    r.outcome_issues();
+    let r = app
+        .send(
+            app.client
+                .get(app.url("metadata"))
+                .header("accept", "text/html"),
+        )
+        .await;
+    assert_eq!(r.status, 406);
+    r.outcome_issues();
+    // Method not allowed is an OperationOutcome too.
+    let r = app.send(app.client.delete(app.url("metadata"))).await;
+    assert!(r.status == 405 || r.status == 404, "{}", r.status);
+}
+both!(bad_input_table);
+
+async fn body_limit(backend: crate::common::Backend) {
+    let app = crate::common::spawn_with(backend, |s| s.body_limit = 10_000).await;
+    let mut p = patient("Big");
+    p["name"][0]["given"] = json!(["x".repeat(20_000)]);
+    let r = app.post("Patient", &p).await;
+    assert_eq!(r.status, 413, "{}", r.text);
+    assert_eq!(r.outcome_issues()[0]["code"], "too-costly");
+    // The server is still fine.
+    assert_eq!(app.get("metadata").await.status, 200);
+}
+
+#[tokio::test]
+async fn body_limit_sqlite() {
+    body_limit(crate::common::Backend::Sqlite).await
+}
+
+#[tokio::test]
+async fn body_limit_postgres() {
+    body_limit(crate::common::Backend::Postgres).await
+}
+
+async fn server_errors_hide_internals(app: TestApp) {
+    // 5xx bodies carry the request id and nothing of the cause. Provoke one by dropping a table
+    // under the running server.
+    let url = app.database_url.clone();
+    match app.backend {
+        crate::common::Backend::Postgres => {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+            sqlx::query("drop table change_log")
+                .execute(&mut c)
+                .await
+                .expect("drop");
+        }
+        crate::common::Backend::Sqlite => {
+            use sqlx::Connection;
+            let mut c = sqlx::SqliteConnection::connect(&url)
+                .await
+                .expect("connect");
+            sqlx::query("drop table change_log")
+                .execute(&mut c)
+                .await
+                .expect("drop");
+        }
+    }
+    let r = app.post("Patient", &patient("Err")).await;
+    assert_eq!(r.status, 500, "{}", r.text);
+    let issue = &r.outcome_issues()[0];
+    assert_eq!(issue["code"], "exception");
+    let rid = r.header("x-request-id").expect("request id").to_owned();
+    let diag = issue["diagnostics"].as_str().expect("diagnostics");
+    assert!(diag.contains(&rid), "{diag}");
+    assert!(!diag.to_lowercase().contains("change_log"), "{diag}");
+    // Nothing was half-written: the failed create left no resource behind.
+    assert_eq!(app.get("Patient?_count=0").await.json()["total"], 0);
+}
+both!(server_errors_hide_internals);
