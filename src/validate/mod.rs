@@ -363,8 +363,10 @@ impl Walker {
         else {
             return;
         };
+        // A lexically bad code is already reported as a Value issue by the walk.
         if let Some(codes) = vs.system(system)
             && !codes.contains(code.as_str())
+            && primitives::check_str(Prim::Code, code).is_ok()
         {
             let mark = self.path.len();
             self.path.push_str(".code");

@@ -519,6 +519,11 @@ fn table_driven_issues() {
         ),
         ("root not object", json!([1]), vec![("Resource", Structure)]),
         (
+            "bad code lexically in bound coding: one issue",
+            json!({"resourceType": "Condition", "subject": {"reference": "Patient/1"}, "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active "}]}}),
+            vec![("Condition.clinicalStatus.coding[0].code", Val)],
+        ),
+        (
             "abstract resource type",
             json!({"resourceType": "DomainResource", "id": "x"}),
             vec![("Resource", Structure)],

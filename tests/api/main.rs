@@ -5,5 +5,6 @@ mod common;
 mod bundles;
 mod crud;
 mod errors;
+mod examples;
 mod formats;
 mod history;
