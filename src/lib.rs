@@ -30,6 +30,8 @@ pub struct Application {
 impl Application {
     /// Connects the store, applies migrations and binds the listener (port 0 picks a free one).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        // Parse the validation tables now rather than on the first write.
+        validate::preload();
         let url = settings.database_url().to_owned();
         let store = Store::connect(
             &url,

@@ -8,3 +8,4 @@ mod errors;
 mod examples;
 mod formats;
 mod history;
+mod process;
