@@ -23,7 +23,7 @@ fn free_port() -> u16 {
 }
 
 async fn start(database_url: &str, port: u16) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", database_url)
         .env("VB_LOG", "warn")
@@ -48,6 +48,8 @@ async fn start(database_url: &str, port: u16) -> Server {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("server did not become ready");
 }
 
