@@ -268,7 +268,7 @@ async fn transaction(
             EntryMethod::Post(ty) => {
                 let existing = match &e.if_none_exist {
                     Some(q) => {
-                        let found = conditional(&mut tx, *ty, q)
+                        let found = rest::conditional_matches(&mut tx, *ty, q)
                             .await
                             .map_err(|err| entry_error(e.index, err))?;
                         match found.as_slice() {
@@ -299,7 +299,7 @@ async fn transaction(
             }
             EntryMethod::Put(Target::Instance(ty, id)) => (*ty, id.as_str().to_owned()),
             EntryMethod::Put(Target::Query(ty, q)) => {
-                let found = conditional(&mut tx, *ty, q)
+                let found = rest::conditional_matches(&mut tx, *ty, q)
                     .await
                     .map_err(|err| entry_error(e.index, err))?;
                 match found.as_slice() {
@@ -350,7 +350,7 @@ async fn transaction(
                 let ty = ResourceType::parse(ty).ok_or_else(|| {
                     bad_entry(e.index, "conditional reference to an unknown type")
                 })?;
-                let found = conditional(&mut tx, ty, q)
+                let found = rest::conditional_matches(&mut tx, ty, q)
                     .await
                     .map_err(|err| entry_error(e.index, err))?;
                 let target = match found.as_slice() {
@@ -414,29 +414,6 @@ async fn transaction(
     Ok(
         json!({ "resourceType": "Bundle", "id": ResourceId::generate().as_str(), "type": "transaction-response", "entry": out }),
     )
-}
-
-async fn conditional(
-    tx: &mut StoreTx,
-    ty: ResourceType,
-    query: &str,
-) -> Result<Vec<Version>, ApiError> {
-    let params = search::decode_query(query);
-    let q = search::parse(ty, &params);
-    if let Some(name) = q.unknown.first() {
-        return Err(ApiError::NotSupported(format!(
-            "search parameter '{name}' is not supported in conditional interactions"
-        )));
-    }
-    if q.criteria.is_empty() {
-        return Err(ApiError::PreconditionFailed(
-            "conditional interaction without criteria".into(),
-        ));
-    }
-    let mut key = params.clone();
-    key.sort();
-    tx.lock_key(&format!("{ty}?{key:?}")).await?;
-    Ok(tx.search(ty, &q.criteria, 2).await?)
 }
 
 /// Replaces `Reference.reference` values found in `map`; collects conditional references.

@@ -91,7 +91,7 @@ fn conditional_criteria(
 
 /// Finds the resources matching conditional criteria, at most two (enough to tell 0, 1, many).
 /// The advisory lock makes concurrent conditional writes on the same criteria take turns.
-async fn conditional_matches(
+pub async fn conditional_matches(
     tx: &mut StoreTx,
     ty: ResourceType,
     query: &str,

@@ -2,7 +2,8 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -44,13 +45,27 @@ pub fn router() -> Router<AppState> {
 }
 
 /// What every FHIR handler needs from the request.
-struct Ctx {
+pub(super) struct Ctx {
     n: Negotiated,
     params: Vec<(String, String)>,
     raw_query: String,
     base: String,
     prefer_return: Return,
     strict: bool,
+}
+
+/// `Ctx` is extracted from every FHIR request; a request it cannot serve (406) is answered
+/// with an OperationOutcome before the handler runs.
+impl FromRequestParts<AppState> for Ctx {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ctx::new(state, &parts.headers, parts.uri.query().map(str::to_owned))
+            .map_err(IntoResponse::into_response)
+    }
 }
 
 impl Ctx {
@@ -213,15 +228,7 @@ macro_rules! in_tx {
     }};
 }
 
-async fn metadata(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Response {
-    let ctx = match Ctx::new(&state, &headers, q) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
+async fn metadata(State(state): State<AppState>, ctx: Ctx) -> Response {
     let cs = capability_statement(&ctx.base, env!("CARGO_PKG_VERSION"), &state.started);
     ctx.respond(Ok(FhirResponse::new(StatusCode::OK, Payload::Value(cs))))
 }
@@ -230,12 +237,8 @@ async fn read(
     State(state): State<AppState>,
     Path((ty, id)): Path<(String, String)>,
     headers: HeaderMap,
-    RawQuery(q): RawQuery,
+    ctx: Ctx,
 ) -> Response {
-    let ctx = match Ctx::new(&state, &headers, q) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
     let result = async {
         let ty = parse_type(&ty)?;
         let id = parse_id(&id)?;
@@ -266,13 +269,8 @@ async fn read(
 async fn vread(
     State(state): State<AppState>,
     Path((ty, id, vid)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
+    ctx: Ctx,
 ) -> Response {
-    let ctx = match Ctx::new(&state, &headers, q) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
     let result = async {
         let ty = parse_type(&ty)?;
         let id = parse_id(&id)?;
@@ -295,13 +293,9 @@ async fn create(
     State(state): State<AppState>,
     Path(ty): Path<String>,
     headers: HeaderMap,
-    RawQuery(q): RawQuery,
+    ctx: Ctx,
     body: Body,
 ) -> Response {
-    let ctx = match Ctx::new(&state, &headers, q) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
     let result = async {
         let ty = parse_type(&ty)?;
         let value = body_json(&state, &headers, body).await?;
@@ -328,13 +322,9 @@ async fn update(
     State(state): State<AppState>,
     Path((ty, id)): Path<(String, String)>,
     headers: HeaderMap,
-    RawQuery(q): RawQuery,
+    ctx: Ctx,
     body: Body,
 ) -> Response {
-    let ctx = match Ctx::new(&state, &headers, q) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
     let result = async {
         let ty = parse_type(&ty)?;
         let id = parse_id(&id)?;
@@ -353,13 +343,9 @@ async fn conditional_update(
     State(state): State<AppState>,
     Path(ty): Path<String>,
     headers: HeaderMap,
-    RawQuery(q): RawQuery,
+    ctx: Ctx,
     body: Body,
 ) -> Response {
-    let ctx = match Ctx::new(&state, &headers, q) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
     let result = async {
         let ty = parse_type(&ty)?;
         let if_match = if_match(&headers)?;
@@ -393,12 +379,8 @@ async fn delete(
     State(state): State<AppState>,
     Path((ty, id)): Path<(String, String)>,
     headers: HeaderMap,
-    RawQuery(q): RawQuery,
+    ctx: Ctx,
 ) -> Response {
-    let ctx = match Ctx::new(&state, &headers, q) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
     let result = async {
         let ty = parse_type(&ty)?;
         let id = parse_id(&id)?;
@@ -413,13 +395,8 @@ async fn delete(
 async fn conditional_delete(
     State(state): State<AppState>,
     Path(ty): Path<String>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
+    ctx: Ctx,
 ) -> Response {
-    let ctx = match Ctx::new(&state, &headers, q) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
     let result = async {
         let ty = parse_type(&ty)?;
         let query = criteria_query(&ctx.raw_query);
@@ -435,13 +412,9 @@ async fn patch(
     State(state): State<AppState>,
     Path((ty, id)): Path<(String, String)>,
     headers: HeaderMap,
-    RawQuery(q): RawQuery,
+    ctx: Ctx,
     body: Body,
 ) -> Response {
-    let ctx = match Ctx::new(&state, &headers, q) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
     let result = async {
         let ty = parse_type(&ty)?;
         let id = parse_id(&id)?;
@@ -470,13 +443,9 @@ async fn patch(
 pub(super) async fn system_bundle(
     State(state): State<AppState>,
     headers: HeaderMap,
-    RawQuery(q): RawQuery,
+    ctx: Ctx,
     body: Body,
 ) -> Response {
-    let ctx = match Ctx::new(&state, &headers, q) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
     let result = async {
         let value = body_json(&state, &headers, body).await?;
         if value.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
@@ -530,16 +499,7 @@ async fn run_search(
     Ok(FhirResponse::new(StatusCode::OK, Payload::Value(bundle)))
 }
 
-async fn search_type(
-    State(state): State<AppState>,
-    Path(ty): Path<String>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Response {
-    let ctx = match Ctx::new(&state, &headers, q) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
+async fn search_type(State(state): State<AppState>, Path(ty): Path<String>, ctx: Ctx) -> Response {
     let result = run_search(&state, &ctx, &ty, &ctx.params).await;
     ctx.respond(result)
 }
@@ -549,13 +509,9 @@ async fn search_post(
     State(state): State<AppState>,
     Path(ty): Path<String>,
     headers: HeaderMap,
-    RawQuery(q): RawQuery,
+    ctx: Ctx,
     body: Body,
 ) -> Response {
-    let ctx = match Ctx::new(&state, &headers, q) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
     let result = async {
         let ct = headers
             .get(header::CONTENT_TYPE)
@@ -636,29 +592,12 @@ async fn history(
     Ok(FhirResponse::new(StatusCode::OK, Payload::Value(bundle)))
 }
 
-async fn history_system(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Response {
-    let ctx = match Ctx::new(&state, &headers, q) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
+async fn history_system(State(state): State<AppState>, ctx: Ctx) -> Response {
     let result = history(&state, &ctx, HistoryScope::System, "/_history").await;
     ctx.respond(result)
 }
 
-async fn history_type(
-    State(state): State<AppState>,
-    Path(ty): Path<String>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Response {
-    let ctx = match Ctx::new(&state, &headers, q) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
+async fn history_type(State(state): State<AppState>, Path(ty): Path<String>, ctx: Ctx) -> Response {
     let result = async {
         let ty = parse_type(&ty)?;
         history(
@@ -676,13 +615,8 @@ async fn history_type(
 async fn history_instance(
     State(state): State<AppState>,
     Path((ty, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
+    ctx: Ctx,
 ) -> Response {
-    let ctx = match Ctx::new(&state, &headers, q) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
     let result = async {
         let ty = parse_type(&ty)?;
         let id = parse_id(&id)?;
