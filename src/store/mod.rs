@@ -192,6 +192,9 @@ impl Store {
             let options = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
                 .max_connections(opts.max_connections)
+                // sqlx pings every connection it hands out by default: one extra round trip per
+                // request. A dead connection fails its real query instead and is discarded.
+                .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(options)
                 .await?;
@@ -213,10 +216,12 @@ impl Store {
             }
             let write = SqlitePoolOptions::new()
                 .max_connections(1)
+                .test_before_acquire(false)
                 .connect_with(options.clone())
                 .await?;
             let read = SqlitePoolOptions::new()
                 .max_connections(opts.max_connections.clamp(1, 8))
+                .test_before_acquire(false)
                 .connect_with(options.read_only(true))
                 .await;
             // A read-only connection cannot be opened before the file exists; the writer made it.
@@ -487,7 +492,7 @@ fn tokens(resource: &Value) -> Vec<(&'static str, Option<&str>, &str)> {
 
 /// Instantiates the store functions for one sqlx driver.
 macro_rules! backend {
-    ($module:ident, $db:ty, $for_update:expr) => {
+    ($module:ident, $db:ty, $for_update:expr, $apply:path) => {
         mod $module {
             use super::*;
             use sqlx::{QueryBuilder, Row};
@@ -718,87 +723,18 @@ macro_rules! backend {
                     }
                     Write::Delete { .. } => None,
                 };
-                let deleted = content.is_none();
 
-                if created {
-                    let inserted = sqlx::query(
-                        "insert into resource (res_type, res_id, version_id, last_updated, deleted) \
-                         values ($1, $2, $3, $4, $5) on conflict do nothing",
-                    )
-                    .bind(ty.as_str())
-                    .bind(id.as_str())
-                    .bind(version_id)
-                    .bind(last_updated)
-                    .bind(deleted)
-                    .execute(&mut *conn)
-                    .await?
-                    .rows_affected();
-                    if inserted == 0 {
-                        // Another transaction created this id between our look-up and insert
-                        // (only possible for client-chosen ids). Treat it as a conflict the
-                        // caller may retry; never overwrite what the other writer committed.
-                        return Err(StoreError::VersionConflict { expected: 0, current: None });
-                    }
-                } else {
-                    sqlx::query(
-                        "update resource set version_id = $3, last_updated = $4, deleted = $5 \
-                         where res_type = $1 and res_id = $2",
-                    )
-                    .bind(ty.as_str())
-                    .bind(id.as_str())
-                    .bind(version_id)
-                    .bind(last_updated)
-                    .bind(deleted)
-                    .execute(&mut *conn)
-                    .await?;
-                    sqlx::query("delete from search_token where res_type = $1 and res_id = $2")
-                        .bind(ty.as_str())
-                        .bind(id.as_str())
-                        .execute(&mut *conn)
-                        .await?;
-                }
-
-                sqlx::query(
-                    "insert into resource_history (res_type, res_id, version_id, last_updated, method, content) \
-                     values ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(ty.as_str())
-                .bind(id.as_str())
-                .bind(version_id)
-                .bind(last_updated)
-                .bind(method.as_str())
-                .bind(content.as_ref().map(|(text, _)| text.as_str()))
-                .execute(&mut *conn)
-                .await?;
-
-                if let Some((_, resource)) = &content {
-                    let rows = tokens(resource);
-                    if !rows.is_empty() {
-                        let mut qb = QueryBuilder::<$db>::new(
-                            "insert into search_token (res_type, res_id, param, system, code) ",
-                        );
-                        qb.push_values(rows, |mut b, (param, system, code)| {
-                            b.push_bind(ty.as_str())
-                                .push_bind(id.as_str())
-                                .push_bind(param)
-                                .push_bind(system)
-                                .push_bind(code);
-                        });
-                        qb.build().execute(&mut *conn).await?;
-                    }
-                }
-
-                sqlx::query(
-                    "insert into change_log (res_type, res_id, version_id, method, recorded_at) \
-                     values ($1, $2, $3, $4, $5)",
-                )
-                .bind(ty.as_str())
-                .bind(id.as_str())
-                .bind(version_id)
-                .bind(method.as_str())
-                .bind(last_updated)
-                .execute(&mut *conn)
-                .await?;
+                let row = VersionRow {
+                    ty: ty.as_str(),
+                    id: id.as_str(),
+                    version_id,
+                    last_updated,
+                    created,
+                    method: method.as_str(),
+                    content: content.as_ref().map(|(text, _)| text.as_str()),
+                    tokens: content.as_ref().map(|(_, resource)| tokens(resource)).unwrap_or_default(),
+                };
+                $apply(conn, &row).await?;
 
                 Ok(Written {
                     ty,
@@ -834,6 +770,117 @@ macro_rules! backend {
     };
 }
 
-backend!(pg, sqlx::Postgres, " for update");
+backend!(pg, sqlx::Postgres, " for update", apply_pg);
 // SQLite has no row locks; its write transactions (BEGIN IMMEDIATE) are serial.
-backend!(sqlite, sqlx::Sqlite, "");
+backend!(sqlite, sqlx::Sqlite, "", apply_sqlite);
+
+/// The rows one new version writes: `resource` (insert or move the pointer), `resource_history`,
+/// `search_token` (replaced) and `change_log`.
+struct VersionRow<'a> {
+    ty: &'a str,
+    id: &'a str,
+    version_id: i64,
+    last_updated: i64,
+    created: bool,
+    method: &'static str,
+    content: Option<&'a str>,
+    tokens: Vec<(&'static str, Option<&'a str>, &'a str)>,
+}
+
+/// Writes a version in ONE statement: a data-modifying CTE, so a write costs one round trip
+/// besides BEGIN and COMMIT (https://www.postgresql.org/docs/current/queries-with.html#QUERIES-WITH-MODIFYING).
+/// The token delete and insert see the same snapshot, so the delete removes only old rows.
+async fn apply_pg(conn: &mut sqlx::PgConnection, row: &VersionRow<'_>) -> Result<(), StoreError> {
+    const CREATE: &str = "with r as (insert into resource (res_type, res_id, version_id, last_updated, deleted) \
+        values ($1, $2, $3, $4, $5)), ";
+    const UPDATE: &str = "with r as (update resource set version_id = $3, last_updated = $4, deleted = $5 \
+        where res_type = $1 and res_id = $2), \
+        d as (delete from search_token where res_type = $1 and res_id = $2), ";
+    const REST: &str = "h as (insert into resource_history (res_type, res_id, version_id, last_updated, method, content) \
+        values ($1, $2, $3, $4, $6, $7)), \
+        t as (insert into search_token (res_type, res_id, param, system, code) \
+        select $1, $2, p, s, c from unnest($8::text[], $9::text[], $10::text[]) as x(p, s, c)), \
+        c as (insert into change_log (res_type, res_id, version_id, method, recorded_at) values ($1, $2, $3, $6, $4)) \
+        select 1";
+    static SQL_CREATE: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("{CREATE}{REST}"));
+    static SQL_UPDATE: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("{UPDATE}{REST}"));
+    let sql: &'static str = if row.created {
+        &SQL_CREATE
+    } else {
+        &SQL_UPDATE
+    };
+    let result = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(row.ty)
+        .bind(row.id)
+        .bind(row.version_id)
+        .bind(row.last_updated)
+        .bind(row.content.is_none())
+        .bind(row.method)
+        .bind(row.content)
+        .bind(row.tokens.iter().map(|t| t.0).collect::<Vec<_>>())
+        .bind(row.tokens.iter().map(|t| t.1).collect::<Vec<_>>())
+        .bind(row.tokens.iter().map(|t| t.2).collect::<Vec<_>>())
+        .execute(conn)
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        // The id was created by a concurrent transaction after our look-up (client-chosen ids
+        // only): refuse rather than overwrite what the other writer committed.
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            Err(StoreError::VersionConflict {
+                expected: 0,
+                current: None,
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes a version with one multi-statement query: SQLite binds `$N` by absolute position
+/// across the statements, and each call into sqlx's SQLite worker thread costs a hand-off, so
+/// one call instead of five keeps the single writer busy writing.
+async fn apply_sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    row: &VersionRow<'_>,
+) -> Result<(), StoreError> {
+    let mut sql = String::with_capacity(600);
+    if row.created {
+        sql.push_str("insert into resource (res_type, res_id, version_id, last_updated, deleted) values ($1, $2, $3, $4, $5);");
+    } else {
+        sql.push_str(
+            "update resource set version_id = $3, last_updated = $4, deleted = $5 where res_type = $1 and res_id = $2; \
+             delete from search_token where res_type = $1 and res_id = $2;",
+        );
+    }
+    sql.push_str(
+        "insert into resource_history (res_type, res_id, version_id, last_updated, method, content) \
+         values ($1, $2, $3, $4, $6, $7); \
+         insert into change_log (res_type, res_id, version_id, method, recorded_at) values ($1, $2, $3, $6, $4);",
+    );
+    if !row.tokens.is_empty() {
+        sql.push_str("insert into search_token (res_type, res_id, param, system, code) values ");
+        for i in 0..row.tokens.len() {
+            let n = 8 + 3 * i;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("($1, $2, ${n}, ${}, ${})", n + 1, n + 2));
+        }
+        sql.push(';');
+    }
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(row.ty)
+        .bind(row.id)
+        .bind(row.version_id)
+        .bind(row.last_updated)
+        .bind(row.content.is_none())
+        .bind(row.method)
+        .bind(row.content);
+    for (param, system, code) in &row.tokens {
+        q = q.bind(*param).bind(*system).bind(*code);
+    }
+    q.execute(conn).await?;
+    Ok(())
+}

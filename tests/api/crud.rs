@@ -361,3 +361,43 @@ async fn concurrent_version_aware_updates(app: TestApp) {
     assert_eq!(versions, (1..=18).collect::<Vec<_>>());
 }
 both!(concurrent_version_aware_updates);
+
+async fn concurrent_update_as_create(app: TestApp) {
+    // Many clients PUT the same new id at once: one creates it (201); each other one either
+    // updates it after that (200) or is told of the conflict (409). Nothing fails or is lost.
+    let body = with(patient("Twin"), "id", json!("same-new-id"));
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let client = app.client.clone();
+        let url = app.url("Patient/same-new-id");
+        let body = body.to_string();
+        tasks.push(tokio::spawn(async move {
+            client
+                .put(url)
+                .header("content-type", "application/fhir+json")
+                .body(body)
+                .send()
+                .await
+                .expect("sent")
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("task"));
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| [200, 201, 409].contains(s)),
+        "{statuses:?}"
+    );
+    let ok = statuses.iter().filter(|s| **s != 409).count();
+    let r = app.get("Patient/same-new-id").await.json();
+    assert_eq!(r["meta"]["versionId"], ok.to_string(), "{statuses:?}");
+}
+both!(concurrent_update_as_create);
