@@ -138,6 +138,11 @@ pub fn body_format(headers: &HeaderMap) -> Result<Format, ApiError> {
     }
 }
 
+/// How deeply a request body may nest (objects and arrays, or XML elements). The deepest
+/// official R4 example nests 22 levels; parsing and validation recurse per level, so a bound
+/// keeps a hostile body from exhausting the stack.
+pub const MAX_DEPTH: usize = 64;
+
 /// Parses a body as FHIR JSON or XML into JSON (still to be validated).
 pub fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -146,7 +151,14 @@ pub fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
             "the request body is empty",
         ));
     }
-    match body_format(headers)? {
+    let format = body_format(headers)?;
+    if nesting_depth(body, format) > MAX_DEPTH {
+        return Err(ApiError::bad_request(
+            "too-costly",
+            format!("the body nests deeper than {MAX_DEPTH} levels"),
+        ));
+    }
+    match format {
         Format::Json { .. } => serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(
                 "structure",
@@ -160,6 +172,72 @@ pub fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
         }),
         Format::Xml => xml::from_xml(body),
     }
+}
+
+/// The deepest nesting of a JSON or XML text, found by a scan that does not recurse. Brackets
+/// and tags inside strings, comments and CDATA are skipped; the scan needs no well-formed input.
+fn nesting_depth(body: &[u8], format: Format) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut i = 0;
+    match format {
+        Format::Json { .. } => {
+            let mut in_string = false;
+            while i < body.len() {
+                let b = body[i];
+                if in_string {
+                    match b {
+                        b'\\' => i += 1,
+                        b'"' => in_string = false,
+                        _ => {}
+                    }
+                } else {
+                    match b {
+                        b'"' => in_string = true,
+                        b'{' | b'[' => {
+                            depth += 1;
+                            max = max.max(depth);
+                        }
+                        b'}' | b']' => depth = depth.saturating_sub(1),
+                        _ => {}
+                    }
+                }
+                i += 1;
+            }
+        }
+        Format::Xml => {
+            while let Some(off) = body[i..].iter().position(|&b| b == b'<') {
+                i += off;
+                let rest = &body[i..];
+                let skip_to = |end: &[u8]| {
+                    rest.windows(end.len())
+                        .position(|w| w == end)
+                        .map(|p| p + end.len())
+                };
+                let len = if rest.starts_with(b"<!--") {
+                    skip_to(b"-->")
+                } else if rest.starts_with(b"<![CDATA[") {
+                    skip_to(b"]]>")
+                } else if rest.starts_with(b"<?") || rest.starts_with(b"<!") {
+                    skip_to(b">")
+                } else if rest.starts_with(b"</") {
+                    depth = depth.saturating_sub(1);
+                    skip_to(b">")
+                } else {
+                    let end = skip_to(b">");
+                    if end.is_some_and(|e| e >= 2 && rest[e - 2] != b'/') {
+                        depth += 1;
+                        max = max.max(depth);
+                    }
+                    end
+                };
+                match len {
+                    Some(l) => i += l,
+                    None => break,
+                }
+            }
+        }
+    }
+    max
 }
 
 trait ClassifyName {
@@ -261,6 +339,24 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::ACCEPT, HeaderValue::from_str(v).expect("header"));
         negotiate(&[], &h)
+    }
+
+    #[test]
+    fn depth() {
+        let json = Format::Json { plain: false };
+        assert_eq!(nesting_depth(br#"{"a": [{"b": "[[[{{"}]}"#, json), 3);
+        assert_eq!(nesting_depth(br#"{"a": "\"{"}"#, json), 1);
+        assert_eq!(
+            nesting_depth(b"<a><b/><c><d>x</d></c><!-- <e><f> --></a>", Format::Xml),
+            3
+        );
+        assert_eq!(
+            nesting_depth(
+                b"<?xml version=\"1.0\"?><a x=\"1\"><![CDATA[<b><c>]]></a>",
+                Format::Xml
+            ),
+            1
+        );
     }
 
     #[test]

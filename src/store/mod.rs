@@ -162,6 +162,8 @@ pub enum Store {
         /// SQLite admits one writer at a time; a single connection serialises writers in-process
         /// instead of letting them fail with SQLITE_BUSY.
         write: SqlitePool,
+        /// WAL checkpoints, in the background.
+        maint: SqlitePool,
     },
 }
 
@@ -208,28 +210,35 @@ impl Store {
                 // https://www.sqlite.org/pragma.html#pragma_synchronous
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true);
+                .foreign_keys(true)
+                // 64 MiB of page cache per connection instead of 2 MiB.
+                .pragma("cache_size", "-65536");
             if let Some(parent) = std::path::Path::new(options.get_filename()).parent()
                 && !parent.as_os_str().is_empty()
             {
                 std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
             }
+            // The writer never checkpoints the WAL itself: an automatic checkpoint runs (and
+            // fsyncs) inside the commit that crosses the threshold, stalling every writer queued
+            // behind it. A background connection checkpoints instead (see `checkpointer`).
+            // https://www.sqlite.org/wal.html#automatic_checkpoint
             let write = SqlitePoolOptions::new()
                 .max_connections(1)
                 .test_before_acquire(false)
+                .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+                .await?;
+            let maint = SqlitePoolOptions::new()
+                .max_connections(1)
                 .connect_with(options.clone())
                 .await?;
+            tokio::spawn(checkpointer(maint.clone()));
+            // A read-only connection cannot be opened before the file exists; the writer made it.
             let read = SqlitePoolOptions::new()
                 .max_connections(opts.max_connections.clamp(1, 8))
                 .test_before_acquire(false)
                 .connect_with(options.read_only(true))
-                .await;
-            // A read-only connection cannot be opened before the file exists; the writer made it.
-            let read = match read {
-                Ok(pool) => pool,
-                Err(e) => return Err(e.into()),
-            };
-            Ok(Store::Sqlite { read, write })
+                .await?;
+            Ok(Store::Sqlite { read, write, maint })
         }
     }
 
@@ -272,9 +281,14 @@ impl Store {
     pub async fn close(&self) {
         match self {
             Store::Pg(pool) => pool.close().await,
-            Store::Sqlite { read, write } => {
+            Store::Sqlite { read, write, maint } => {
                 read.close().await;
                 write.close().await;
+                // A last checkpoint folds the WAL into the database file.
+                let _ = sqlx::query("pragma wal_checkpoint(TRUNCATE)")
+                    .execute(maint)
+                    .await;
+                maint.close().await;
             }
         }
     }
@@ -335,6 +349,25 @@ impl Store {
             Store::Sqlite { read, .. } => {
                 sqlite::search(&mut *read.acquire().await?, ty, criteria, count, offset).await
             }
+        }
+    }
+}
+
+/// Checkpoints the SQLite WAL in the background, off the writers' path, until the store closes. A PASSIVE checkpoint
+/// never blocks readers or the writer (https://www.sqlite.org/c3ref/wal_checkpoint_v2.html).
+async fn checkpointer(maint: SqlitePool) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if maint.is_closed() {
+            break;
+        }
+        if let Err(e) = sqlx::query("pragma wal_checkpoint(PASSIVE)")
+            .execute(&maint)
+            .await
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
         }
     }
 }

@@ -203,7 +203,7 @@ fn bad_creates() -> Vec<BadCase> {
             "Observation",
             format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
             400,
-            "structure",
+            "too-costly",
             None,
         ),
     ]
@@ -360,3 +360,74 @@ async fn server_errors_hide_internals(app: TestApp) {
     assert_eq!(app.get("Patient?_count=0").await.json()["total"], 0);
 }
 both!(server_errors_hide_internals);
+
+async fn deep_but_well_formed_nesting(app: TestApp) {
+    // FHIR-shaped nesting just under serde_json's recursion limit: recursive validation must
+    // answer, never overflow the stack and take the server down.
+    fn nested_items(depth: usize) -> Value {
+        let mut item = json!({"linkId": "leaf", "type": "string"});
+        for i in 0..depth {
+            item = json!({"linkId": format!("l{i}"), "type": "group", "item": [item]});
+        }
+        json!({"resourceType": "Questionnaire", "status": "active", "item": [item]})
+    }
+    fn nested_extensions(depth: usize) -> Value {
+        let mut ext = json!({"url": "http://example.org/leaf", "valueString": "x"});
+        for _ in 0..depth {
+            ext = json!({"url": "http://example.org/n", "extension": [ext]});
+        }
+        json!({"resourceType": "Patient", "extension": [ext]})
+    }
+    // Each item level is two JSON levels (object and array); 64 levels are allowed.
+    for (name, body, status) in [
+        ("items 20", nested_items(20), 201),
+        ("items 30", nested_items(30), 201),
+        ("items 31", nested_items(31), 400),
+        ("items 62", nested_items(62), 400),
+        ("extensions 30", nested_extensions(30), 201),
+        ("extensions 62", nested_extensions(62), 400),
+    ] {
+        let r = app
+            .post(body["resourceType"].as_str().expect("type"), &body)
+            .await;
+        assert_eq!(r.status, status, "{name}: {}", r.text);
+        if r.status == 400 {
+            assert_eq!(r.outcome_issues()[0]["code"], "too-costly", "{name}");
+        }
+    }
+    // The same through XML: what the server wrote comes back in, and deeper XML is refused.
+    let id = app.create(&nested_items(30)).await;
+    let xml = app
+        .get(&format!("Questionnaire/{id}?_format=xml"))
+        .await
+        .text;
+    let r = app
+        .send(
+            app.client
+                .post(app.url("Questionnaire"))
+                .header("content-type", "application/fhir+xml")
+                .body(xml),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let deep_xml = format!(
+        "<Questionnaire xmlns=\"http://hl7.org/fhir\"><status value=\"active\"/>{}{}</Questionnaire>",
+        "<item><linkId value=\"x\"/><type value=\"group\"/>".repeat(70),
+        "</item>".repeat(70)
+    );
+    let r = app
+        .send(
+            app.client
+                .post(app.url("Questionnaire"))
+                .header("content-type", "application/fhir+xml")
+                .body(deep_xml),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(
+        app.get("metadata").await.status,
+        200,
+        "the server is still up"
+    );
+}
+both!(deep_but_well_formed_nesting);
