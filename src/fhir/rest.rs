@@ -8,7 +8,7 @@ use super::parse::{Expect, ValidResource, check_structure, validate_resource};
 use super::types::{ResourceId, ResourceType};
 use crate::http::error::{ApiError, Issue};
 use crate::search;
-use crate::store::{Method, StoreTx, Version, Write, Written};
+use crate::store::{Method, Store, StoreTx, Version, Write, Written};
 
 /// The result of one interaction, before it becomes an HTTP response or a Bundle entry.
 #[derive(Debug, Clone)]
@@ -138,6 +138,27 @@ pub async fn create(
         )
         .await?;
     Ok(Outcome::from_written(w, StatusCode::CREATED))
+}
+
+/// A plain create, update or delete on its own (not in a Bundle, no conditions): the store's
+/// shortest write path.
+pub async fn write_one(
+    store: &Store,
+    ty: ResourceType,
+    id: Option<ResourceId>,
+    resource: Option<ValidResource>,
+    if_match: Option<i64>,
+    method: Method,
+) -> Result<Outcome, ApiError> {
+    let w = store
+        .write_one(ty, id, resource.map(|r| r.value), if_match, method)
+        .await?;
+    let status = match method {
+        Method::Delete => StatusCode::NO_CONTENT,
+        _ if w.created => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    };
+    Ok(Outcome::from_written(w, status))
 }
 
 /// update and update-as-create (http.html#update), version-aware with `If-Match`.

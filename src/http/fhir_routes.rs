@@ -20,7 +20,9 @@ use crate::fhir::parse::{Expect, validate_resource};
 use crate::fhir::rest::{self, Outcome, parse_if_match};
 use crate::fhir::types::{ResourceId, ResourceType};
 use crate::search;
-use crate::store::{HistoryQuery, HistoryScope, format_http_date, now_micros, parse_instant_range};
+use crate::store::{
+    HistoryQuery, HistoryScope, Method, format_http_date, now_micros, parse_instant_range,
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -305,13 +307,11 @@ async fn create(
             .map(|v| v.to_str().map(|s| s.trim_start_matches('?').to_owned()))
             .transpose()
             .map_err(|_| ApiError::bad_request("invalid", "If-None-Exist is not valid text"))?;
-        let o = in_tx!(state, |tx| rest::create(
-            &mut tx,
-            res,
-            None,
-            if_none_exist.as_deref()
-        )
-        .await?)?;
+        let o = match if_none_exist {
+            Some(q) => in_tx!(state, |tx| rest::create(&mut tx, res, None, Some(&q))
+                .await?)?,
+            None => rest::write_one(&state.store, ty, None, Some(res), None, Method::Post).await?,
+        };
         Ok(ctx.write_response(o))
     }
     .await;
@@ -331,8 +331,8 @@ async fn update(
         let if_match = if_match(&headers)?;
         let value = body_json(&state, &headers, body).await?;
         let res = validate_resource(value, Expect::Update(ty, &id))?;
-        let o = in_tx!(state, |tx| rest::update(&mut tx, res, &id, if_match)
-            .await?)?;
+        let o =
+            rest::write_one(&state.store, ty, Some(id), Some(res), if_match, Method::Put).await?;
         Ok(ctx.write_response(o))
     }
     .await;
@@ -385,7 +385,7 @@ async fn delete(
         let ty = parse_type(&ty)?;
         let id = parse_id(&id)?;
         let if_match = if_match(&headers)?;
-        let o = in_tx!(state, |tx| rest::delete(&mut tx, ty, &id, if_match).await?)?;
+        let o = rest::write_one(&state.store, ty, Some(id), None, if_match, Method::Delete).await?;
         Ok(ctx.write_response(o))
     }
     .await;

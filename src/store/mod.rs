@@ -716,68 +716,17 @@ macro_rules! backend {
                 };
                 // Lock the resource row so that concurrent writers of this resource queue up
                 // behind each other and each sees the version the previous one committed.
-                let current: Option<(i64, i64, bool)> = match &write {
+                let current = match &write {
                     Write::Create { .. } => None,
                     _ => lock_current(conn, ty, id).await?,
                 };
-                let (if_match, method) = match &write {
-                    Write::Create { .. } => (None, Method::Post),
-                    Write::Update { if_match, method, .. } => (*if_match, *method),
-                    Write::Delete { if_match } => (*if_match, Method::Delete),
-                };
-                if let Some(expected) = if_match
-                    && current.map(|c| c.0) != Some(expected)
-                {
-                    return Err(StoreError::VersionConflict { expected, current: current.map(|c| c.0) });
-                }
-                if let Write::Delete { .. } = write
-                    && current.is_none_or(|(_, _, deleted)| deleted)
-                {
-                    // Deleting what is not there succeeds without a new version (http.html#delete).
-                    return Ok(Written {
-                        ty,
-                        id: id.as_str().to_owned(),
-                        version_id: current.map(|c| c.0).unwrap_or(0),
-                        last_updated: current.map(|c| c.1).unwrap_or(0),
-                        content: None,
-                        created: false,
-                        changed: false,
-                    });
-                }
-
-                let version_id = current.map(|c| c.0).unwrap_or(0) + 1;
-                // lastUpdated never goes backwards within one resource, even if the clock does.
-                let last_updated = now_micros().max(current.map(|c| c.1 + 1).unwrap_or(0));
-                let created = current.is_none();
-                let content = match write {
-                    Write::Create { resource } | Write::Update { resource, .. } => {
-                        stamp(resource, id.as_str(), version_id, last_updated);
-                        Some((serde_json::to_string(&*resource)?, resource))
+                match plan(ty, id, current, write)? {
+                    Planned::Noop(w) => Ok(w),
+                    Planned::Write { written, method, resource } => {
+                        $apply(conn, &version_row(&written, method, resource)).await?;
+                        Ok(written)
                     }
-                    Write::Delete { .. } => None,
-                };
-
-                let row = VersionRow {
-                    ty: ty.as_str(),
-                    id: id.as_str(),
-                    version_id,
-                    last_updated,
-                    created,
-                    method: method.as_str(),
-                    content: content.as_ref().map(|(text, _)| text.as_str()),
-                    tokens: content.as_ref().map(|(_, resource)| tokens(resource)).unwrap_or_default(),
-                };
-                $apply(conn, &row).await?;
-
-                Ok(Written {
-                    ty,
-                    id: id.as_str().to_owned(),
-                    version_id,
-                    last_updated,
-                    content: content.map(|(text, _)| text),
-                    created,
-                    changed: true,
-                })
+                }
             }
 
             pub async fn lock_current(
@@ -805,7 +754,228 @@ macro_rules! backend {
 
 backend!(pg, sqlx::Postgres, " for update", apply_pg);
 // SQLite has no row locks; its write transactions (BEGIN IMMEDIATE) are serial.
-backend!(sqlite, sqlx::Sqlite, "", apply_sqlite);
+backend!(sqlite, sqlx::Sqlite, "", apply_sqlite_in_tx);
+
+/// What a write will do, decided from the resource's current state; no I/O.
+enum Planned<'a> {
+    /// Nothing to write (a delete of something missing or already deleted).
+    Noop(Written),
+    /// A new version; `resource` is the stamped resource for the search index.
+    Write {
+        written: Written,
+        method: Method,
+        resource: Option<&'a Value>,
+    },
+}
+
+/// Checks `If-Match`, assigns the next version and its time, and stamps `id` and `meta`.
+fn plan<'a>(
+    ty: ResourceType,
+    id: &ResourceId,
+    current: Option<(i64, i64, bool)>,
+    write: Write<'a>,
+) -> Result<Planned<'a>, StoreError> {
+    let (if_match, method) = match &write {
+        Write::Create { .. } => (None, Method::Post),
+        Write::Update {
+            if_match, method, ..
+        } => (*if_match, *method),
+        Write::Delete { if_match } => (*if_match, Method::Delete),
+    };
+    let current_version = current.map(|c| c.0);
+    if let Some(expected) = if_match
+        && current_version != Some(expected)
+    {
+        return Err(StoreError::VersionConflict {
+            expected,
+            current: current_version,
+        });
+    }
+    if let Write::Delete { .. } = write
+        && current.is_none_or(|(_, _, deleted)| deleted)
+    {
+        // Deleting what is not there succeeds without a new version (http.html#delete).
+        return Ok(Planned::Noop(Written {
+            ty,
+            id: id.as_str().to_owned(),
+            version_id: current_version.unwrap_or(0),
+            last_updated: current.map(|c| c.1).unwrap_or(0),
+            content: None,
+            created: false,
+            changed: false,
+        }));
+    }
+    let version_id = current_version.unwrap_or(0) + 1;
+    // lastUpdated never goes backwards within one resource, even if the clock does.
+    let last_updated = now_micros().max(current.map(|c| c.1 + 1).unwrap_or(0));
+    let (content, resource) = match write {
+        Write::Create { resource } | Write::Update { resource, .. } => {
+            stamp(resource, id.as_str(), version_id, last_updated);
+            (Some(serde_json::to_string(&*resource)?), Some(&*resource))
+        }
+        Write::Delete { .. } => (None, None),
+    };
+    let written = Written {
+        ty,
+        id: id.as_str().to_owned(),
+        version_id,
+        last_updated,
+        content,
+        created: current.is_none(),
+        changed: true,
+    };
+    Ok(Planned::Write {
+        written,
+        method,
+        resource,
+    })
+}
+
+fn version_row<'b>(w: &'b Written, method: Method, resource: Option<&'b Value>) -> VersionRow<'b> {
+    VersionRow {
+        ty: w.ty.as_str(),
+        id: &w.id,
+        version_id: w.version_id,
+        last_updated: w.last_updated,
+        created: w.created,
+        method: method.as_str(),
+        content: w.content.as_deref(),
+        tokens: resource.map(tokens).unwrap_or_default(),
+    }
+}
+
+impl Store {
+    /// A single create, update or delete in its own transaction, in as few round trips as the
+    /// backend allows: a plain create is one statement on either backend; on SQLite an update is
+    /// two calls into its worker thread instead of four, which matters because every write holds
+    /// the one writer connection for all of them.
+    ///
+    /// It runs in a task of its own, so a client that disconnects mid-way cannot cancel it
+    /// between BEGIN and COMMIT. `resource` is `None` for a delete.
+    pub async fn write_one(
+        &self,
+        ty: ResourceType,
+        id: Option<ResourceId>,
+        resource: Option<Value>,
+        if_match: Option<i64>,
+        method: Method,
+    ) -> Result<Written, StoreError> {
+        let store = self.clone();
+        let task = tokio::spawn(async move {
+            let mut resource = resource;
+            let id = id.unwrap_or_else(ResourceId::generate);
+            let write = match (method, resource.as_mut()) {
+                (Method::Post, Some(r)) => Write::Create { resource: r },
+                (Method::Delete, _) | (_, None) => Write::Delete { if_match },
+                (m, Some(r)) => Write::Update {
+                    resource: r,
+                    if_match,
+                    method: m,
+                },
+            };
+            match &store {
+                Store::Pg(pool) => {
+                    if let Write::Create { .. } = write {
+                        // One statement is one transaction: no BEGIN or COMMIT needed.
+                        let mut conn = pool.acquire().await?;
+                        return match plan(ty, &id, None, write)? {
+                            Planned::Write {
+                                written,
+                                method,
+                                resource,
+                            } => {
+                                apply_pg(&mut conn, &version_row(&written, method, resource))
+                                    .await?;
+                                Ok(written)
+                            }
+                            Planned::Noop(w) => Ok(w),
+                        };
+                    }
+                    let mut tx = pool.begin().await?;
+                    let w = pg::write(&mut tx, ty, Some(&id), write).await?;
+                    tx.commit().await?;
+                    Ok(w)
+                }
+                Store::Sqlite { write: pool, .. } => {
+                    use futures::FutureExt;
+                    let mut conn = pool.acquire().await?;
+                    let attempt =
+                        std::panic::AssertUnwindSafe(sqlite_write_one(&mut conn, ty, &id, write))
+                            .catch_unwind()
+                            .await;
+                    let Ok(result) = attempt else {
+                        // Never hand out a connection that may be inside a transaction.
+                        conn.close_on_drop();
+                        return Err(StoreError::Db(sqlx::Error::Protocol(
+                            "write panicked".into(),
+                        )));
+                    };
+                    if result.is_err() {
+                        // The transaction is sqlx's to know nothing of: end it here, and if even
+                        // that fails, drop the connection rather than hand it out mid-transaction.
+                        if sqlx::query("rollback").execute(&mut *conn).await.is_err() {
+                            conn.close_on_drop();
+                        }
+                    }
+                    result
+                }
+            }
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(e) => Err(StoreError::Db(sqlx::Error::Protocol(format!(
+                "write task failed: {e}"
+            )))),
+        }
+    }
+}
+
+/// SQLite: `BEGIN IMMEDIATE` travels with the first statement and `COMMIT` with the last.
+async fn sqlite_write_one(
+    conn: &mut sqlx::SqliteConnection,
+    ty: ResourceType,
+    id: &ResourceId,
+    write: Write<'_>,
+) -> Result<Written, StoreError> {
+    use sqlx::Row;
+    let begun = !matches!(write, Write::Create { .. });
+    let current = if begun {
+        let row = sqlx::query(
+            "begin immediate; select version_id, last_updated, deleted from resource where res_type = $1 and res_id = $2",
+        )
+        .bind(ty.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+        match row {
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)),
+            None => None,
+        }
+    } else {
+        None
+    };
+    match plan(ty, id, current, write)? {
+        Planned::Noop(w) => {
+            sqlx::query("commit").execute(&mut *conn).await?;
+            Ok(w)
+        }
+        Planned::Write {
+            written,
+            method,
+            resource,
+        } => {
+            let prefix = if begun { "" } else { "begin immediate;" };
+            apply_sqlite(
+                conn,
+                &version_row(&written, method, resource),
+                prefix,
+                "commit;",
+            )
+            .await?;
+            Ok(written)
+        }
+    }
+}
 
 /// The rows one new version writes: `resource` (insert or move the pointer), `resource_history`,
 /// `search_token` (replaced) and `change_log`.
@@ -874,11 +1044,22 @@ async fn apply_pg(conn: &mut sqlx::PgConnection, row: &VersionRow<'_>) -> Result
 /// Writes a version with one multi-statement query: SQLite binds `$N` by absolute position
 /// across the statements, and each call into sqlx's SQLite worker thread costs a hand-off, so
 /// one call instead of five keeps the single writer busy writing.
-async fn apply_sqlite(
+async fn apply_sqlite_in_tx(
     conn: &mut sqlx::SqliteConnection,
     row: &VersionRow<'_>,
 ) -> Result<(), StoreError> {
+    apply_sqlite(conn, row, "", "").await
+}
+
+/// `prefix` and `suffix` wrap the statements (BEGIN and COMMIT of [`Store::write_one`]).
+async fn apply_sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    row: &VersionRow<'_>,
+    prefix: &str,
+    suffix: &str,
+) -> Result<(), StoreError> {
     let mut sql = String::with_capacity(600);
+    sql.push_str(prefix);
     if row.created {
         sql.push_str("insert into resource (res_type, res_id, version_id, last_updated, deleted) values ($1, $2, $3, $4, $5);");
     } else {
@@ -903,6 +1084,7 @@ async fn apply_sqlite(
         }
         sql.push(';');
     }
+    sql.push_str(suffix);
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(row.ty)
         .bind(row.id)

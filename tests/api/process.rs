@@ -314,3 +314,121 @@ async fn default_database_and_migrate_command() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+async fn logs_carry_request_ids_and_no_patient_data(backend: Backend) {
+    let db = fresh_database(backend).await;
+    let log_path =
+        std::env::temp_dir().join(format!("vb-log-{}.txt", uuid::Uuid::new_v4().simple()));
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &db)
+        // The most verbose level: nothing logged at any level may carry patient data.
+        .env("VB_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("server starts");
+    let base = format!("http://127.0.0.1:{port}/fhir");
+    let client = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..400 {
+        if client.get(format!("{base}/metadata")).send().await.is_ok() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready, "server did not start");
+    let mut p = patient("Zebedee-Secret-Surname");
+    p["identifier"] = json!([{"system": "urn:mrn", "value": "MRN-SECRET-4711"}]);
+    let r = client
+        .post(format!("{base}/Patient"))
+        .header("content-type", "application/fhir+json")
+        .body(p.to_string())
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 201);
+    let r = client
+        .get(format!("{base}/Patient?identifier=urn:mrn|MRN-SECRET-4711"))
+        .send()
+        .await
+        .expect("search");
+    assert_eq!(r.status(), 200);
+    // A rejected body that quotes patient data.
+    let mut bad = p.clone();
+    bad["birthDate"] = json!("Zebedee-Secret-Birthday");
+    let r = client
+        .post(format!("{base}/Patient"))
+        .header("content-type", "application/fhir+json")
+        .body(bad.to_string())
+        .send()
+        .await
+        .expect("bad");
+    assert_eq!(r.status(), 400);
+    // A server error: the table the write path needs is gone.
+    match backend {
+        Backend::Postgres => {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&db).await.expect("connect");
+            sqlx::query("drop table change_log")
+                .execute(&mut c)
+                .await
+                .expect("drop");
+        }
+        Backend::Sqlite => {
+            use sqlx::Connection;
+            let mut c = sqlx::SqliteConnection::connect(&db).await.expect("connect");
+            sqlx::query("drop table change_log")
+                .execute(&mut c)
+                .await
+                .expect("drop");
+        }
+    }
+    let r = client
+        .post(format!("{base}/Patient"))
+        .header("content-type", "application/fhir+json")
+        .body(p.to_string())
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 500);
+    let request_id = r
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("request id")
+        .to_owned();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let logged = std::fs::read_to_string(&log_path).expect("log");
+    std::fs::remove_file(&log_path).ok();
+    let error_line = logged
+        .lines()
+        .find(|l| l.contains("internal error"))
+        .unwrap_or_else(|| panic!("no error logged:\n{logged}"));
+    assert!(
+        error_line.contains(&request_id),
+        "the logged error names the request id {request_id}: {error_line}"
+    );
+    for secret in ["Zebedee", "MRN-SECRET", "urn:mrn", "Secret-Birthday"] {
+        assert!(
+            !logged.contains(secret),
+            "patient data '{secret}' in the log:\n{logged}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_carry_request_ids_and_no_patient_data_postgres() {
+    logs_carry_request_ids_and_no_patient_data(Backend::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_carry_request_ids_and_no_patient_data_sqlite() {
+    logs_carry_request_ids_and_no_patient_data(Backend::Sqlite).await
+}
