@@ -864,17 +864,9 @@ impl Store {
         let task = tokio::spawn(async move {
             let mut resource = resource;
             let id = id.unwrap_or_else(ResourceId::generate);
-            let write = match (method, resource.as_mut()) {
-                (Method::Post, Some(r)) => Write::Create { resource: r },
-                (Method::Delete, _) | (_, None) => Write::Delete { if_match },
-                (m, Some(r)) => Write::Update {
-                    resource: r,
-                    if_match,
-                    method: m,
-                },
-            };
             match &store {
                 Store::Pg(pool) => {
+                    let write = make_write(method, resource.as_mut(), if_match);
                     if let Write::Create { .. } = write {
                         // One statement is one transaction: no BEGIN or COMMIT needed.
                         let mut conn = pool.acquire().await?;
@@ -896,28 +888,42 @@ impl Store {
                     tx.commit().await?;
                     Ok(w)
                 }
-                Store::Sqlite { write: pool, .. } => {
+                Store::Sqlite {
+                    read, write: pool, ..
+                } => {
+                    if method != Method::Post {
+                        // Optimistic: plan on the current version as a reader sees it, then write
+                        // in one call guarded by that version. Only if another write got in
+                        // between does it take the locking path below.
+                        let current = {
+                            let mut conn = read.acquire().await?;
+                            sqlite_current_meta(&mut conn, ty, &id).await?
+                        };
+                        let write = make_write(method, resource.as_mut(), if_match);
+                        match plan(ty, &id, current, write)? {
+                            Planned::Noop(w) => return Ok(w),
+                            Planned::Write {
+                                written,
+                                method,
+                                resource,
+                            } => {
+                                let row = version_row(&written, method, resource);
+                                match sqlite_guarded(pool, &row).await {
+                                    Ok(true) => return Ok(written),
+                                    Ok(false) => {}
+                                    Err(e) => return Err(e),
+                                }
+                            }
+                        }
+                    }
+                    let write = make_write(method, resource.as_mut(), if_match);
                     use futures::FutureExt;
                     let mut conn = pool.acquire().await?;
                     let attempt =
                         std::panic::AssertUnwindSafe(sqlite_write_one(&mut conn, ty, &id, write))
                             .catch_unwind()
                             .await;
-                    let Ok(result) = attempt else {
-                        // Never hand out a connection that may be inside a transaction.
-                        conn.close_on_drop();
-                        return Err(StoreError::Db(sqlx::Error::Protocol(
-                            "write panicked".into(),
-                        )));
-                    };
-                    if result.is_err() {
-                        // The transaction is sqlx's to know nothing of: end it here, and if even
-                        // that fails, drop the connection rather than hand it out mid-transaction.
-                        if sqlx::query("rollback").execute(&mut *conn).await.is_err() {
-                            conn.close_on_drop();
-                        }
-                    }
-                    result
+                    finish_sqlite(&mut conn, attempt).await
                 }
             }
         });
@@ -927,6 +933,82 @@ impl Store {
                 "write task failed: {e}"
             )))),
         }
+    }
+}
+
+/// Version, last update and deleted flag of the current version, without locking.
+async fn sqlite_current_meta(
+    conn: &mut sqlx::SqliteConnection,
+    ty: ResourceType,
+    id: &ResourceId,
+) -> Result<Option<(i64, i64, bool)>, StoreError> {
+    use sqlx::Row;
+    let row = sqlx::query("select version_id, last_updated, deleted from resource where res_type = $1 and res_id = $2")
+        .bind(ty.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(match row {
+        Some(row) => Some((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)),
+        None => None,
+    })
+}
+
+fn make_write(method: Method, resource: Option<&mut Value>, if_match: Option<i64>) -> Write<'_> {
+    match (method, resource) {
+        (Method::Post, Some(r)) => Write::Create { resource: r },
+        (Method::Delete, _) | (_, None) => Write::Delete { if_match },
+        (m, Some(r)) => Write::Update {
+            resource: r,
+            if_match,
+            method: m,
+        },
+    }
+}
+
+/// Ends a raw SQLite write transaction sqlx does not track: after an error or a panic it is
+/// rolled back, and a connection whose state is unknown is closed rather than handed out again.
+async fn finish_sqlite<T>(
+    conn: &mut sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    attempt: std::thread::Result<Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let Ok(result) = attempt else {
+        conn.close_on_drop();
+        return Err(StoreError::Db(sqlx::Error::Protocol(
+            "write panicked".into(),
+        )));
+    };
+    if result.is_err() && sqlx::query("rollback").execute(&mut **conn).await.is_err() {
+        conn.close_on_drop();
+    }
+    result
+}
+
+/// One call: BEGIN IMMEDIATE, the version's rows guarded by the planned-on version, COMMIT.
+/// `Ok(false)` when another write changed the resource first (nothing was written).
+async fn sqlite_guarded(pool: &SqlitePool, row: &VersionRow<'_>) -> Result<bool, StoreError> {
+    use futures::FutureExt;
+    let mut conn = pool.acquire().await?;
+    let attempt = std::panic::AssertUnwindSafe(apply_sqlite(
+        &mut conn,
+        row,
+        "begin immediate;",
+        "commit;",
+        true,
+    ))
+    .catch_unwind()
+    .await;
+    match finish_sqlite(&mut conn, attempt).await {
+        Ok(()) => Ok(true),
+        Err(StoreError::Db(sqlx::Error::Database(e)))
+            if matches!(
+                e.kind(),
+                sqlx::error::ErrorKind::NotNullViolation | sqlx::error::ErrorKind::UniqueViolation
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -970,6 +1052,7 @@ async fn sqlite_write_one(
                 &version_row(&written, method, resource),
                 prefix,
                 "commit;",
+                false,
             )
             .await?;
             Ok(written)
@@ -1048,18 +1131,32 @@ async fn apply_sqlite_in_tx(
     conn: &mut sqlx::SqliteConnection,
     row: &VersionRow<'_>,
 ) -> Result<(), StoreError> {
-    apply_sqlite(conn, row, "", "").await
+    apply_sqlite(conn, row, "", "", false).await
 }
 
-/// `prefix` and `suffix` wrap the statements (BEGIN and COMMIT of [`Store::write_one`]).
+/// `prefix` and `suffix` wrap the statements (BEGIN and COMMIT of [`Store::write_one`]);
+/// `guarded` makes the write fail unless the resource is still at the version it was planned on.
 async fn apply_sqlite(
     conn: &mut sqlx::SqliteConnection,
     row: &VersionRow<'_>,
     prefix: &str,
     suffix: &str,
+    guarded: bool,
 ) -> Result<(), StoreError> {
-    let mut sql = String::with_capacity(600);
+    let mut sql = String::with_capacity(700);
     sql.push_str(prefix);
+    // The history row first: in `guarded` form its version is computed from the current row and
+    // is NULL (a NOT NULL violation that aborts everything) unless the current version is still
+    // the one this write was planned on.
+    let version = if guarded && !row.created {
+        "(select version_id + 1 from resource where res_type = $1 and res_id = $2 and version_id = $3 - 1)"
+    } else {
+        "$3"
+    };
+    sql.push_str(&format!(
+        "insert into resource_history (res_type, res_id, version_id, last_updated, method, content) \
+         values ($1, $2, {version}, $4, $6, $7);"
+    ));
     if row.created {
         sql.push_str("insert into resource (res_type, res_id, version_id, last_updated, deleted) values ($1, $2, $3, $4, $5);");
     } else {
@@ -1068,11 +1165,7 @@ async fn apply_sqlite(
              delete from search_token where res_type = $1 and res_id = $2;",
         );
     }
-    sql.push_str(
-        "insert into resource_history (res_type, res_id, version_id, last_updated, method, content) \
-         values ($1, $2, $3, $4, $6, $7); \
-         insert into change_log (res_type, res_id, version_id, method, recorded_at) values ($1, $2, $3, $6, $4);",
-    );
+    sql.push_str("insert into change_log (res_type, res_id, version_id, method, recorded_at) values ($1, $2, $3, $6, $4);");
     if !row.tokens.is_empty() {
         sql.push_str("insert into search_token (res_type, res_id, param, system, code) values ");
         for i in 0..row.tokens.len() {
