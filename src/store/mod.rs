@@ -897,7 +897,8 @@ impl Store {
                         // between does it take the locking path below.
                         let current = {
                             let mut conn = read.acquire().await?;
-                            sqlite_current_meta(&mut conn, ty, &id).await?
+                            // SQLite has no row locks, so this is a plain read on a reader.
+                            sqlite::lock_current(&mut conn, ty, &id).await?
                         };
                         let write = make_write(method, resource.as_mut(), if_match);
                         match plan(ty, &id, current, write)? {
@@ -934,24 +935,6 @@ impl Store {
             )))),
         }
     }
-}
-
-/// Version, last update and deleted flag of the current version, without locking.
-async fn sqlite_current_meta(
-    conn: &mut sqlx::SqliteConnection,
-    ty: ResourceType,
-    id: &ResourceId,
-) -> Result<Option<(i64, i64, bool)>, StoreError> {
-    use sqlx::Row;
-    let row = sqlx::query("select version_id, last_updated, deleted from resource where res_type = $1 and res_id = $2")
-        .bind(ty.as_str())
-        .bind(id.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(match row {
-        Some(row) => Some((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)),
-        None => None,
-    })
 }
 
 fn make_write(method: Method, resource: Option<&mut Value>, if_match: Option<i64>) -> Write<'_> {
