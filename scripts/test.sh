@@ -42,8 +42,8 @@ start_private_cluster() {
   "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
     -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=300" start >/dev/null
   export VB_TEST_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
-  # Stop it when the tests end.
-  trap '"${run[@]}" "$bin/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true' EXIT
+  # Stop and remove it when the tests end (expanded now: these locals are gone by then).
+  trap "${run[*]} $bin/pg_ctl -D $dir/data -m fast stop >/dev/null 2>&1 || true; rm -rf $dir" EXIT
 }
 
 ensure_postgres() {
