@@ -4,6 +4,9 @@
 //! delete and conditional references need (https://hl7.org/fhir/R4/http.html#ccreate). The full
 //! registry generated from the R4 definitions replaces it.
 
+pub mod fhirpath;
+pub mod registry;
+
 use crate::fhir::types::ResourceType;
 use crate::store::Criterion;
 

@@ -1,0 +1,1 @@
+//! The search-parameter registry (placeholder; generated tables land here).
