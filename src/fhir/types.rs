@@ -185,11 +185,14 @@ pub struct ResourceId(String);
 
 impl ResourceId {
     pub fn parse(s: &str) -> Option<Self> {
-        let ok = !s.is_empty()
-            && s.len() <= 64
+        Self::is_valid(s).then(|| ResourceId(s.to_owned()))
+    }
+
+    /// Whether `s` has the lexical form of an id.
+    pub fn is_valid(s: &str) -> bool {
+        (1..=64).contains(&s.len())
             && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-        ok.then(|| ResourceId(s.to_owned()))
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
     }
 
     /// A fresh server-assigned id. UUIDs are never handed out twice, so ids are never reused.
@@ -206,6 +209,17 @@ impl fmt::Display for ResourceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// The target of a literal reference: `Type/id`, `Type/id/_history/v`, or an absolute URL ending
+/// in one of those (https://hl7.org/fhir/R4/references.html#literal).
+pub fn literal_reference(url: &str) -> Option<(ResourceType, &str)> {
+    let path = url.split_once("/_history/").map_or(url, |(p, _)| p);
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    let mut segments = path.rsplit('/');
+    let id = segments.next()?;
+    let ty = ResourceType::parse(segments.next()?)?;
+    ResourceId::is_valid(id).then_some((ty, id))
 }
 
 #[cfg(test)]
@@ -232,5 +246,21 @@ mod tests {
         assert!(ResourceId::parse("a_b").is_none());
         assert!(ResourceId::parse(&"a".repeat(64)).is_some());
         assert!(ResourceId::parse(&"a".repeat(65)).is_none());
+    }
+
+    #[test]
+    fn literal_references() {
+        let obs = ResourceType::parse("Observation");
+        assert_eq!(literal_reference("Observation/1"), obs.map(|t| (t, "1")));
+        assert_eq!(
+            literal_reference("http://x/fhir/Observation/1/_history/2"),
+            obs.map(|t| (t, "1"))
+        );
+        assert_eq!(literal_reference("Spaceship/1"), None);
+        assert_eq!(literal_reference("Observation/a_b"), None);
+        assert_eq!(
+            literal_reference("urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a"),
+            None
+        );
     }
 }

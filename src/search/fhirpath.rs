@@ -563,13 +563,6 @@ fn is_type_name(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// A logical id (http://hl7.org/fhir/R4/datatypes.html#id).
-fn is_id(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-}
-
 /// `resolve()` without fetching: the target's type comes from the reference
 /// (http://hl7.org/fhir/R4/references.html#literal), a contained resource is returned itself.
 fn resolve<'a>(n: &Node<'a>, cx: &Ctx<'a>) -> Option<Node<'a>> {
@@ -609,12 +602,8 @@ fn resolve<'a>(n: &Node<'a>, cx: &Ctx<'a>) -> Option<Node<'a>> {
 }
 
 /// The type of `[base/]Type/id[/_history/vid]`, if the reference has that shape.
-fn reference_type(r: &str) -> Option<&str> {
-    let r = r.split_once("/_history/").map_or(r, |(head, _)| head);
-    let mut segments = r.rsplit('/');
-    let id = segments.next()?;
-    let ty = segments.next()?;
-    (is_id(id) && is_type_name(ty)).then_some(ty)
+fn reference_type(r: &str) -> Option<&'static str> {
+    crate::fhir::types::literal_reference(r).map(|(ty, _)| ty.as_str())
 }
 
 // ---------------------------------------------------------------------------------------------

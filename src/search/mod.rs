@@ -4,6 +4,7 @@
 //! delete and conditional references need (https://hl7.org/fhir/R4/http.html#ccreate). The full
 //! registry generated from the R4 definitions replaces it.
 
+pub mod extract;
 pub mod fhirpath;
 pub mod registry;
 
