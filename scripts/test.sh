@@ -70,7 +70,12 @@ ensure_postgres() {
 ensure_examples() {
   local dir=target/fhir-examples
   if [ -f "$dir/package/package.json" ]; then return; fi
-  command -v npm >/dev/null 2>&1 || die "npm is needed to fetch the official FHIR examples (apt-get install npm)"
+  if ! command -v npm >/dev/null 2>&1; then
+    [ "$(id -u)" = 0 ] || die "npm is needed to fetch the official FHIR examples; install npm"
+    log "installing npm (the official FHIR examples come from the npm registry)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq npm >/dev/null || die "could not install npm"
+  fi
   log "fetching the official FHIR R4 examples (npm hl7.fhir.r4.examples)"
   mkdir -p "$dir"
   (cd "$dir" && npm pack --silent hl7.fhir.r4.examples >/dev/null && tar xzf hl7.fhir.r4.examples-*.tgz && rm -f hl7.fhir.r4.examples-*.tgz)

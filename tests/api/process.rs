@@ -23,12 +23,18 @@ fn free_port() -> u16 {
 }
 
 async fn start(database_url: &str, port: u16) -> Server {
+    start_logging(database_url, port, "warn", Stdio::null()).await
+}
+
+/// Starts the server with log level `level`, its log (stderr) going to `log`, and waits until
+/// it answers.
+async fn start_logging(database_url: &str, port: u16, level: &str, log: Stdio) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", database_url)
-        .env("VB_LOG", "warn")
+        .env("VB_LOG", level)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("server starts");
     let base = format!("http://127.0.0.1:{port}");
@@ -321,26 +327,9 @@ async fn logs_carry_request_ids_and_no_patient_data(backend: Backend) {
         std::env::temp_dir().join(format!("vb-log-{}.txt", uuid::Uuid::new_v4().simple()));
     let log = std::fs::File::create(&log_path).expect("log file");
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", &db)
-        // The most verbose level: nothing logged at any level may carry patient data.
-        .env("VB_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("server starts");
-    let base = format!("http://127.0.0.1:{port}/fhir");
+    // The most verbose level: nothing logged at any level may carry patient data.
+    let Server { mut child, base } = start_logging(&db, port, "debug", Stdio::from(log)).await;
     let client = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..400 {
-        if client.get(format!("{base}/metadata")).send().await.is_ok() {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(ready, "server did not start");
     let mut p = patient("Zebedee-Secret-Surname");
     p["identifier"] = json!([{"system": "urn:mrn", "value": "MRN-SECRET-4711"}]);
     let r = client
