@@ -4,6 +4,8 @@
 #
 #   scripts/bench.sh                       # both backends, all scenarios, 32 clients, 10 s each
 #   BACKENDS=sqlite SCENARIOS=read,create DURATION=5 CLIENTS=32 scripts/bench.sh
+#
+# Searches over a large remote-monitoring data set kept between runs: scripts/bench-search.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -32,6 +32,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         // Parse the validation tables now rather than on the first write.
         validate::preload();
+        search::preload();
         let url = settings.database_url().to_owned();
         let store = Store::connect(
             &url,

@@ -47,6 +47,15 @@ enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Rebuild the search index from the stored resources (after an upgrade that changes what
+    /// is indexed); the server may keep running meanwhile
+    Reindex {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Resources per transaction
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
     /// Drive a running FHIR server with concurrent clients and report throughput and latency
     Bench(bench::BenchArgs),
 }
@@ -100,6 +109,7 @@ async fn run() -> std::process::ExitCode {
             .await
         }
         Command::Migrate { db } => migrate(db.database_url).await,
+        Command::Reindex { db, batch } => reindex(db.database_url, batch).await,
         Command::Bench(args) => bench::run(args).await,
     };
     match result {
@@ -136,5 +146,47 @@ async fn migrate(database_url: Option<String>) -> anyhow::Result<()> {
         "migrations applied to {}",
         redact_url(settings.database_url())
     );
+    Ok(())
+}
+
+async fn reindex(database_url: Option<String>, batch: usize) -> anyhow::Result<()> {
+    let settings = Settings {
+        database_url,
+        ..Default::default()
+    };
+    let store =
+        vitalbridge::store::Store::connect(settings.database_url(), &Default::default()).await?;
+    store.migrate().await?;
+    vitalbridge::search::preload();
+    let total = store.count_current().await?;
+    let bar = indicatif::ProgressBar::new(total.max(0) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} reindexing [{bar:40}] {pos}/{len} resources ({per_sec}, {eta} left)",
+        )?
+        .progress_chars("=> "),
+    );
+    let started = std::time::Instant::now();
+    let mut after: Option<(String, String)> = None;
+    let mut done = 0u64;
+    loop {
+        let page = store
+            .scan_current(
+                after.as_ref().map(|(t, i)| (t.as_str(), i.as_str())),
+                batch.max(1),
+            )
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.ty.clone(), last.id.clone()));
+        store.reindex(&page).await?;
+        done += page.len() as u64;
+        bar.set_position(done);
+    }
+    bar.finish_and_clear();
+    println!(
+        "reindexed {done} resources in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    store.close().await;
     Ok(())
 }

@@ -5,9 +5,12 @@
 //! shares its CPUs with the server under test, and a templated body costs one
 //! allocation and a few copies per request.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use serde::Deserialize;
+
+use super::stats::ErrKind;
 
 pub const FHIR_JSON: &str = "application/fhir+json";
 
@@ -91,6 +94,104 @@ pub fn ids_from_transaction_response(
         ids.push(from_location.or_else(from_resource)?.to_owned());
     }
     Some(ids)
+}
+
+/// What a search response must contain to count as a success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchExpect {
+    /// Type of the resources of the `match` entries.
+    pub resource_type: &'static str,
+    /// The request asked for `_total=accurate`, so `Bundle.total` must be there.
+    pub need_total: bool,
+}
+
+/// Checks that `body` is a `searchset` Bundle with at least one `match` entry,
+/// all of `expect.resource_type`, and returns how many there are. Entries of
+/// other modes (`include`, `outcome`) are not counted: a server that ignores
+/// a parameter and only answers with a warning must not pass for one that
+/// found something. Only the fields checked are kept; the resources' other
+/// content is skipped by the parser without being built.
+pub fn check_searchset(body: &[u8], expect: SearchExpect) -> Result<usize, (ErrKind, String)> {
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        #[serde(rename = "resourceType", borrow)]
+        resource_type: Option<Cow<'a, str>>,
+        #[serde(rename = "type", borrow)]
+        bundle_type: Option<Cow<'a, str>>,
+        total: Option<u64>,
+        #[serde(default, borrow)]
+        entry: Vec<EntryHead<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct EntryHead<'a> {
+        #[serde(borrow)]
+        search: Option<SearchHead<'a>>,
+        #[serde(borrow)]
+        resource: Option<ResourceHead<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct SearchHead<'a> {
+        #[serde(borrow)]
+        mode: Option<Cow<'a, str>>,
+    }
+    #[derive(Deserialize)]
+    struct ResourceHead<'a> {
+        #[serde(rename = "resourceType", borrow)]
+        resource_type: Option<Cow<'a, str>>,
+    }
+
+    let bad = |msg: String| (ErrKind::BadBundle, msg);
+    let head: Head<'_> =
+        serde_json::from_slice(body).map_err(|e| bad(format!("not a JSON Bundle: {e}")))?;
+    match head.resource_type.as_deref() {
+        Some("Bundle") => {}
+        other => return Err(bad(format!("resourceType {other:?} instead of Bundle"))),
+    }
+    if head.bundle_type.as_deref() != Some("searchset") {
+        return Err(bad(format!(
+            "Bundle.type {:?} instead of searchset",
+            head.bundle_type
+        )));
+    }
+    if expect.need_total && head.total.is_none() {
+        return Err(bad(
+            "no Bundle.total although _total=accurate was asked".into()
+        ));
+    }
+    let mut matches = 0;
+    for e in &head.entry {
+        let mode = e.search.as_ref().and_then(|s| s.mode.as_deref());
+        if !matches!(mode, None | Some("match")) {
+            continue;
+        }
+        let ty = e.resource.as_ref().and_then(|r| r.resource_type.as_deref());
+        if ty != Some(expect.resource_type) {
+            return Err(bad(format!(
+                "a match entry holds {ty:?} instead of {}",
+                expect.resource_type
+            )));
+        }
+        matches += 1;
+    }
+    if let Some(total) = head.total
+        && total < matches as u64
+    {
+        return Err(bad(format!(
+            "Bundle.total {total} < {matches} matches on the page"
+        )));
+    }
+    if matches == 0 {
+        return Err((
+            ErrKind::Empty,
+            format!(
+                "searchset without a {} match (total {:?}, {} entries)",
+                expect.resource_type,
+                head.total,
+                head.entry.len()
+            ),
+        ));
+    }
+    Ok(matches)
 }
 
 const OBS_HEAD: &str = r#"{"resourceType":"Observation","#;
@@ -242,6 +343,55 @@ mod tests {
         assert_eq!(pat["id"], "p1");
         assert_eq!(pat["birthDate"], "1945-01-01");
         assert_eq!(pat["name"][0]["given"][1], "R65");
+    }
+
+    #[test]
+    fn searchset_checks() {
+        let obs = SearchExpect {
+            resource_type: "Observation",
+            need_total: false,
+        };
+        let ok = br#"{"resourceType":"Bundle","type":"searchset","entry":[
+            {"fullUrl":"x","resource":{"resourceType":"Observation","id":"a","valueQuantity":{"value":1.50}},"search":{"mode":"match"}},
+            {"resource":{"resourceType":"Observation","id":"b"}},
+            {"resource":{"resourceType":"Patient","id":"p"},"search":{"mode":"include"}},
+            {"resource":{"resourceType":"OperationOutcome"},"search":{"mode":"outcome"}}]}"#;
+        assert_eq!(check_searchset(ok, obs), Ok(2));
+        let kind = |body: &[u8], e| check_searchset(body, e).map_err(|(k, _)| k);
+        // A warning alone is not a result.
+        let only_outcome = br#"{"resourceType":"Bundle","type":"searchset","total":0,"entry":[
+            {"resource":{"resourceType":"OperationOutcome"},"search":{"mode":"outcome"}}]}"#;
+        assert_eq!(kind(only_outcome, obs), Err(ErrKind::Empty));
+        assert_eq!(
+            kind(br#"{"resourceType":"Bundle","type":"searchset"}"#, obs),
+            Err(ErrKind::Empty)
+        );
+        assert_eq!(
+            kind(br#"{"resourceType":"OperationOutcome"}"#, obs),
+            Err(ErrKind::BadBundle)
+        );
+        assert_eq!(
+            kind(
+                br#"{"resourceType":"Bundle","type":"history","entry":[]}"#,
+                obs
+            ),
+            Err(ErrKind::BadBundle)
+        );
+        assert_eq!(kind(b"<html>", obs), Err(ErrKind::BadBundle));
+        let wrong_type = br#"{"resourceType":"Bundle","type":"searchset","entry":[
+            {"resource":{"resourceType":"Patient","id":"p"}}]}"#;
+        assert_eq!(kind(wrong_type, obs), Err(ErrKind::BadBundle));
+        let with_total = SearchExpect {
+            need_total: true,
+            ..obs
+        };
+        assert_eq!(kind(ok, with_total), Err(ErrKind::BadBundle));
+        let totalled = br#"{"resourceType":"Bundle","type":"searchset","total":123456,"entry":[
+            {"resource":{"resourceType":"Observation","id":"a"}}]}"#;
+        assert_eq!(check_searchset(totalled, with_total), Ok(1));
+        let short_total = br#"{"resourceType":"Bundle","type":"searchset","total":0,"entry":[
+            {"resource":{"resourceType":"Observation","id":"a"}}]}"#;
+        assert_eq!(kind(short_total, obs), Err(ErrKind::BadBundle));
     }
 
     #[test]

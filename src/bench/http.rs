@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 
-use super::fhir::{FHIR_JSON, id_from_body, id_from_location};
+use super::fhir::{FHIR_JSON, SearchExpect, check_searchset, id_from_body, id_from_location};
 use super::stats::{ErrKind, snippet};
 
 // Functions rather than consts: a `HeaderValue` const would be a fresh
@@ -142,4 +142,25 @@ pub async fn send(
             ),
         }),
     }
+}
+
+/// Sends a search and checks its answer: exactly 200 (a 2xx without a body
+/// is not a search result) and a searchset Bundle with at least one match of
+/// the expected type (see [`check_searchset`]). Returns the number of matches.
+pub async fn send_search(
+    req: reqwest::RequestBuilder,
+    expect: SearchExpect,
+) -> Result<usize, Failure> {
+    let resp = req.send().await.map_err(|e| transport_failure(&e))?;
+    let status = resp.status();
+    if status != reqwest::StatusCode::OK {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(Failure {
+            kind: ErrKind::Status(status.as_u16()),
+            detail: snippet(&body, 300),
+        });
+    }
+    // The whole page is needed to count its matches.
+    let body = resp.bytes().await.map_err(|e| transport_failure(&e))?;
+    check_searchset(&body, expect).map_err(|(kind, detail)| Failure { kind, detail })
 }

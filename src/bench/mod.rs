@@ -4,6 +4,18 @@
 //! a warm-up, and reports throughput and latency percentiles of the 2xx
 //! responses, with failures counted by status.
 //!
+//! Searches need a realistic volume of data, more than a run can create in
+//! passing, so they work in two steps (see `rpm`): `--scenarios rpm-seed`
+//! writes a remote-patient-monitoring data set with fixed ids once (a no-op
+//! when the server already has it, a resume when it was interrupted), and
+//! `--scenarios search` (search-pcd, search-pc, lastn, code-total,
+//! search-org) queries it, with the same `--rpm-*` flags:
+//!
+//! ```text
+//! vitalbridge bench --scenarios rpm-seed --rpm-patients 1000 --rpm-per-patient 1000
+//! vitalbridge bench --scenarios search --rpm-patients 1000 --rpm-per-patient 1000 --clients 16
+//! ```
+//!
 //! The generator usually shares its CPUs with the server and its database,
 //! so the hot loops avoid avoidable work: bodies are filled into fixed JSON
 //! templates, URLs are parsed once, responses are drained without being
@@ -12,6 +24,7 @@
 
 mod fhir;
 mod http;
+mod rpm;
 mod scenario;
 mod seed;
 mod stats;
@@ -50,7 +63,9 @@ pub struct BenchArgs {
     /// Seconds per scenario (after warm-up)
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
-    /// Scenarios to run, comma separated: read,create,update,delete,mixed (or all)
+    /// Scenarios to run, comma separated: read,create,update,delete,mixed (or all);
+    /// rpm-seed writes the remote-monitoring data set (untimed; runs first);
+    /// search-pcd,search-pc,lastn,code-total,search-org (or search) query it
     #[arg(
         long,
         value_delimiter = ',',
@@ -78,6 +93,37 @@ pub struct BenchArgs {
     /// Seed with single POSTs only, without trying transaction Bundles first
     #[arg(long)]
     pub no_transactions: bool,
+    /// rpm-seed and searches: Patients in the data set (ids rpm-p00000, rpm-p00001, ...)
+    #[arg(long, default_value_t = 1000)]
+    pub rpm_patients: usize,
+    /// rpm-seed and searches: vital-sign Observations per Patient, spread over the
+    /// 365 days before the data set's end
+    #[arg(long, default_value_t = 1000)]
+    pub rpm_per_patient: usize,
+    /// rpm-seed and searches: clinics (Organization) the Patients are spread over
+    #[arg(long, default_value_t = 20)]
+    pub rpm_orgs: usize,
+    /// rpm-seed and searches: seed of the generated values (same flags, same resources)
+    #[arg(long, default_value_t = 1)]
+    pub rpm_rng_seed: u64,
+    /// rpm-seed and searches: end of the data set's year, YYYY-MM-DD (UTC) or RFC 3339
+    /// [default: the end recorded on the server by rpm-seed; for a first seeding,
+    /// today 00:00 UTC]
+    #[arg(long)]
+    pub rpm_end: Option<String>,
+    /// rpm-seed: resources per transaction Bundle
+    #[arg(long, default_value_t = 500)]
+    pub rpm_bundle_size: usize,
+    /// rpm-seed: transaction Bundles in flight
+    #[arg(long, default_value_t = 4)]
+    pub rpm_concurrency: usize,
+    /// rpm-seed: write every resource again even when the server has the complete data set
+    #[arg(long)]
+    pub rpm_reseed: bool,
+    /// Clients of the code-total scenario (at most --clients): each of its searches
+    /// counts matches across all Patients, a few in parallel already load the server
+    #[arg(long, default_value_t = 4)]
+    pub code_total_clients: usize,
 }
 
 /// What the workers share.
@@ -115,7 +161,13 @@ struct SeededObs {
 const DELETE_POOL_HEADROOM: f64 = 2.0;
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let scenarios = scenario::parse_scenarios(&args.scenarios)?;
+    let mut scenarios = scenario::parse_scenarios(&args.scenarios)?;
+    // The searches need the data set, whatever the order given.
+    if let Some(i) = scenarios.iter().position(|s| *s == Scenario::RpmSeed) {
+        let seed = scenarios.remove(i);
+        scenarios.insert(0, seed);
+    }
+    let rpm_opts = rpm::Options::from_args(&args)?;
     if args.clients == 0 {
         bail!("--clients must be at least 1");
     }
@@ -137,7 +189,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     )?;
 
     let server = probe_metadata(&http, &base).await?;
-    print_header(&args, &base, server.as_deref(), ansi);
+    let timed = scenarios.iter().any(|s| *s != Scenario::RpmSeed);
+    print_header(&args, &base, server.as_deref(), ansi, timed);
 
     // Tags the resources of this run (identifier values), so they can be
     // told apart from other data on a shared server.
@@ -148,12 +201,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         clients: args.clients,
         prefer_create: http::prefer_minimal(),
     };
-    let (prefer, first_patient) = seed::probe_create(&ctx, &format!("{run_tag}-seed")).await?;
-    ctx.prefer_create = prefer;
+    // The probe creates a Patient: only for the CRUD scenarios, so the
+    // searches' data set is not sprinkled with strays.
+    let any_crud = scenarios.iter().any(|s| s.is_crud());
+    let mut patients = Vec::new();
+    if any_crud {
+        let (prefer, first_patient) = seed::probe_create(&ctx, &format!("{run_tag}-seed")).await?;
+        ctx.prefer_create = prefer;
+        patients.push(first_patient);
+    }
     let ctx = Arc::new(ctx);
 
     let mut seeder = Seeder::new(&ctx, !args.no_transactions);
-    let mut patients = vec![first_patient];
     let mut observations: Vec<SeededObs> = Vec::new();
     if scenarios.iter().any(|s| s.needs_seeded_patients()) {
         let started = Instant::now();
@@ -177,10 +236,44 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let patients = Arc::new(patients);
 
+    let mut rpm_seed_report = None;
+    let mut rpm_data = None;
+    if scenarios.contains(&Scenario::RpmSeed) {
+        let (data, report) = rpm::seed(&ctx, &rpm_opts).await?;
+        rpm_data = Some(data);
+        rpm_seed_report = Some(report);
+    }
+    if rpm_data.is_none() && scenarios.iter().any(|s| s.is_rpm_search()) {
+        rpm_data = Some(rpm::dataset_for_search(&ctx, &rpm_opts).await?);
+    }
+
     let mut results: Vec<ScenarioResult> = Vec::new();
     let mut create_rate: Option<f64> = None;
     for sc in scenarios {
         let result = match sc {
+            Scenario::RpmSeed => continue,
+            Scenario::SearchPcd
+            | Scenario::SearchPc
+            | Scenario::Lastn
+            | Scenario::CodeTotal
+            | Scenario::SearchOrg => {
+                let data = rpm_data
+                    .as_ref()
+                    .context("the search scenarios need the rpm data set")?;
+                let ops = Arc::new(rpm::search_ops(&ctx, data, sc)?);
+                let clients = if sc == Scenario::CodeTotal {
+                    args.code_total_clients.clamp(1, args.clients)
+                } else {
+                    args.clients
+                };
+                announce_with(sc, &args, clients);
+                let mut r = run_workers(sc, &args, clients, |_, win| {
+                    workers::search(ctx.clone(), ops.clone(), win)
+                })
+                .await?;
+                r.notes.insert(0, rpm::search_note(data, sc));
+                r
+            }
             Scenario::Read => {
                 let urls = observations
                     .iter()
@@ -188,14 +281,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 let urls = Arc::new(urls);
                 announce(sc, &args);
-                run_workers(sc, &args, |_, win| {
+                run_workers(sc, &args, args.clients, |_, win| {
                     workers::read(ctx.clone(), urls.clone(), win)
                 })
                 .await?
             }
             Scenario::Create => {
                 announce(sc, &args);
-                let r = run_workers(sc, &args, |_, win| {
+                let r = run_workers(sc, &args, args.clients, |_, win| {
                     workers::create(ctx.clone(), patients.clone(), win)
                 })
                 .await?;
@@ -215,7 +308,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 }
                 let mut slices = slices.into_iter();
                 announce(sc, &args);
-                run_workers(sc, &args, |_, win| {
+                run_workers(sc, &args, args.clients, |_, win| {
                     workers::update(ctx.clone(), slices.next().unwrap_or_default(), win)
                 })
                 .await?
@@ -226,7 +319,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let pool = Arc::new(pool);
                 let cursor = Arc::new(AtomicUsize::new(0));
                 announce(sc, &args);
-                let mut r = run_workers(sc, &args, |_, win| {
+                let mut r = run_workers(sc, &args, args.clients, |_, win| {
                     workers::delete(ctx.clone(), pool.clone(), cursor.clone(), win)
                 })
                 .await?;
@@ -241,7 +334,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             Scenario::Mixed => {
                 announce(sc, &args);
-                run_workers(sc, &args, |i, win| {
+                run_workers(sc, &args, args.clients, |i, win| {
                     workers::mixed(ctx.clone(), format!("{run_tag}-mixed-{i}"), win)
                 })
                 .await?
@@ -259,7 +352,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         results.push(result);
     }
 
-    print_results(&results, ansi);
+    if !results.is_empty() {
+        print_results(&results, ansi);
+    }
     if let Some(path) = &args.json {
         let report = JsonReport {
             tool: concat!("vitalbridge bench ", env!("CARGO_PKG_VERSION")),
@@ -269,7 +364,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             clients: args.clients,
             duration_s: args.duration,
             warmup_s: args.warmup,
-            seed_method: seed_method_label(&seeder),
+            seed_method: any_crud.then(|| seed_method_label(&seeder)),
+            rpm_seed: rpm_seed_report,
             scenarios: results.iter().map(JsonScenario::new).collect(),
         };
         write_json(path, &report)?;
@@ -303,7 +399,8 @@ async fn probe_metadata(http: &reqwest::Client, base: &str) -> anyhow::Result<Op
     })
 }
 
-fn print_header(args: &BenchArgs, base: &str, server: Option<&str>, ansi: bool) {
+/// `timed`: whether any scenario is run for `--duration` (rpm-seed alone is not).
+fn print_header(args: &BenchArgs, base: &str, server: Option<&str>, ansi: bool, timed: bool) {
     let title = "vitalbridge bench";
     if ansi {
         println!("\x1b[1m{title}\x1b[0m");
@@ -314,20 +411,26 @@ fn print_header(args: &BenchArgs, base: &str, server: Option<&str>, ansi: bool) 
         Some(s) => println!("  server:   {base} ({s})"),
         None => println!("  server:   {base}"),
     }
-    println!("  clients:  {}", args.clients);
-    println!(
-        "  duration: {} s per scenario, after {} s warm-up",
-        args.duration, args.warmup
-    );
+    if timed {
+        println!("  clients:  {}", args.clients);
+        println!(
+            "  duration: {} s per scenario, after {} s warm-up",
+            args.duration, args.warmup
+        );
+    }
     // Piped stdout is block-buffered: show the header before the progress
     // lines on stderr, not after the whole run.
     let _ = std::io::stdout().flush();
 }
 
 fn announce(sc: Scenario, args: &BenchArgs) {
+    announce_with(sc, args, args.clients);
+}
+
+fn announce_with(sc: Scenario, args: &BenchArgs, clients: usize) {
     eprintln!(
-        "running {sc}: {} s warm-up + {} s with {} clients",
-        args.warmup, args.duration, args.clients
+        "running {sc}: {} s warm-up + {} s with {clients} clients",
+        args.warmup, args.duration
     );
 }
 
@@ -415,6 +518,7 @@ async fn delete_pool(
 async fn run_workers<F, Fut>(
     sc: Scenario,
     args: &BenchArgs,
+    clients: usize,
     mut make_worker: F,
 ) -> anyhow::Result<ScenarioResult>
 where
@@ -427,7 +531,7 @@ where
         measure_start,
         end: measure_start + Duration::from_secs(args.duration),
     };
-    let handles: Vec<_> = (0..args.clients)
+    let handles: Vec<_> = (0..clients)
         .map(|i| tokio::spawn(make_worker(i, win)))
         .collect();
 
@@ -474,6 +578,7 @@ where
     }
     Ok(ScenarioResult {
         name: sc.name(),
+        clients,
         elapsed,
         ops: if labels.len() > 1 {
             labels.iter().copied().zip(ops).collect()
@@ -529,7 +634,11 @@ struct JsonReport<'a> {
     clients: usize,
     duration_s: u64,
     warmup_s: u64,
-    seed_method: String,
+    /// How the CRUD scenarios' resources were created (absent without them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed_method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rpm_seed: Option<rpm::SeedReport>,
     scenarios: Vec<JsonScenario>,
 }
 

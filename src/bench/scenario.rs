@@ -18,6 +18,19 @@ pub enum Scenario {
     Delete,
     /// create → read → update → read of a Patient, per client.
     Mixed,
+    /// Writes the remote-monitoring data set (see `rpm`); not timed like
+    /// the others, it reports its own elapsed time and rate.
+    RpmSeed,
+    /// `Observation?patient=Patient/{id}&category=vital-signs&date=ge{end-30d}` (US Core style).
+    SearchPcd,
+    /// `Observation?patient={id}&code=http://loinc.org|8867-4`.
+    SearchPc,
+    /// `Observation/$lastn?patient={id}&category=vital-signs&max=1`.
+    Lastn,
+    /// `Observation?code=http://loinc.org|29463-7&_total=accurate`, over all patients.
+    CodeTotal,
+    /// `Patient?organization={org}` and `Device?patient={id}`, alternately.
+    SearchOrg,
 }
 
 impl Scenario {
@@ -31,6 +44,30 @@ impl Scenario {
         Scenario::Mixed,
     ];
 
+    /// The searches over the remote-monitoring data set (`search`).
+    pub const SEARCH: [Scenario; 5] = [
+        Scenario::SearchPcd,
+        Scenario::SearchPc,
+        Scenario::Lastn,
+        Scenario::CodeTotal,
+        Scenario::SearchOrg,
+    ];
+
+    /// Every scenario that has a name of its own.
+    const NAMED: [Scenario; 11] = [
+        Scenario::Read,
+        Scenario::Create,
+        Scenario::Update,
+        Scenario::Delete,
+        Scenario::Mixed,
+        Scenario::RpmSeed,
+        Scenario::SearchPcd,
+        Scenario::SearchPc,
+        Scenario::Lastn,
+        Scenario::CodeTotal,
+        Scenario::SearchOrg,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Read => "read",
@@ -38,7 +75,24 @@ impl Scenario {
             Scenario::Update => "update",
             Scenario::Delete => "delete",
             Scenario::Mixed => "mixed",
+            Scenario::RpmSeed => "rpm-seed",
+            Scenario::SearchPcd => "search-pcd",
+            Scenario::SearchPc => "search-pc",
+            Scenario::Lastn => "lastn",
+            Scenario::CodeTotal => "code-total",
+            Scenario::SearchOrg => "search-org",
         }
+    }
+
+    /// One of the original CRUD scenarios, which work on resources the run
+    /// creates itself (and need the create probe).
+    pub fn is_crud(self) -> bool {
+        Scenario::ALL.contains(&self)
+    }
+
+    /// A search over the data set `rpm-seed` writes.
+    pub fn is_rpm_search(self) -> bool {
+        Scenario::SEARCH.contains(&self)
     }
 
     /// Whether the scenario needs the seeded Observation pool.
@@ -48,7 +102,10 @@ impl Scenario {
 
     /// Whether the scenario creates Observations, which must reference a seeded Patient.
     pub fn needs_seeded_patients(self) -> bool {
-        !matches!(self, Scenario::Mixed)
+        matches!(
+            self,
+            Scenario::Read | Scenario::Create | Scenario::Update | Scenario::Delete
+        )
     }
 
     /// Labels of the operations timed separately within the scenario (the
@@ -60,6 +117,12 @@ impl Scenario {
             Scenario::Update => &["PUT Observation/{id}"],
             Scenario::Delete => &["DELETE Observation/{id}"],
             Scenario::Mixed => &["POST Patient", "GET Patient/{id}", "PUT Patient/{id}"],
+            Scenario::RpmSeed => &[],
+            Scenario::SearchPcd => &["GET Observation?patient&category&date"],
+            Scenario::SearchPc => &["GET Observation?patient&code"],
+            Scenario::Lastn => &["GET Observation/$lastn"],
+            Scenario::CodeTotal => &["GET Observation?code&_total=accurate"],
+            Scenario::SearchOrg => &["GET Patient?organization", "GET Device?patient"],
         }
     }
 }
@@ -75,24 +138,30 @@ impl FromStr for Scenario {
 
     fn from_str(s: &str) -> anyhow::Result<Self> {
         let wanted = s.trim();
-        for sc in Scenario::ALL {
+        for sc in Scenario::NAMED {
             if sc.name().eq_ignore_ascii_case(wanted) {
                 return Ok(sc);
             }
         }
-        bail!(
-            "unknown scenario {wanted:?} (expected one of: read, create, update, delete, mixed, all)"
-        )
+        bail!("unknown scenario {wanted:?} (expected one of: {})", names())
     }
+}
+
+/// The accepted names, for error messages.
+fn names() -> String {
+    let mut all: Vec<&str> = Scenario::NAMED.iter().map(|s| s.name()).collect();
+    all.extend(["all", "search"]);
+    all.join(", ")
 }
 
 /// Turns the raw `--scenarios` values into scenarios, in the given order.
 ///
 /// Entries are split on commas again because the value may come from a
 /// single quoted argument or a config layer that bypassed clap's delimiter;
-/// blanks are ignored, `all` expands to every scenario and duplicates are
-/// dropped (running a scenario twice in one invocation would only measure a
-/// warmer server under the same name).
+/// blanks are ignored, `all` expands to the CRUD scenarios and `search` to
+/// the searches over the rpm-seed data set, and duplicates are dropped
+/// (running a scenario twice in one invocation would only measure a warmer
+/// server under the same name).
 pub fn parse_scenarios(raw: &[String]) -> anyhow::Result<Vec<Scenario>> {
     let mut out: Vec<Scenario> = Vec::new();
     for item in raw.iter().flat_map(|r| r.split(',')) {
@@ -102,6 +171,8 @@ pub fn parse_scenarios(raw: &[String]) -> anyhow::Result<Vec<Scenario>> {
         }
         let expanded: Vec<Scenario> = if item.eq_ignore_ascii_case("all") {
             Scenario::ALL.to_vec()
+        } else if item.eq_ignore_ascii_case("search") {
+            Scenario::SEARCH.to_vec()
         } else {
             vec![item.parse()?]
         };
@@ -113,7 +184,8 @@ pub fn parse_scenarios(raw: &[String]) -> anyhow::Result<Vec<Scenario>> {
     }
     if out.is_empty() {
         bail!(
-            "no scenario given (expected a comma-separated list of read, create, update, delete, mixed)"
+            "no scenario given (expected a comma-separated list of {})",
+            names()
         );
     }
     Ok(out)
@@ -163,9 +235,23 @@ mod tests {
     }
 
     #[test]
+    fn rpm_names_and_search_group() {
+        let got = parse_scenarios(&strings(&["rpm-seed,search,LASTN"])).unwrap();
+        assert_eq!(got[0], Scenario::RpmSeed);
+        assert_eq!(&got[1..], &Scenario::SEARCH);
+        for sc in Scenario::NAMED {
+            assert_eq!(sc.name().parse::<Scenario>().unwrap(), sc);
+            assert_eq!(sc.is_crud(), Scenario::ALL.contains(&sc));
+            // Timed scenarios need an operation label per recorder slot.
+            assert_eq!(sc.ops().is_empty(), sc == Scenario::RpmSeed);
+        }
+    }
+
+    #[test]
     fn rejects_unknown_and_empty() {
-        let err = parse_scenarios(&strings(&["read", "search"])).unwrap_err();
-        assert!(err.to_string().contains("\"search\""), "{err}");
+        let err = parse_scenarios(&strings(&["read", "seach"])).unwrap_err();
+        assert!(err.to_string().contains("\"seach\""), "{err}");
+        assert!(err.to_string().contains("search-pcd"), "{err}");
         assert!(parse_scenarios(&strings(&[" , "])).is_err());
         assert!(parse_scenarios(&[]).is_err());
     }

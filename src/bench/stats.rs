@@ -24,6 +24,12 @@ pub enum ErrKind {
     Body,
     /// 2xx create whose id was in neither `Location` nor the body.
     NoId,
+    /// 200 search whose Bundle has no matching entry: an empty answer must
+    /// not pass for a fast one.
+    Empty,
+    /// 200 search whose body is not a searchset Bundle of the expected
+    /// resources (or lacks the `total` that was asked for).
+    BadBundle,
     /// Any other transport failure (reset, protocol error, ...).
     Transport,
 }
@@ -36,6 +42,8 @@ impl fmt::Display for ErrKind {
             ErrKind::Connect => f.write_str("connect"),
             ErrKind::Body => f.write_str("body"),
             ErrKind::NoId => f.write_str("no-id"),
+            ErrKind::Empty => f.write_str("empty"),
+            ErrKind::BadBundle => f.write_str("bad-bundle"),
             ErrKind::Transport => f.write_str("transport"),
         }
     }
@@ -192,6 +200,8 @@ fn ms(us: Option<u64>) -> Option<f64> {
 #[derive(Debug)]
 pub struct ScenarioResult {
     pub name: &'static str,
+    /// Concurrent clients (most scenarios use `--clients`, not all).
+    pub clients: usize,
     /// From the end of the warm-up until the last worker finished.
     pub elapsed: Duration,
     pub total: OpStats,
@@ -339,6 +349,7 @@ impl JsonOp {
 pub struct JsonScenario {
     #[serde(flatten)]
     pub total: JsonOp,
+    pub clients: usize,
     pub elapsed_s: f64,
     pub notes: Vec<String>,
     pub first_error: Option<String>,
@@ -350,6 +361,7 @@ impl JsonScenario {
     pub fn new(r: &ScenarioResult) -> Self {
         Self {
             total: JsonOp::new(r.name, &r.total, r.elapsed),
+            clients: r.clients,
             elapsed_s: r.elapsed.as_secs_f64(),
             notes: r.notes.clone(),
             first_error: r.first_error.clone(),
@@ -429,6 +441,7 @@ mod tests {
         b.record_err(ErrKind::Status(500));
         let results = vec![ScenarioResult {
             name: "mixed",
+            clients: 2,
             elapsed: Duration::from_secs(1),
             total: a.clone(),
             ops: vec![("POST Patient", a), ("GET Patient/{id}", b)],

@@ -63,6 +63,24 @@ pub fn utc_timestamp(unix_secs: u64) -> String {
     )
 }
 
+/// Formats Unix seconds as a FHIR `dateTime` in local time at a fixed UTC
+/// offset, e.g. `2024-05-01T07:00:00-05:00` for 12:00 UTC at -300 minutes.
+pub fn timestamp_with_offset(unix_secs: i64, offset_minutes: i32) -> String {
+    let local = unix_secs + i64::from(offset_minutes) * 60;
+    let (y, mo, d) = civil_from_days(local.div_euclid(86_400));
+    let sod = local.rem_euclid(86_400);
+    let sign = if offset_minutes < 0 { '-' } else { '+' };
+    let off = offset_minutes.unsigned_abs();
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}{sign}{:02}:{:02}",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60,
+        off / 60,
+        off % 60
+    )
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -100,6 +118,20 @@ mod tests {
         assert_eq!(utc_timestamp(1_709_251_199), "2024-02-29T23:59:59Z");
         assert_eq!(utc_timestamp(1_735_689_600), "2025-01-01T00:00:00Z");
         assert_eq!(utc_timestamp(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn offset_timestamps_shift_the_wall_clock() {
+        assert_eq!(timestamp_with_offset(0, 0), "1970-01-01T00:00:00+00:00");
+        // 2025-01-01T03:30:15Z seen from US Eastern (standard time).
+        assert_eq!(
+            timestamp_with_offset(1_735_702_215, -300),
+            "2024-12-31T22:30:15-05:00"
+        );
+        assert_eq!(
+            timestamp_with_offset(1_735_702_215, 330),
+            "2025-01-01T09:00:15+05:30"
+        );
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use reqwest::{Url, header};
 
 use super::Ctx;
-use super::fhir::{observation_json, patient_json};
-use super::http::{Failure, content_type_fhir, prefer_minimal, send};
+use super::fhir::{SearchExpect, observation_json, patient_json};
+use super::http::{Failure, content_type_fhir, prefer_minimal, send, send_search};
 use super::stats::{ErrKind, Recorder};
 use super::util::{Clock, Rng};
 
@@ -222,6 +222,39 @@ pub async fn mixed(ctx: Arc<Ctx>, tag: String, win: Window) -> anyhow::Result<Wo
             let res = send(req, None).await;
             let _ = record(&mut rec, op, started, res).await;
         }
+    }
+    WorkerOut::done(rec, false)
+}
+
+/// One timed search operation: a request is a GET of one of `urls`, picked
+/// at random (one URL per patient or organization, built before the warm-up).
+#[derive(Debug)]
+pub struct SearchOp {
+    pub urls: Vec<Url>,
+    pub expect: SearchExpect,
+}
+
+/// GET searches; with several operations the worker takes them in turn, so
+/// each gets the same share of the requests.
+pub async fn search(
+    ctx: Arc<Ctx>,
+    ops: Arc<Vec<SearchOp>>,
+    win: Window,
+) -> anyhow::Result<WorkerOut> {
+    let mut rec = Recorder::new(win.measure_start, ops.len())?;
+    let mut rng = Rng::from_entropy();
+    let mut turn = 0usize;
+    while Instant::now() < win.end {
+        let slot = turn % ops.len().max(1);
+        turn = turn.wrapping_add(1);
+        let Some(op) = ops.get(slot) else { break };
+        let Some(url) = op.urls.get(rng.below(op.urls.len())) else {
+            break;
+        };
+        let req = ctx.http.get(url.clone());
+        let started = Instant::now();
+        let res = send_search(req, op.expect).await.map(|_| None);
+        let _ = record(&mut rec, slot, started, res).await;
     }
     WorkerOut::done(rec, false)
 }

@@ -501,10 +501,9 @@ async fn run_entry_with_id(
         }
         EntryMethod::Get(Target::Query(ty, q)) => {
             let params = search::decode_query(&q);
-            let sq = search::parse(ty, &params);
-            let count = sq.count.unwrap_or(search::DEFAULT_COUNT);
-            let (versions, total) = tx.search_page(ty, &sq.criteria, count, sq.offset).await?;
-            EntryResult::Bundle(searchset(base, ty, &params, &sq, versions, total)?)
+            let sq = search::parse(Some(ty), &params, base);
+            let result = search::engine::run(&mut tx.reader(), &[ty], &sq).await?;
+            EntryResult::Bundle(searchset(base, ty.as_str(), &sq, result)?)
         }
         _ => {
             return Err(ApiError::NotSupported(
@@ -609,54 +608,75 @@ fn error_entry(e: ApiError) -> Value {
 /// A `searchset` Bundle with self/first/previous/next links (search.html#paging).
 pub fn searchset(
     base: &str,
-    ty: ResourceType,
-    params: &[(String, String)],
+    path: &str,
     q: &search::SearchQuery,
-    versions: Vec<Version>,
-    total: i64,
+    result: search::engine::SearchResult,
 ) -> Result<Value, ApiError> {
-    let count = q.count.unwrap_or(search::DEFAULT_COUNT);
-    // Links carry the recognised parameters only; unknown ones were ignored (search.html#errors).
-    let kept: Vec<(String, String)> = params
-        .iter()
-        .filter(|(k, _)| {
-            !q.unknown.contains(k)
-                && k != "_offset"
-                && k != "_count"
-                && k != "_format"
-                && k != "_pretty"
-        })
-        .cloned()
-        .collect();
-    let link = |offset: usize| {
+    use search::engine::PageRef;
+    // Links carry the parameters that were used; unknown and malformed ones were ignored
+    // (search.html#errors). Paging positions are added per link.
+    let link = |page: Option<&PageRef>| {
         let mut s = url::form_urlencoded::Serializer::new(String::new());
-        for (k, v) in &kept {
+        for (k, v) in &q.used {
             s.append_pair(k, v);
         }
-        s.append_pair("_count", &count.to_string());
-        if offset > 0 {
-            s.append_pair("_offset", &offset.to_string());
+        match page {
+            Some(PageRef::Cursor(c)) => {
+                s.append_pair("_cursor", &search::format_cursor(c));
+            }
+            Some(PageRef::Offset(n)) if *n > 0 => {
+                s.append_pair("_offset", &n.to_string());
+            }
+            _ => {}
         }
-        format!("{base}/{ty}?{}", s.finish())
+        let query = s.finish();
+        let sep = if query.is_empty() { "" } else { "?" };
+        match path {
+            "" => format!("{base}{sep}{query}"),
+            p => format!("{base}/{p}{sep}{query}"),
+        }
+    };
+    let this = match (&q.cursor, q.offset) {
+        (Some(c), _) => Some(PageRef::Cursor(c.clone())),
+        (None, n) if n > 0 => Some(PageRef::Offset(n)),
+        _ => None,
     };
     let mut links = vec![
-        json!({"relation": "self", "url": link(q.offset)}),
-        json!({"relation": "first", "url": link(0)}),
+        json!({"relation": "self", "url": link(this.as_ref())}),
+        json!({"relation": "first", "url": link(None)}),
     ];
-    if q.offset > 0 && count > 0 {
-        links.push(json!({"relation": "previous", "url": link(q.offset.saturating_sub(count))}));
+    if let Some(p) = &result.previous {
+        links.push(json!({"relation": "previous", "url": link(Some(p))}));
     }
-    if count > 0 && ((q.offset + count) as i64) < total {
-        links.push(json!({"relation": "next", "url": link(q.offset + count)}));
+    if let Some(n) = &result.next {
+        links.push(json!({"relation": "next", "url": link(Some(n))}));
     }
-    let mut entries = Vec::with_capacity(versions.len() + 1);
-    for v in versions {
-        let resource: Value = serde_json::from_str(v.content.as_deref().unwrap_or("{}"))
+    let elements: Option<Vec<&str>> = q
+        .elements
+        .as_ref()
+        .map(|e| e.iter().map(String::as_str).collect());
+    let shape = |v: &Version| -> Result<Value, ApiError> {
+        let mut resource: Value = serde_json::from_str(v.content.as_deref().unwrap_or("{}"))
             .map_err(ApiError::internal)?;
-        entries.push(json!({ "fullUrl": format!("{base}/{}/{}", v.ty, v.id), "resource": resource, "search": { "mode": "match" } }));
+        if let Some(e) = &elements {
+            search::summary::apply_elements(&mut resource, e);
+        } else if let Some(mode) = q.summary {
+            search::summary::apply_summary(&mut resource, mode);
+        }
+        Ok(resource)
+    };
+    let mut entries = Vec::with_capacity(result.matches.len() + result.included.len() + 1);
+    for (mode, list) in [("match", &result.matches), ("include", &result.included)] {
+        for v in list {
+            entries.push(json!({
+                "fullUrl": format!("{base}/{}/{}", v.ty, v.id),
+                "resource": shape(v)?,
+                "search": { "mode": mode }
+            }));
+        }
     }
-    if !q.unknown.is_empty() {
-        let issues: Vec<Issue> = q
+    if !q.unknown.is_empty() || !q.invalid.is_empty() {
+        let mut issues: Vec<Issue> = q
             .unknown
             .iter()
             .map(|n| Issue {
@@ -666,19 +686,28 @@ pub fn searchset(
                 expression: None,
             })
             .collect();
+        issues.extend(q.invalid.iter().map(|(n, why)| Issue {
+            severity: "warning",
+            code: "invalid",
+            diagnostics: format!("search parameter '{n}' was ignored: {why}"),
+            expression: None,
+        }));
         entries.push(
             json!({ "resource": operation_outcome(&issues), "search": { "mode": "outcome" } }),
         );
     }
-    Ok(json!({
+    let mut bundle = json!({
         "resourceType": "Bundle",
         "id": ResourceId::generate().as_str(),
         "meta": { "lastUpdated": format_instant(crate::store::now_micros()) },
         "type": "searchset",
-        "total": total,
-        "link": links,
-        "entry": entries,
-    }))
+    });
+    if let Some(total) = result.total {
+        bundle["total"] = json!(total);
+    }
+    bundle["link"] = Value::Array(links);
+    bundle["entry"] = Value::Array(entries);
+    Ok(bundle)
 }
 
 /// A `history` Bundle (http.html#history): newest first, deletes as entries without a resource.

@@ -66,12 +66,11 @@ pub fn parse_if_match(v: &str) -> Result<i64, ApiError> {
 
 /// Parses conditional criteria (the query of `If-None-Exist`, a conditional URL). Unlike a plain
 /// search, unknown or malformed parameters are an error: ignoring them would widen the match.
-fn conditional_criteria(
-    ty: ResourceType,
-    query: &str,
-) -> Result<Vec<crate::store::Criterion>, ApiError> {
+fn conditional_criteria(ty: ResourceType, query: &str) -> Result<search::SearchQuery, ApiError> {
     let params = search::decode_query(query);
-    let q = search::parse(ty, &params);
+    // References in criteria are matched relative to this server; an absolute URL naming it
+    // would need the request's base, which conditional URLs rarely use.
+    let q = search::parse(Some(ty), &params, "");
     if let Some(name) = q.unknown.first() {
         return Err(ApiError::BadRequest(vec![Issue::error(
             "not-supported",
@@ -81,12 +80,12 @@ fn conditional_criteria(
     if let Some((name, why)) = q.invalid.first() {
         return Err(ApiError::bad_request("invalid", format!("{name}: {why}")));
     }
-    if q.criteria.is_empty() {
+    if !q.has_criteria() {
         return Err(ApiError::PreconditionFailed(
             "conditional interaction without criteria; give at least one search parameter".into(),
         ));
     }
-    Ok(q.criteria)
+    Ok(q)
 }
 
 /// Finds the resources matching conditional criteria, at most two (enough to tell 0, 1, many).
@@ -96,11 +95,19 @@ pub async fn conditional_matches(
     ty: ResourceType,
     query: &str,
 ) -> Result<Vec<Version>, ApiError> {
-    let criteria = conditional_criteria(ty, query)?;
+    let mut q = conditional_criteria(ty, query)?;
     let mut key_params = search::decode_query(query);
     key_params.sort();
     tx.lock_key(&format!("{ty}?{key_params:?}")).await?;
-    Ok(tx.search(ty, &criteria, 2).await?)
+    q.count = Some(2);
+    q.total = Some(search::Total::None);
+    q.include.clear();
+    q.revinclude.clear();
+    q.cursor = None;
+    q.offset = 0;
+    Ok(search::engine::run(&mut tx.reader(), &[ty], &q)
+        .await?
+        .matches)
 }
 
 /// create, with `If-None-Exist` (http.html#ccreate).

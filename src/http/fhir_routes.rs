@@ -26,7 +26,10 @@ use crate::store::{
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/", post(system_bundle))
+        .route("/", get(search_system).post(system_bundle))
+        .route("/_search", post(search_system_post))
+        .route("/Observation/$lastn", get(lastn))
+        .route("/{type}/{id}/$everything", get(everything))
         .route("/metadata", get(metadata))
         .route("/_history", get(history_system))
         .route(
@@ -464,44 +467,88 @@ pub(super) async fn system_bundle(
     ctx.respond(result)
 }
 
+/// Refuses a search with unknown or malformed parameters under `Prefer: handling=strict`
+/// (search.html#errors); otherwise they are ignored and reported in the Bundle.
+fn check_strict(ctx: &Ctx, q: &search::SearchQuery) -> Result<(), ApiError> {
+    if !ctx.strict || (q.unknown.is_empty() && q.invalid.is_empty()) {
+        return Ok(());
+    }
+    let mut issues: Vec<Issue> = q
+        .unknown
+        .iter()
+        .map(|n| {
+            Issue::error(
+                "not-supported",
+                format!("search parameter '{n}' is not supported"),
+            )
+        })
+        .collect();
+    issues.extend(
+        q.invalid
+            .iter()
+            .map(|(n, why)| Issue::error("invalid", format!("{n}: {why}"))),
+    );
+    Err(ApiError::BadRequest(issues))
+}
+
+/// A type-level search, or a system-level one when `ty` is `None` (over `_type`, or every type).
 async fn run_search(
     state: &AppState,
     ctx: &Ctx,
-    ty: &str,
+    ty: Option<&str>,
     params: &[(String, String)],
 ) -> Result<FhirResponse, ApiError> {
-    let ty = parse_type(ty)?;
-    let q = search::parse(ty, params);
-    if ctx.strict && (!q.unknown.is_empty() || !q.invalid.is_empty()) {
-        let mut issues: Vec<Issue> = q
-            .unknown
-            .iter()
-            .map(|n| {
-                Issue::error(
-                    "not-supported",
-                    format!("search parameter '{n}' is not supported"),
-                )
-            })
-            .collect();
-        issues.extend(
-            q.invalid
-                .iter()
-                .map(|(n, why)| Issue::error("invalid", format!("{n}: {why}"))),
-        );
-        return Err(ApiError::BadRequest(issues));
-    }
-    if let Some((name, why)) = q.invalid.first() {
-        return Err(ApiError::bad_request("invalid", format!("{name}: {why}")));
-    }
-    let count = q.count.unwrap_or(search::DEFAULT_COUNT);
-    let (versions, total) = state.store.search(ty, &q.criteria, count, q.offset).await?;
-    let bundle = searchset(&ctx.base, ty, params, &q, versions, total)?;
+    let ty = ty.map(parse_type).transpose()?;
+    // A system search with `_type` takes the parameters of those types (search.html#all): they
+    // are parsed by the first type's definitions and apply to each type by code.
+    let first_listed = params
+        .iter()
+        .find(|(k, _)| k == "_type")
+        .and_then(|(_, v)| v.split(',').next())
+        .and_then(|t| ResourceType::parse(t.trim()));
+    let q = search::parse(ty.or(first_listed), params, &ctx.base);
+    check_strict(ctx, &q)?;
+    let types: Vec<ResourceType> = match ty {
+        Some(t) => vec![t],
+        None if q.types.is_empty() => ResourceType::all().collect(),
+        None => q.types.clone(),
+    };
+    let result = search::engine::run(&mut state.store.reader(), &types, &q).await?;
+    let path = ty.map(|t| t.as_str()).unwrap_or("");
+    let bundle = searchset(&ctx.base, path, &q, result)?;
     Ok(FhirResponse::new(StatusCode::OK, Payload::Value(bundle)))
 }
 
 async fn search_type(State(state): State<AppState>, Path(ty): Path<String>, ctx: Ctx) -> Response {
-    let result = run_search(&state, &ctx, &ty, &ctx.params).await;
+    let result = run_search(&state, &ctx, Some(&ty), &ctx.params).await;
     ctx.respond(result)
+}
+
+async fn search_system(State(state): State<AppState>, ctx: Ctx) -> Response {
+    let result = run_search(&state, &ctx, None, &ctx.params).await;
+    ctx.respond(result)
+}
+
+/// The parameters of a `POST …/_search`: the URL's and the form body's together.
+async fn form_params(
+    state: &AppState,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.is_empty() && !ct.starts_with("application/x-www-form-urlencoded") {
+        return Err(ApiError::UnsupportedMediaType(
+            "_search takes application/x-www-form-urlencoded".into(),
+        ));
+    }
+    let bytes = read_body(body, state.settings.body_limit).await?;
+    let mut params = ctx.params.clone();
+    params.extend(url::form_urlencoded::parse(&bytes).into_owned());
+    Ok(params)
 }
 
 /// `POST [type]/_search` with form parameters (search.html#Introduction): same results as GET.
@@ -513,19 +560,116 @@ async fn search_post(
     body: Body,
 ) -> Response {
     let result = async {
-        let ct = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !ct.is_empty() && !ct.starts_with("application/x-www-form-urlencoded") {
-            return Err(ApiError::UnsupportedMediaType(
-                "_search takes application/x-www-form-urlencoded".into(),
-            ));
+        let params = form_params(&state, &ctx, &headers, body).await?;
+        run_search(&state, &ctx, Some(&ty), &params).await
+    }
+    .await;
+    ctx.respond(result)
+}
+
+async fn search_system_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ctx: Ctx,
+    body: Body,
+) -> Response {
+    let result = async {
+        let params = form_params(&state, &ctx, &headers, body).await?;
+        run_search(&state, &ctx, None, &params).await
+    }
+    .await;
+    ctx.respond(result)
+}
+
+/// `Observation/$lastn` (https://hl7.org/fhir/R4/observation-operation-lastn.html): the newest
+/// `max` (default 1) Observations per code among those matching the other parameters.
+async fn lastn(State(state): State<AppState>, ctx: Ctx) -> Response {
+    let result = async {
+        let mut max = 1usize;
+        let mut rest = Vec::new();
+        for (k, v) in &ctx.params {
+            if k == "max" {
+                max = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request("invalid", "max must be an integer from 1 to 1000")
+                    })?;
+            } else {
+                rest.push((k.clone(), v.clone()));
+            }
         }
-        let bytes = read_body(body, state.settings.body_limit).await?;
-        let mut params = ctx.params.clone();
-        params.extend(url::form_urlencoded::parse(&bytes).into_owned());
-        run_search(&state, &ctx, &ty, &params).await
+        let ty = parse_type("Observation")?;
+        let q = search::parse(Some(ty), &rest, &ctx.base);
+        check_strict(&ctx, &q)?;
+        let versions = search::engine::lastn(&mut state.store.reader(), &q, max).await?;
+        let result = search::engine::SearchResult {
+            total: Some(versions.len() as i64),
+            matches: versions,
+            ..Default::default()
+        };
+        let mut q = q;
+        q.used.insert(0, ("max".into(), max.to_string()));
+        let bundle = searchset(&ctx.base, "Observation/$lastn", &q, result)?;
+        Ok(FhirResponse::new(StatusCode::OK, Payload::Value(bundle)))
+    }
+    .await;
+    ctx.respond(result)
+}
+
+/// `Patient/[id]/$everything` (https://hl7.org/fhir/R4/patient-operation-everything.html): the
+/// patient and every current resource that references it (its compartment), with `_since`,
+/// `_type` and `_count` paging.
+async fn everything(
+    State(state): State<AppState>,
+    Path((ty, id)): Path<(String, String)>,
+    ctx: Ctx,
+) -> Response {
+    let result = async {
+        if ty != "Patient" {
+            return Err(ApiError::NotFound(format!(
+                "{ty}/$everything is not supported"
+            )));
+        }
+        let pty = parse_type("Patient")?;
+        let rid = ResourceId::parse(&id)
+            .ok_or_else(|| ApiError::NotFound(format!("Patient/{id} is not known")))?;
+        match state.store.read(pty, &rid).await? {
+            Some(v) if !v.is_deleted() => {}
+            _ => return Err(ApiError::NotFound(format!("Patient/{id} is not known"))),
+        }
+        let mut params: Vec<(String, String)> = Vec::new();
+        let mut types: Vec<ResourceType> = Vec::new();
+        for (k, v) in &ctx.params {
+            match k.as_str() {
+                "_since" => params.push(("_lastUpdated".into(), format!("ge{v}"))),
+                "_type" => {
+                    for t in v.split(',') {
+                        types.push(parse_type(t.trim())?);
+                    }
+                }
+                "_count" | "_cursor" | "_offset" => params.push((k.clone(), v.clone())),
+                _ => {}
+            }
+        }
+        let mut q = search::parse(None, &params, &ctx.base);
+        if let Some((n, why)) = q.invalid.first() {
+            return Err(ApiError::bad_request("invalid", format!("{n}: {why}")));
+        }
+        q.clauses.push(crate::store::query::Clause::Compartment {
+            ty: "Patient".into(),
+            id: id.clone(),
+        });
+        if types.is_empty() {
+            types = ResourceType::all().collect();
+        } else {
+            let list: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
+            q.used.push(("_type".into(), list.join(",")));
+        }
+        let result = search::engine::run(&mut state.store.reader(), &types, &q).await?;
+        let bundle = searchset(&ctx.base, &format!("Patient/{id}/$everything"), &q, result)?;
+        Ok(FhirResponse::new(StatusCode::OK, Payload::Value(bundle)))
     }
     .await;
     ctx.respond(result)

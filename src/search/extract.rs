@@ -65,6 +65,20 @@ pub enum IndexValue {
     Number { value: f64, text: String },
     /// https://hl7.org/fhir/R4/search.html#uri
     Uri { value: String },
+    /// The text of a CodeableConcept or the display of a Coding, normalised like a string, for
+    /// the token `:text` modifier (https://hl7.org/fhir/R4/search.html#modifiers).
+    TokenText { text: String },
+    /// An Identifier's type coding and value, for `:of-type` (`system|code|value`).
+    OfType {
+        system: Option<String>,
+        code: String,
+        value: String,
+    },
+    /// `Reference.identifier`, for the reference `:identifier` modifier.
+    ReferenceIdentifier {
+        system: Option<String>,
+        value: String,
+    },
 }
 
 /// One index value and the parameter it belongs to.
@@ -134,19 +148,24 @@ pub fn extract(resource: &Value) -> Vec<Extracted> {
                     value,
                 })
             };
-            match p.kind {
-                ParamType::Token => tokens(node.value, &mut push),
-                ParamType::String => strings(node.value, &mut push),
-                ParamType::Date => dates(node.value, &mut push),
-                ParamType::Reference => references(node.value, &mut push),
-                ParamType::Quantity => quantities(node.value, &mut push),
-                ParamType::Number => numbers(node.value, &mut push),
-                ParamType::Uri => uris(node.value, &mut push),
-                ParamType::Composite => {}
-            }
+            values_of(p.kind, node.value, &mut push);
         }
     }
     out
+}
+
+/// The index values one node yields for a parameter of type `kind`.
+pub fn values_of(kind: ParamType, v: &Value, push: &mut impl FnMut(IndexValue)) {
+    match kind {
+        ParamType::Token => tokens(v, push),
+        ParamType::String => strings(v, push),
+        ParamType::Date => dates(v, push),
+        ParamType::Reference => references(v, push),
+        ParamType::Quantity => quantities(v, push),
+        ParamType::Number => numbers(v, push),
+        ParamType::Uri => uris(v, push),
+        ParamType::Composite => {}
+    }
 }
 
 fn str_field(map: &Map<String, Value>, key: &str) -> Option<String> {
@@ -172,15 +191,21 @@ fn tokens(v: &Value, push: &mut impl FnMut(IndexValue)) {
             code: b.to_string(),
         }),
         Value::Object(map) => {
-            if let Some(codings) = map.get("coding") {
-                // CodeableConcept: each coding. Its `text` is only for the `:text` modifier,
-                // which matches against the resource itself, not a token entry.
-                if let Value::Array(codings) = codings {
+            if map.contains_key("coding")
+                || (map.contains_key("text") && !map.contains_key("value"))
+            {
+                // CodeableConcept: each coding, and its text for `:text`.
+                if let Some(Value::Array(codings)) = map.get("coding") {
                     for c in codings {
                         if let Value::Object(c) = c {
                             coding(c, push);
                         }
                     }
+                }
+                if let Some(text) = str_field(map, "text") {
+                    push(IndexValue::TokenText {
+                        text: normalize(&text),
+                    });
                 }
             } else if map.contains_key("code") {
                 coding(map, push);
@@ -188,6 +213,18 @@ fn tokens(v: &Value, push: &mut impl FnMut(IndexValue)) {
                 // Identifier (system|value) or ContactPoint (value only).
                 let system =
                     str_field(map, "system").filter(|s| !CONTACT_SYSTEMS.contains(&s.as_str()));
+                // Identifier.type, for `:of-type` (https://hl7.org/fhir/R4/search.html#modifiers).
+                if let Some(Value::Array(codings)) = map.get("type").and_then(|t| t.get("coding")) {
+                    for c in codings.iter().filter_map(Value::as_object) {
+                        if let Some(code) = str_field(c, "code") {
+                            push(IndexValue::OfType {
+                                system: str_field(c, "system"),
+                                code,
+                                value: value.clone(),
+                            });
+                        }
+                    }
+                }
                 push(IndexValue::Token {
                     system,
                     code: value,
@@ -203,6 +240,11 @@ fn coding(map: &Map<String, Value>, push: &mut impl FnMut(IndexValue)) {
         push(IndexValue::Token {
             system: str_field(map, "system"),
             code,
+        });
+    }
+    if let Some(display) = str_field(map, "display") {
+        push(IndexValue::TokenText {
+            text: normalize(&display),
         });
     }
 }
@@ -359,6 +401,14 @@ fn references(v: &Value, push: &mut impl FnMut(IndexValue)) {
             url: s.clone(),
         }),
         Value::Object(map) => {
+            if let Some(Value::Object(ident)) = map.get("identifier")
+                && let Some(value) = str_field(ident, "value")
+            {
+                push(IndexValue::ReferenceIdentifier {
+                    system: str_field(ident, "system"),
+                    value,
+                });
+            }
             let Some(url) = map.get("reference").and_then(Value::as_str) else {
                 return;
             };
@@ -366,6 +416,8 @@ fn references(v: &Value, push: &mut impl FnMut(IndexValue)) {
             if url.is_empty() || url.starts_with('#') {
                 return;
             }
+            // Absolute URLs keep their type and id too; whether they point into this server is
+            // decided at search time against the request's base (`url` keeps the whole URL).
             let (target_type, id) = match crate::fhir::types::literal_reference(url) {
                 Some((t, i)) => (Some(t.as_str().to_owned()), Some(i.to_owned())),
                 None => (None, None),
@@ -475,9 +527,13 @@ mod tests {
     #[test]
     fn heart_rate_observation() {
         let all = extract(&heart_rate());
+        // The coding, then its display and the concept's text for `:text`.
+        let text = IndexValue::TokenText {
+            text: "heart rate".into(),
+        };
         assert_eq!(
             values(&all, "code"),
-            vec![&token(Some("http://loinc.org"), "8867-4")]
+            vec![&token(Some("http://loinc.org"), "8867-4"), &text, &text]
         );
         assert_eq!(
             values(&all, "category"),

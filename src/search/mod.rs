@@ -1,15 +1,25 @@
-//! Search parameters: parsing a query string into typed criteria for the store.
+//! FHIR search (https://hl7.org/fhir/R4/search.html): parsing a query string into the store's
+//! [`Clause`]s and result controls, for every R4 search parameter of the [`registry`].
 //!
-//! This first cut knows `_id` and `identifier` (token), which conditional create, update and
-//! delete and conditional references need (https://hl7.org/fhir/R4/http.html#ccreate). The full
-//! registry generated from the R4 definitions replaces it.
+//! [`parse`] never fails: parameters it does not know land in `unknown` and malformed values in
+//! `invalid`; the caller decides (`Prefer: handling=strict` → 400, otherwise ignored and
+//! reported in an `outcome` entry, search.html#errors). [`engine`] runs a parsed search.
 
+pub mod engine;
 pub mod extract;
 pub mod fhirpath;
+pub mod index;
 pub mod registry;
+pub mod summary;
+pub mod ucum;
 
-use crate::fhir::types::ResourceType;
-use crate::store::Criterion;
+use crate::fhir::types::{ResourceType, literal_reference};
+use crate::store::parse_instant_range;
+use crate::store::query::{
+    Clause, Cursor, DateRange, Num, Pred, Prefix, SortKey, Table, TokenMatch,
+};
+use registry::ParamType;
+use summary::Summary;
 
 /// Parameters that control the result rather than select resources
 /// (https://hl7.org/fhir/R4/search.html#Summary).
@@ -26,58 +36,750 @@ pub const RESULT_PARAMETERS: &[&str] = &[
     "_revinclude",
     "_contained",
     "_containedType",
+    "_type",
+    "_cursor",
 ];
+
+/// `_total` (https://hl7.org/fhir/R4/search.html#total).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Total {
+    None,
+    Estimate,
+    Accurate,
+}
+
+/// An `_include` or `_revinclude` (https://hl7.org/fhir/R4/search.html#include).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Include {
+    pub source: String,
+    /// `None` for `*` (every reference parameter).
+    pub param: Option<String>,
+    pub target: Option<String>,
+    pub iterate: bool,
+}
 
 /// A parsed search.
 #[derive(Debug, Clone, Default)]
 pub struct SearchQuery {
-    pub criteria: Vec<Criterion>,
+    pub clauses: Vec<Clause>,
     /// Parameters this server does not know (name only; values may carry patient data).
     pub unknown: Vec<String>,
     /// Parameters it knows but whose value is malformed, with the reason.
     pub invalid: Vec<(String, String)>,
+    /// The parameters that were used, in order, for the `self` link.
+    pub used: Vec<(String, String)>,
     pub count: Option<usize>,
     pub offset: usize,
+    pub sort: Vec<SortKey>,
+    pub total: Option<Total>,
+    pub summary: Option<Summary>,
+    pub elements: Option<Vec<String>>,
+    pub include: Vec<Include>,
+    pub revinclude: Vec<Include>,
+    /// `_type` of a system search.
+    pub types: Vec<ResourceType>,
+    pub cursor: Option<Cursor>,
+    /// The FHIR base URL of the request: absolute references under it are this server's.
+    pub base: String,
+}
+
+impl SearchQuery {
+    /// True when nothing selects resources (conditional interactions need criteria).
+    pub fn has_criteria(&self) -> bool {
+        !self.clauses.is_empty()
+    }
 }
 
 /// Default and maximum page sizes.
 pub const DEFAULT_COUNT: usize = 20;
 pub const MAX_COUNT: usize = 1000;
 
-/// Parses decoded `(name, value)` pairs for a search on `ty`.
-pub fn parse(_ty: ResourceType, params: &[(String, String)]) -> SearchQuery {
-    let mut q = SearchQuery::default();
+/// Why a parameter was not used.
+enum Bad {
+    Unknown,
+    Invalid(String),
+}
+
+fn invalid<T>(msg: impl Into<String>) -> Result<T, Bad> {
+    Err(Bad::Invalid(msg.into()))
+}
+
+/// Parses decoded `(name, value)` pairs for a search on `ty` (`None`: a system search). `base`
+/// is the server's FHIR base URL, so that absolute references to this server match.
+pub fn parse(ty: Option<ResourceType>, params: &[(String, String)], base: &str) -> SearchQuery {
+    let mut q = SearchQuery {
+        base: base.to_owned(),
+        ..Default::default()
+    };
     for (name, value) in params {
-        match name.as_str() {
-            "_id" => q
-                .criteria
-                .push(Criterion::Id(split_or(value).map(str::to_owned).collect())),
-            "identifier" => q.criteria.push(Criterion::Token {
-                param: "identifier".into(),
-                values: split_or(value).map(parse_token).collect(),
-            }),
-            "_count" => match value.parse::<usize>() {
-                Ok(n) => q.count = Some(n.min(MAX_COUNT)),
-                Err(_) => q
-                    .invalid
-                    .push((name.clone(), "_count must be a non-negative integer".into())),
-            },
-            "_offset" => match value.parse::<usize>() {
-                Ok(n) => q.offset = n,
-                Err(_) => q.invalid.push((
-                    name.clone(),
-                    "_offset must be a non-negative integer".into(),
-                )),
-            },
-            n if RESULT_PARAMETERS.contains(&n) => {}
-            _ => q.unknown.push(name.clone()),
+        match control(&mut q, ty, name, value) {
+            Ok(true) => {
+                if !matches!(name.as_str(), "_cursor" | "_offset" | "_format" | "_pretty") {
+                    q.used.push((name.clone(), value.clone()));
+                }
+                continue;
+            }
+            Ok(false) => {}
+            Err(Bad::Unknown) => {
+                q.unknown.push(name.clone());
+                continue;
+            }
+            Err(Bad::Invalid(why)) => {
+                q.invalid.push((name.clone(), why));
+                continue;
+            }
+        }
+        let ty_name = ty.map(|t| t.as_str()).unwrap_or(registry::ALL_TYPES);
+        match clause(ty_name, name, value, base) {
+            Ok(c) => {
+                q.clauses.push(c);
+                q.used.push((name.clone(), value.clone()));
+            }
+            Err(Bad::Unknown) => q.unknown.push(name.clone()),
+            Err(Bad::Invalid(why)) => q.invalid.push((name.clone(), why)),
         }
     }
     q
 }
 
-/// Comma separates alternatives; `\,` is a literal comma (search.html#escaping).
-fn split_or(value: &str) -> impl Iterator<Item = &str> {
+/// Result parameters. `Ok(true)` when `name` was one.
+fn control(
+    q: &mut SearchQuery,
+    ty: Option<ResourceType>,
+    name: &str,
+    value: &str,
+) -> Result<bool, Bad> {
+    let non_negative = |what: &str| -> Result<usize, Bad> {
+        value
+            .parse::<usize>()
+            .map_err(|_| Bad::Invalid(format!("{what} must be a non-negative integer")))
+    };
+    match name {
+        "_count" => q.count = Some(non_negative("_count")?.min(MAX_COUNT)),
+        "_offset" => q.offset = non_negative("_offset")?,
+        "_format" | "_pretty" | "_contained" | "_containedType" => {}
+        "_total" => {
+            q.total = Some(match value {
+                "none" => Total::None,
+                "estimate" => Total::Estimate,
+                "accurate" => Total::Accurate,
+                _ => return invalid("_total is none, estimate or accurate"),
+            })
+        }
+        "_summary" => {
+            q.summary = Some(Summary::parse(value).ok_or_else(|| {
+                Bad::Invalid("_summary is true, text, data, count or false".into())
+            })?)
+        }
+        "_elements" => {
+            q.elements = Some(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            )
+        }
+        "_sort" => {
+            for key in value.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+                let (desc, code) = match key.strip_prefix('-') {
+                    Some(c) => (true, c),
+                    None => (false, key),
+                };
+                q.sort.push(sort_key(ty, code, desc)?);
+            }
+        }
+        "_type" => {
+            for t in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                q.types.push(
+                    ResourceType::parse(t)
+                        .ok_or_else(|| Bad::Invalid(format!("'{t}' is not a resource type")))?,
+                );
+            }
+        }
+        "_cursor" => {
+            q.cursor = Some(
+                parse_cursor(value)
+                    .ok_or_else(|| Bad::Invalid("malformed paging cursor".into()))?,
+            )
+        }
+        _ => {
+            let (base, modifier) = split_modifier(name);
+            let iterate = match modifier {
+                None => false,
+                Some("iterate" | "recurse") => true,
+                Some(_) if base == "_include" || base == "_revinclude" => {
+                    return invalid("the only modifier of _include/_revinclude is :iterate");
+                }
+                Some(_) => false,
+            };
+            match base {
+                "_include" => q.include.push(include(value, iterate)?),
+                "_revinclude" => q.revinclude.push(include(value, iterate)?),
+                _ => return Ok(false),
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn include(value: &str, iterate: bool) -> Result<Include, Bad> {
+    let mut parts = value.split(':');
+    let source = parts.next().unwrap_or_default();
+    let param = parts.next();
+    let target = parts.next();
+    if value == "*" {
+        return Ok(Include {
+            source: "*".into(),
+            param: None,
+            target: None,
+            iterate,
+        });
+    }
+    if ResourceType::parse(source).is_none() {
+        return invalid(format!("'{source}' is not a resource type"));
+    }
+    let param = match param {
+        Some("*") => None,
+        Some(p) => match registry::lookup(source, p) {
+            Some(sp) if sp.kind == ParamType::Reference => Some(p.to_owned()),
+            _ => return invalid(format!("{source} has no reference parameter '{p}'")),
+        },
+        None => return invalid("_include takes SourceType:parameter[:TargetType]"),
+    };
+    if let Some(t) = target
+        && ResourceType::parse(t).is_none()
+    {
+        return invalid(format!("'{t}' is not a resource type"));
+    }
+    Ok(Include {
+        source: source.to_owned(),
+        param,
+        target: target.map(str::to_owned),
+        iterate,
+    })
+}
+
+fn sort_key(ty: Option<ResourceType>, code: &str, desc: bool) -> Result<SortKey, Bad> {
+    match code {
+        "_id" => return Ok(SortKey::Id { desc }),
+        "_lastUpdated" => return Ok(SortKey::LastUpdated { desc }),
+        _ => {}
+    }
+    let ty = ty.map(|t| t.as_str()).unwrap_or(registry::ALL_TYPES);
+    let p = registry::lookup(ty, code)
+        .filter(|p| !p.expression.is_empty())
+        .ok_or_else(|| Bad::Invalid(format!("cannot sort by unknown parameter '{code}'")))?;
+    let table = table_for(p.kind);
+    if table == Table::Composite {
+        return invalid(format!("cannot sort by composite parameter '{code}'"));
+    }
+    Ok(SortKey::Param {
+        table,
+        param: code.to_owned(),
+        desc,
+    })
+}
+
+/// `after.<type>.<id>` or `before.…`: a keyset position (types contain no dots; ids may not
+/// either, https://hl7.org/fhir/R4/datatypes.html#id).
+fn parse_cursor(v: &str) -> Option<Cursor> {
+    let mut parts = v.splitn(3, '.');
+    let before = match parts.next()? {
+        "after" => false,
+        "before" => true,
+        _ => return None,
+    };
+    let ty = parts.next()?;
+    let id = parts.next()?;
+    ResourceType::parse(ty)?;
+    Some(Cursor {
+        before,
+        ty: ty.to_owned(),
+        id: id.to_owned(),
+    })
+}
+
+/// Formats a cursor for a paging link.
+pub fn format_cursor(c: &Cursor) -> String {
+    format!(
+        "{}.{}.{}",
+        if c.before { "before" } else { "after" },
+        c.ty,
+        c.id
+    )
+}
+
+fn table_for(kind: ParamType) -> Table {
+    match kind {
+        ParamType::Token => Table::Token,
+        ParamType::String => Table::String,
+        ParamType::Date => Table::Date,
+        ParamType::Reference => Table::Reference,
+        ParamType::Quantity => Table::Quantity,
+        ParamType::Number => Table::Number,
+        ParamType::Uri => Table::Uri,
+        ParamType::Composite => Table::Composite,
+    }
+}
+
+/// `code:modifier` → (code, modifier).
+fn split_modifier(name: &str) -> (&str, Option<&str>) {
+    match name.split_once(':') {
+        Some((c, m)) => (c, Some(m)),
+        None => (name, None),
+    }
+}
+
+/// One selection parameter on resources of `ty`.
+fn clause(ty: &str, name: &str, value: &str, base: &str) -> Result<Clause, Bad> {
+    // Reverse chaining: _has:Type:param:rest (search.html#has), nestable.
+    if let Some(rest) = name.strip_prefix("_has:") {
+        let mut it = rest.splitn(3, ':');
+        let (Some(source), Some(param), Some(inner)) = (it.next(), it.next(), it.next()) else {
+            return invalid("_has takes _has:Type:parameter:parameter=value");
+        };
+        if ResourceType::parse(source).is_none() {
+            return invalid(format!("'{source}' is not a resource type"));
+        }
+        match registry::lookup(source, param) {
+            Some(p) if p.kind == ParamType::Reference => {}
+            _ => return invalid(format!("{source} has no reference parameter '{param}'")),
+        }
+        let inner = clause(source, inner, value, base)?;
+        return Ok(Clause::Has {
+            source_type: source.to_owned(),
+            param: param.to_owned(),
+            inner: Box::new(inner),
+            base: base.to_owned(),
+        });
+    }
+    // Chaining: param[:Type].rest (search.html#chaining), several levels.
+    if let Some((left, right)) = name.split_once('.') {
+        let (code, modifier) = split_modifier(left);
+        let p = registry::lookup(ty, code).ok_or(Bad::Unknown)?;
+        if p.kind != ParamType::Reference {
+            return invalid(format!(
+                "'{code}' is not a reference parameter and cannot be chained"
+            ));
+        }
+        let targets: Vec<&str> = match modifier {
+            Some(t) => {
+                if ResourceType::parse(t).is_none() {
+                    return invalid(format!("'{t}' is not a resource type"));
+                }
+                vec![t]
+            }
+            None => p.targets.clone(),
+        };
+        let mut branches = Vec::new();
+        for t in targets {
+            match clause(t, right, value, base) {
+                Ok(c) => branches.push((t.to_owned(), Box::new(c))),
+                Err(Bad::Unknown) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if branches.is_empty() {
+            return Err(Bad::Unknown);
+        }
+        return Ok(Clause::Chain {
+            param: code.to_owned(),
+            targets: branches,
+            base: base.to_owned(),
+        });
+    }
+    let (code, modifier) = split_modifier(name);
+    match code {
+        "_id" => {
+            let negate = match modifier {
+                None | Some("exact") => false,
+                Some("not") => true,
+                Some(m) => return invalid(format!("modifier :{m} is not supported on _id")),
+            };
+            return Ok(Clause::Id {
+                ids: split_or(value).into_iter().map(unescape).collect(),
+                negate,
+            });
+        }
+        "_lastUpdated" => {
+            if modifier.is_some() {
+                return invalid("_lastUpdated takes no modifier");
+            }
+            return Ok(Clause::LastUpdated(
+                split_or(value)
+                    .into_iter()
+                    .map(date_value)
+                    .collect::<Result<_, _>>()?,
+            ));
+        }
+        _ => {}
+    }
+    let p = registry::lookup(ty, code).ok_or(Bad::Unknown)?;
+    // _text, _content, _query, _list, _filter: not supported (the definitions give no path).
+    if p.expression.is_empty() {
+        return Err(Bad::Unknown);
+    }
+    let table = table_for(p.kind);
+    if modifier == Some("missing") {
+        let missing = match value {
+            "true" => true,
+            "false" => false,
+            _ => return invalid(":missing takes true or false"),
+        };
+        return Ok(Clause::Missing {
+            table,
+            param: code.to_owned(),
+            missing,
+        });
+    }
+    let values = split_or(value);
+    if values.is_empty() {
+        return invalid("empty value");
+    }
+    let unsupported = |m: &str| invalid(format!("modifier :{m} is not supported on {code}"));
+    let mut param = code.to_owned();
+    let mut table = table;
+    let mut negate = false;
+    let mut any_of = Vec::new();
+    match p.kind {
+        ParamType::Token => match modifier {
+            None | Some("not") => {
+                negate = modifier.is_some();
+                any_of = values.iter().map(|v| Pred::Token(token_match(v))).collect();
+            }
+            Some("text") => {
+                param = format!("{code}:text");
+                for v in &values {
+                    let n = extract::normalize(&unescape(v));
+                    // Starts the text, or starts a word of it.
+                    any_of.push(Pred::Prefix {
+                        column: "text",
+                        value: n.clone(),
+                    });
+                    any_of.push(Pred::Contains {
+                        column: "text",
+                        value: format!(" {n}"),
+                    });
+                }
+            }
+            Some("of-type") => {
+                param = format!("{code}:of-type");
+                for v in &values {
+                    let parts = split_unescaped(v, '|');
+                    if parts.len() != 3 {
+                        return invalid(":of-type takes system|code|value");
+                    }
+                    any_of.push(Pred::Token(TokenMatch {
+                        system: Some(Some(parts[0].clone())).filter(|_| !parts[0].is_empty()),
+                        code: Some(format!("{}|{}", parts[1], parts[2])),
+                    }));
+                }
+            }
+            Some(m) => return unsupported(m),
+        },
+        ParamType::String => {
+            for v in &values {
+                let v = unescape(v);
+                any_of.push(match modifier {
+                    None => Pred::Prefix {
+                        column: "norm",
+                        value: extract::normalize(&v),
+                    },
+                    Some("exact") => Pred::Equals {
+                        column: "exact",
+                        value: v,
+                    },
+                    Some("contains" | "text") => Pred::Contains {
+                        column: "norm",
+                        value: extract::normalize(&v),
+                    },
+                    Some(m) => return unsupported(m),
+                });
+            }
+        }
+        ParamType::Date => {
+            if let Some(m) = modifier {
+                return unsupported(m);
+            }
+            for v in &values {
+                any_of.push(Pred::Date(date_value(v)?));
+            }
+        }
+        ParamType::Number => {
+            if let Some(m) = modifier {
+                return unsupported(m);
+            }
+            for v in &values {
+                any_of.push(Pred::Number(number_value(v)?));
+            }
+        }
+        ParamType::Quantity => {
+            if let Some(m) = modifier {
+                return unsupported(m);
+            }
+            for v in &values {
+                any_of.push(quantity_value(v)?);
+            }
+        }
+        ParamType::Uri => {
+            for v in &values {
+                let v = unescape(v);
+                any_of.push(match modifier {
+                    None => Pred::Equals {
+                        column: "value",
+                        value: v,
+                    },
+                    Some("below") => Pred::UriBelow(v),
+                    Some("above") => Pred::UriAbove(v),
+                    Some(m) => return unsupported(m),
+                });
+            }
+        }
+        ParamType::Reference => match modifier {
+            Some("identifier") => {
+                param = format!("{code}:identifier");
+                table = Table::Token;
+                any_of = values.iter().map(|v| Pred::Token(token_match(v))).collect();
+            }
+            Some(m) if ResourceType::parse(m).is_none() => return unsupported(m),
+            _ => {
+                for v in &values {
+                    // None: a type the modifier excludes; this alternative matches nothing.
+                    if let Some(p) = reference_value(&unescape(v), modifier, base) {
+                        any_of.push(p);
+                    }
+                }
+                if any_of.is_empty() {
+                    return Ok(Clause::Nothing);
+                }
+            }
+        },
+        ParamType::Composite => {
+            if let Some(m) = modifier {
+                return unsupported(m);
+            }
+            for v in &values {
+                any_of.push(composite_value(ty, p, v)?);
+            }
+        }
+    }
+    Ok(Clause::Values {
+        table,
+        param,
+        any_of,
+        negate,
+    })
+}
+
+/// https://hl7.org/fhir/R4/search.html#reference: `id`, `Type/id`, an absolute URL on this
+/// server, another URL or canonical (matched as written). `None` when `type_modifier` rules it
+/// out.
+fn reference_value(v: &str, type_modifier: Option<&str>, base: &str) -> Option<Pred> {
+    let local = v
+        .strip_prefix(base.trim_end_matches('/'))
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or(v);
+    // A versioned reference matches the resource (search.html#versions).
+    let local = match local.find("/_history/") {
+        Some(i) => &local[..i],
+        None => local,
+    };
+    let absolute = local.contains("://");
+    if !absolute && let Some((t, id)) = literal_reference(local) {
+        if type_modifier.is_some_and(|m| m != t.as_str()) {
+            return None;
+        }
+        return Some(Pred::Reference {
+            target_type: Some(t.as_str().to_owned()),
+            id: id.to_owned(),
+            base: base.to_owned(),
+        });
+    }
+    if local.contains('/') || local.contains(':') {
+        let url = local.split('|').next().unwrap_or(local);
+        return Some(Pred::Equals {
+            column: "url",
+            value: url.to_owned(),
+        });
+    }
+    Some(Pred::Reference {
+        target_type: type_modifier.map(str::to_owned),
+        id: local.to_owned(),
+        base: base.to_owned(),
+    })
+}
+
+/// Splits a leading prefix off a date, number or quantity value.
+fn prefix(v: &str) -> (Prefix, &str) {
+    if v.len() > 2
+        && let Some(p) = Prefix::parse(&v[..2])
+        && v[2..].starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+' || c == '.')
+    {
+        return (p, &v[2..]);
+    }
+    (Prefix::Eq, v)
+}
+
+fn date_value(v: &str) -> Result<DateRange, Bad> {
+    let (prefix, rest) = prefix(v);
+    let Some((lo, hi)) = parse_instant_range(rest) else {
+        return invalid(format!("'{rest}' is not a FHIR date, dateTime or instant"));
+    };
+    Ok(DateRange { prefix, lo, hi })
+}
+
+/// A decimal with the range its precision implies (search.html#number).
+fn number_value(v: &str) -> Result<Num, Bad> {
+    let (prefix, rest) = prefix(v);
+    let Ok(value) = rest.parse::<f64>() else {
+        return invalid(format!("'{rest}' is not a number"));
+    };
+    if !value.is_finite() {
+        return invalid(format!("'{rest}' is not a number"));
+    }
+    let (mantissa, exp) = match rest.find(['e', 'E']) {
+        Some(i) => (&rest[..i], rest[i + 1..].parse::<i32>().unwrap_or(0)),
+        None => (rest, 0),
+    };
+    let decimals = mantissa.split_once('.').map_or(0, |(_, f)| f.len()) as i32;
+    let half = 0.5 * 10f64.powi(exp - decimals);
+    Ok(Num {
+        prefix,
+        value,
+        lo: value - half,
+        hi: value + half,
+    })
+}
+
+/// `[prefix]value[|system|code]` (search.html#quantity).
+fn quantity_value(v: &str) -> Result<Pred, Bad> {
+    let parts = split_unescaped(v, '|');
+    let num = number_value(&parts[0])?;
+    let (system, code) = match parts.len() {
+        1 => (None, None),
+        3 => (
+            Some(parts[1].clone()).filter(|s| !s.is_empty()),
+            Some(parts[2].clone()).filter(|s| !s.is_empty()),
+        ),
+        _ => return invalid("a quantity is value|system|code"),
+    };
+    Ok(Pred::Quantity {
+        canonical: canonical_num(&num, system.as_deref(), code.as_deref()),
+        num,
+        system,
+        code,
+    })
+}
+
+/// The search value in canonical UCUM units, when its unit is UCUM (or has no system) and known.
+fn canonical_num(num: &Num, system: Option<&str>, code: Option<&str>) -> Option<(Num, String)> {
+    let code = code?;
+    if system.is_some_and(|s| s != ucum::UCUM) {
+        return None;
+    }
+    let (value, unit) = ucum::canonical(num.value, code)?;
+    let (lo, _) = ucum::canonical(num.lo, code)?;
+    let (hi, _) = ucum::canonical(num.hi, code)?;
+    Some((
+        Num {
+            prefix: num.prefix,
+            value,
+            lo: lo.min(hi),
+            hi: lo.max(hi),
+        },
+        unit,
+    ))
+}
+
+/// `a$b` for a composite parameter (search.html#composite).
+fn composite_value(ty: &str, p: &registry::SearchParam, v: &str) -> Result<Pred, Bad> {
+    let parts = split_unescaped(v, '$');
+    if parts.len() < 2 || p.components.len() < 2 {
+        return invalid(format!(
+            "{} takes {} values separated by $",
+            p.code,
+            p.components.len()
+        ));
+    }
+    let kind = |i: usize| {
+        p.components
+            .get(i)
+            .and_then(|c| registry::lookup(ty, c.code))
+            .map(|c| c.kind)
+    };
+    let first = match kind(0) {
+        Some(ParamType::Token) => token_match(&parts[0]),
+        Some(ParamType::Reference) => TokenMatch {
+            system: None,
+            code: Some(parts[0].clone()),
+        },
+        _ => return invalid(format!("{} is not supported", p.code)),
+    };
+    let second = match kind(1) {
+        Some(ParamType::Token) => Pred::Token(token_match(&parts[1])),
+        Some(ParamType::Quantity) => quantity_value(&parts[1])?,
+        Some(ParamType::Number) => Pred::Number(number_value(&parts[1])?),
+        Some(ParamType::Date) => Pred::Date(date_value(&parts[1])?),
+        Some(ParamType::String) => Pred::Prefix {
+            column: "c2_code",
+            value: extract::normalize(&parts[1]),
+        },
+        _ => return invalid(format!("{} is not supported", p.code)),
+    };
+    Ok(Pred::Composite {
+        first,
+        second: Box::new(second),
+    })
+}
+
+/// `system|code`, `|code` (no system), `system|` (any code) or `code` (search.html#token).
+fn token_match(v: &str) -> TokenMatch {
+    let parts = split_unescaped(v, '|');
+    if parts.len() >= 2 {
+        let system = &parts[0];
+        let code = parts[1..].join("|");
+        TokenMatch {
+            system: Some(if system.is_empty() {
+                None
+            } else {
+                Some(system.clone())
+            }),
+            code: if code.is_empty() { None } else { Some(code) },
+        }
+    } else {
+        TokenMatch {
+            system: None,
+            code: Some(parts[0].clone()),
+        }
+    }
+}
+
+/// Splits at unescaped `sep` and unescapes the parts (search.html#escaping).
+fn split_unescaped(v: &str, sep: char) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some(n) => cur.push(n),
+                None => cur.push('\\'),
+            }
+        } else if c == sep {
+            parts.push(std::mem::take(&mut cur));
+        } else {
+            cur.push(c);
+        }
+    }
+    parts.push(cur);
+    parts
+}
+
+/// Comma separates alternatives; `\,` is a literal comma (search.html#escaping). The parts keep
+/// their other escapes for the type-specific parsing.
+fn split_or(value: &str) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut start = 0;
     let bytes = value.as_bytes();
@@ -93,29 +795,23 @@ fn split_or(value: &str) -> impl Iterator<Item = &str> {
         }
         i += 1;
     }
-    parts.push(&value[start..]);
-    parts.into_iter().filter(|p| !p.is_empty())
+    parts.push(&value[start.min(value.len())..]);
+    parts.into_iter().filter(|p| !p.is_empty()).collect()
 }
 
-/// `system|code`, `|code` (no system) or `code` (any system) (search.html#token).
-fn parse_token(v: &str) -> (Option<String>, String) {
-    let unescape = |s: &str| {
-        s.replace("\\,", ",")
-            .replace("\\|", "|")
-            .replace("\\$", "$")
-            .replace("\\\\", "\\")
-    };
-    // Split at the first `|` that is not escaped.
-    let bytes = v.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 2,
-            b'|' => return (Some(unescape(&v[..i])), unescape(&v[i + 1..])),
-            _ => i += 1,
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\'
+            && let Some(n) = chars.next()
+        {
+            out.push(n);
+            continue;
         }
+        out.push(c);
     }
-    (None, unescape(v))
+    out
 }
 
 /// Decodes an `application/x-www-form-urlencoded` query string into pairs.
@@ -125,36 +821,96 @@ pub fn decode_query(raw: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Parses everything now rather than on the first request.
+pub fn preload() {
+    registry::preload();
+    extract::preload();
+    index::preload();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn patient() -> Option<ResourceType> {
+        ResourceType::parse("Patient")
+    }
+
     #[test]
     fn tokens() {
         assert_eq!(
-            parse_token("http://x|1"),
-            (Some("http://x".into()), "1".into())
+            token_match("http://x|1"),
+            TokenMatch {
+                system: Some(Some("http://x".into())),
+                code: Some("1".into())
+            }
         );
-        assert_eq!(parse_token("|1"), (Some("".into()), "1".into()));
-        assert_eq!(parse_token("1"), (None, "1".into()));
-        assert_eq!(parse_token("a\\|b|c"), (Some("a|b".into()), "c".into()));
+        assert_eq!(token_match("|1").system, Some(None));
+        assert_eq!(token_match("http://x|").code, None);
+        assert_eq!(token_match("1").system, None);
+        assert_eq!(token_match("a\\|b|c").system, Some(Some("a|b".into())));
+        assert_eq!(split_or("a,b\\,c,,d"), vec!["a", "b\\,c", "d"]);
+    }
+
+    #[test]
+    fn numbers_carry_their_precision() {
+        let n = number_value("100").ok().expect("number");
+        assert_eq!((n.lo, n.hi), (99.5, 100.5));
+        let n = number_value("gt100.0").ok().expect("number");
+        assert_eq!(n.prefix, Prefix::Gt);
+        assert!((n.hi - 100.05).abs() < 1e-9);
+        let n = number_value("1e2").ok().expect("number");
+        assert_eq!((n.lo, n.hi), (50.0, 150.0));
+        assert!(number_value("abc").is_err());
+    }
+
+    #[test]
+    fn parses_known_unknown_and_invalid() {
+        let q = parse(
+            patient(),
+            &decode_query("identifier=http://x|1,2&_count=5&name=smith&foo=1&birthdate=notadate"),
+            "http://h/fhir",
+        );
+        assert_eq!(q.clauses.len(), 2);
+        assert_eq!(q.count, Some(5));
+        assert_eq!(q.unknown, vec!["foo".to_string()]);
+        assert_eq!(q.invalid.len(), 1);
+        let q = parse(patient(), &decode_query("_count=-1"), "http://h/fhir");
+        assert_eq!(q.invalid.len(), 1);
+    }
+
+    #[test]
+    fn references_to_this_server() {
         assert_eq!(
-            split_or("a,b\\,c,,d").collect::<Vec<_>>(),
-            vec!["a", "b\\,c", "d"]
+            reference_value("http://h/fhir/Patient/1", None, "http://h/fhir"),
+            Some(Pred::Reference {
+                target_type: Some("Patient".into()),
+                id: "1".into(),
+                base: "http://h/fhir".into()
+            })
+        );
+        assert_eq!(
+            reference_value("Patient/1", Some("Group"), "http://h/fhir"),
+            None
+        );
+        assert_eq!(
+            reference_value("1", Some("Patient"), "http://h/fhir"),
+            Some(Pred::Reference {
+                target_type: Some("Patient".into()),
+                id: "1".into(),
+                base: "http://h/fhir".into()
+            })
         );
     }
 
     #[test]
-    fn parses_known_and_unknown() {
-        let ty = ResourceType::parse("Patient").expect("type");
-        let q = parse(
-            ty,
-            &decode_query("identifier=http://x|1,2&_count=5&name=smith&_count2=1"),
-        );
-        assert_eq!(q.criteria.len(), 1);
-        assert_eq!(q.count, Some(5));
-        assert_eq!(q.unknown, vec!["name".to_string(), "_count2".to_string()]);
-        let q = parse(ty, &decode_query("_count=-1"));
-        assert_eq!(q.invalid.len(), 1);
+    fn cursors_round_trip() {
+        let c = Cursor {
+            before: true,
+            ty: "Patient".into(),
+            id: "a-b".into(),
+        };
+        assert_eq!(parse_cursor(&format_cursor(&c)), Some(c));
+        assert_eq!(parse_cursor("sideways.Patient.x"), None);
     }
 }

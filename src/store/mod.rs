@@ -9,6 +9,7 @@
 //! functions once per sqlx driver, so the two backends cannot drift apart (rule 6). The few
 //! dialect differences are spelled out where they occur.
 
+pub mod query;
 mod time_fmt;
 
 use std::str::FromStr;
@@ -24,6 +25,7 @@ pub use time_fmt::{
 };
 
 use crate::fhir::types::{ResourceId, ResourceType};
+use crate::search::index::IndexRows;
 
 /// Errors of the store. Constraint violations that mean something to a client are turned into
 /// variants here, in one place, rather than matched as strings by callers (STYLE.md habit 3).
@@ -137,19 +139,6 @@ pub struct HistoryQuery {
     pub at_start: Option<i64>,
     pub count: usize,
     pub offset: usize,
-}
-
-/// A search criterion the store can answer directly. The full search engine plugs in here.
-#[derive(Debug, Clone)]
-pub enum Criterion {
-    /// `_id=a,b`: any of these ids.
-    Id(Vec<String>),
-    /// A token parameter: any of (system, code); `system: None` means any system, `Some("")`
-    /// means no system (`|code`).
-    Token {
-        param: String,
-        values: Vec<(Option<String>, String)>,
-    },
 }
 
 /// The application's store: PostgreSQL in production, SQLite as the embedded default.
@@ -333,23 +322,104 @@ impl Store {
         }
     }
 
-    /// Current, not deleted resources of `ty` matching every criterion (AND), ordered by last
-    /// update (newest first), with the total count.
-    pub async fn search(
-        &self,
-        ty: ResourceType,
-        criteria: &[Criterion],
-        count: usize,
-        offset: usize,
-    ) -> Result<(Vec<Version>, i64), StoreError> {
-        match self {
-            Store::Pg(pool) => {
-                pg::search(&mut *pool.acquire().await?, ty, criteria, count, offset).await
+    /// A reader for search queries outside any transaction.
+    pub fn reader(&self) -> Db<'_> {
+        Db::Store(self)
+    }
+}
+
+/// Where a search runs: on the pool (each query on a connection of its own) or inside a write
+/// transaction (conditional interactions and Bundle entries see the transaction's own writes).
+pub enum Db<'a> {
+    Store(&'a Store),
+    Tx(&'a mut StoreTx),
+}
+
+macro_rules! on_db {
+    ($db:expr, $f:ident, $sql:expr) => {
+        match $db {
+            Db::Store(Store::Pg(pool)) => pg::$f(&mut *pool.acquire().await?, $sql).await,
+            Db::Store(Store::Sqlite { read, .. }) => {
+                sqlite::$f(&mut *read.acquire().await?, $sql).await
             }
-            Store::Sqlite { read, .. } => {
-                sqlite::search(&mut *read.acquire().await?, ty, criteria, count, offset).await
+            Db::Tx(StoreTx::Pg(tx)) => pg::$f(tx, $sql).await,
+            Db::Tx(StoreTx::Sqlite(tx)) => sqlite::$f(tx, $sql).await,
+        }
+    };
+}
+
+impl Db<'_> {
+    /// Runs a query built by [`query`] that selects [`query::VERSION_COLUMNS`].
+    pub async fn versions(&mut self, sql: &query::Sql) -> Result<Vec<Version>, StoreError> {
+        on_db!(self, fetch_versions, sql)
+    }
+
+    /// Runs a query built by [`query`] that selects two text columns.
+    pub async fn pairs(&mut self, sql: &query::Sql) -> Result<Vec<(String, String)>, StoreError> {
+        on_db!(self, fetch_pairs, sql)
+    }
+
+    /// Runs a query built by [`query`] that selects one integer.
+    pub async fn count(&mut self, sql: &query::Sql) -> Result<i64, StoreError> {
+        on_db!(self, fetch_count, sql)
+    }
+}
+
+impl Store {
+    /// Number of current (not deleted) resources, for `vitalbridge reindex`.
+    pub async fn count_current(&self) -> Result<i64, StoreError> {
+        let sql = "select count(*) from resource where deleted = false";
+        Ok(match self {
+            Store::Pg(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+            Store::Sqlite { read, .. } => sqlx::query_scalar(sql).fetch_one(read).await?,
+        })
+    }
+
+    /// The next `limit` current resources after `after` in (type, id) order.
+    pub async fn scan_current(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<Version>, StoreError> {
+        let mut sql = query::Sql::default();
+        sql.push(
+            "select h.res_type, h.res_id, h.version_id, h.last_updated, h.method, h.content \
+             from resource r join resource_history h on h.res_type = r.res_type and h.res_id = r.res_id \
+             and h.version_id = r.version_id where r.deleted = false",
+        );
+        if let Some((ty, id)) = after {
+            sql.push(" and (r.res_type, r.res_id) > (");
+            sql.text(ty).push(", ");
+            sql.text(id).push(")");
+        }
+        sql.push(" order by r.res_type, r.res_id limit ");
+        sql.bind(query::Bind::Int(limit as i64));
+        self.reader().versions(&sql).await
+    }
+
+    /// Rebuilds the search index rows of these versions from their JSON, in one transaction.
+    pub async fn reindex(&self, versions: &[Version]) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        for v in versions {
+            let Some(content) = &v.content else { continue };
+            let resource: Value = serde_json::from_str(content)?;
+            let row = VersionRow {
+                ty: &v.ty,
+                id: &v.id,
+                version_id: v.version_id,
+                last_updated: v.last_updated,
+                created: false,
+                method: v.method.as_str(),
+                content: None,
+                index: crate::search::index::rows(&resource),
+                index_only: true,
+            };
+            match &mut tx {
+                StoreTx::Pg(tx) => apply_pg(tx, &row).await?,
+                StoreTx::Sqlite(tx) => apply_sqlite_in_tx(tx, &row).await?,
             }
         }
+        tx.commit().await
     }
 }
 
@@ -412,18 +482,9 @@ impl StoreTx {
         }
     }
 
-    /// Ids of current resources matching the criteria, inside this transaction. Used by
-    /// conditional create/update/delete and conditional references.
-    pub async fn search(
-        &mut self,
-        ty: ResourceType,
-        criteria: &[Criterion],
-        count: usize,
-    ) -> Result<Vec<Version>, StoreError> {
-        match self {
-            StoreTx::Pg(tx) => Ok(pg::search(tx, ty, criteria, count, 0).await?.0),
-            StoreTx::Sqlite(tx) => Ok(sqlite::search(tx, ty, criteria, count, 0).await?.0),
-        }
+    /// A reader for search queries inside this transaction.
+    pub fn reader(&mut self) -> Db<'_> {
+        Db::Tx(self)
     }
 
     /// Locks the resource row until the transaction ends (read-modify-write: PATCH), returning
@@ -438,20 +499,6 @@ impl StoreTx {
             StoreTx::Sqlite(tx) => sqlite::lock_current(tx, ty, id).await?,
         }
         .map(|(version, _, _)| version))
-    }
-
-    /// A page of search results with the total, inside this transaction.
-    pub async fn search_page(
-        &mut self,
-        ty: ResourceType,
-        criteria: &[Criterion],
-        count: usize,
-        offset: usize,
-    ) -> Result<(Vec<Version>, i64), StoreError> {
-        match self {
-            StoreTx::Pg(tx) => pg::search(tx, ty, criteria, count, offset).await,
-            StoreTx::Sqlite(tx) => sqlite::search(tx, ty, criteria, count, offset).await,
-        }
     }
 
     /// Serialises conditional interactions on the same criteria across concurrent transactions,
@@ -501,26 +548,6 @@ fn stamp(resource: &mut Value, id: &str, version_id: i64, last_updated: i64) {
     }
     ordered.append(map);
     *map = ordered;
-}
-
-/// Token index rows of a resource: `identifier` (system, value) pairs.
-fn tokens(resource: &Value) -> Vec<(&'static str, Option<&str>, &str)> {
-    fn push<'a>(out: &mut Vec<(&'static str, Option<&'a str>, &'a str)>, ident: &'a Value) {
-        if let Some(value) = ident.get("value").and_then(Value::as_str) {
-            out.push((
-                "identifier",
-                ident.get("system").and_then(Value::as_str),
-                value,
-            ));
-        }
-    }
-    let mut out = Vec::new();
-    match resource.get("identifier") {
-        Some(Value::Array(items)) => items.iter().for_each(|i| push(&mut out, i)),
-        Some(ident @ Value::Object(_)) => push(&mut out, ident),
-        _ => {}
-    }
-    out
 }
 
 /// Instantiates the store functions for one sqlx driver.
@@ -624,79 +651,35 @@ macro_rules! backend {
                 Ok((versions, total))
             }
 
-            fn push_search_filter(qb: &mut QueryBuilder<$db>, ty: ResourceType, criteria: &[Criterion]) {
-                qb.push(" from resource r join resource_history h on h.res_type = r.res_type \
-                          and h.res_id = r.res_id and h.version_id = r.version_id \
-                          where r.deleted = false and r.res_type = ")
-                    .push_bind(ty.as_str());
-                for criterion in criteria {
-                    match criterion {
-                        Criterion::Id(ids) => {
-                            qb.push(" and r.res_id in (");
-                            let mut sep = qb.separated(", ");
-                            for id in ids {
-                                sep.push_bind(id.as_str());
-                            }
-                            qb.push(")");
-                        }
-                        Criterion::Token { param, values } => {
-                            qb.push(" and exists (select 1 from search_token t where t.res_type = r.res_type \
-                                      and t.res_id = r.res_id and t.param = ")
-                                .push_bind(param.as_str())
-                                .push(" and (");
-                            for (i, (system, code)) in values.iter().enumerate() {
-                                if i > 0 {
-                                    qb.push(" or ");
-                                }
-                                qb.push("(t.code = ").push_bind(code.as_str());
-                                match system.as_deref() {
-                                    None => {}
-                                    Some("") => {
-                                        qb.push(" and t.system is null");
-                                    }
-                                    Some(s) => {
-                                        qb.push(" and t.system = ").push_bind(s);
-                                    }
-                                }
-                                qb.push(")");
-                            }
-                            qb.push("))");
-                        }
-                    }
+            fn bind_all<'q>(
+                sql: &'q query::Sql,
+            ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments> {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.text.as_str()));
+                for b in &sql.binds {
+                    q = match b {
+                        query::Bind::Text(s) => q.bind(s.as_str()),
+                        query::Bind::Int(i) => q.bind(*i),
+                        query::Bind::Float(f) => q.bind(*f),
+                    };
                 }
+                q
             }
 
-            pub async fn search(
-                conn: &mut Conn,
-                ty: ResourceType,
-                criteria: &[Criterion],
-                count: usize,
-                offset: usize,
-            ) -> Result<(Vec<Version>, i64), StoreError> {
-                // An empty OR list matches nothing; the SQL would not even parse.
-                if criteria.iter().any(|c| match c {
-                    Criterion::Id(v) => v.is_empty(),
-                    Criterion::Token { values, .. } => values.is_empty(),
-                }) {
-                    return Ok((Vec::new(), 0));
-                }
-                let mut qb = QueryBuilder::<$db>::new("select count(*)");
-                push_search_filter(&mut qb, ty, criteria);
-                let total: i64 = qb.build().fetch_one(&mut *conn).await?.try_get(0)?;
-                if count == 0 {
-                    return Ok((Vec::new(), total));
-                }
-                let mut qb = QueryBuilder::<$db>::new(
-                    "select h.res_type, h.res_id, h.version_id, h.last_updated, h.method, h.content",
-                );
-                push_search_filter(&mut qb, ty, criteria);
-                qb.push(" order by r.last_updated desc, r.res_id limit ")
-                    .push_bind(count as i64)
-                    .push(" offset ")
-                    .push_bind(offset as i64);
-                let rows = qb.build().fetch_all(&mut *conn).await?;
-                let versions = rows.iter().map(version_from_row).collect::<Result<_, _>>()?;
-                Ok((versions, total))
+            pub async fn fetch_versions(conn: &mut Conn, sql: &query::Sql) -> Result<Vec<Version>, StoreError> {
+                let rows = bind_all(sql).fetch_all(&mut *conn).await?;
+                Ok(rows.iter().map(version_from_row).collect::<Result<_, _>>()?)
+            }
+
+            pub async fn fetch_pairs(conn: &mut Conn, sql: &query::Sql) -> Result<Vec<(String, String)>, StoreError> {
+                let rows = bind_all(sql).fetch_all(&mut *conn).await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect::<Result<_, sqlx::Error>>()?)
+            }
+
+            pub async fn fetch_count(conn: &mut Conn, sql: &query::Sql) -> Result<i64, StoreError> {
+                Ok(bind_all(sql).fetch_one(&mut *conn).await?.try_get(0)?)
             }
 
             pub async fn write(
@@ -840,7 +823,8 @@ fn version_row<'b>(w: &'b Written, method: Method, resource: Option<&'b Value>) 
         created: w.created,
         method: method.as_str(),
         content: w.content.as_deref(),
-        tokens: resource.map(tokens).unwrap_or_default(),
+        index: resource.map(crate::search::index::rows).unwrap_or_default(),
+        index_only: false,
     }
 }
 
@@ -1053,33 +1037,88 @@ struct VersionRow<'a> {
     created: bool,
     method: &'static str,
     content: Option<&'a str>,
-    tokens: Vec<(&'static str, Option<&'a str>, &'a str)>,
+    /// The search index rows of the new version (none for a delete).
+    index: IndexRows,
+    /// Only replace the index rows (`vitalbridge reindex`); the version is already stored.
+    index_only: bool,
 }
+
+/// The search index tables (migrations `0002_search.sql`), whose rows a write replaces.
+const INDEX_TABLES: &[&str] = &[
+    "search_token",
+    "search_string",
+    "search_date",
+    "search_reference",
+    "search_quantity",
+    "search_number",
+    "search_uri",
+    "search_composite",
+];
 
 /// Writes a version in ONE statement: a data-modifying CTE, so a write costs one round trip
 /// besides BEGIN and COMMIT (https://www.postgresql.org/docs/current/queries-with.html#QUERIES-WITH-MODIFYING).
-/// The token delete and insert see the same snapshot, so the delete removes only old rows.
+/// The index deletes and inserts see the same snapshot, so the deletes remove only old rows.
+/// Each index table gets its rows as parallel arrays through `unnest`.
 async fn apply_pg(conn: &mut sqlx::PgConnection, row: &VersionRow<'_>) -> Result<(), StoreError> {
     const CREATE: &str = "with r as (insert into resource (res_type, res_id, version_id, last_updated, deleted) \
         values ($1, $2, $3, $4, $5)), ";
-    const UPDATE: &str = "with r as (update resource set version_id = $3, last_updated = $4, deleted = $5 \
-        where res_type = $1 and res_id = $2), \
-        d as (delete from search_token where res_type = $1 and res_id = $2), ";
     const REST: &str = "h as (insert into resource_history (res_type, res_id, version_id, last_updated, method, content) \
         values ($1, $2, $3, $4, $6, $7)), \
-        t as (insert into search_token (res_type, res_id, param, system, code) \
-        select $1, $2, p, s, c from unnest($8::text[], $9::text[], $10::text[]) as x(p, s, c)), \
-        c as (insert into change_log (res_type, res_id, version_id, method, recorded_at) values ($1, $2, $3, $6, $4)) \
-        select 1";
+        c as (insert into change_log (res_type, res_id, version_id, method, recorded_at) values ($1, $2, $3, $6, $4)), ";
+    const INDEX: &str = "i1 as (insert into search_token (res_type, res_id, param, system, code, text) \
+          select $1, $2, a, b, c, d from unnest($8::text[], $9::text[], $10::text[], $11::text[]) as x(a, b, c, d)), \
+        i2 as (insert into search_string (res_type, res_id, param, norm, exact) \
+          select $1, $2, a, b, c from unnest($12::text[], $13::text[], $14::text[]) as x(a, b, c)), \
+        i3 as (insert into search_date (res_type, res_id, param, lo, hi) \
+          select $1, $2, a, b, c from unnest($15::text[], $16::int8[], $17::int8[]) as x(a, b, c)), \
+        i4 as (insert into search_reference (res_type, res_id, param, target_type, target_id, url) \
+          select $1, $2, a, b, c, d from unnest($18::text[], $19::text[], $20::text[], $21::text[]) as x(a, b, c, d)), \
+        i5 as (insert into search_quantity (res_type, res_id, param, value, system, code, cvalue, ccode) \
+          select $1, $2, a, b, c, d, e, f from unnest($22::text[], $23::float8[], $24::text[], $25::text[], $26::float8[], $27::text[]) as x(a, b, c, d, e, f)), \
+        i6 as (insert into search_number (res_type, res_id, param, value) \
+          select $1, $2, a, b from unnest($28::text[], $29::float8[]) as x(a, b)), \
+        i7 as (insert into search_uri (res_type, res_id, param, value) \
+          select $1, $2, a, b from unnest($30::text[], $31::text[]) as x(a, b)), \
+        i8 as (insert into search_composite (res_type, res_id, param, c1_system, c1_code, c2_system, c2_code, c2_lo, c2_hi, c2_cvalue, c2_ccode, c3) \
+          select $1, $2, a, b, c, d, e, f, g, h, i, j from unnest($32::text[], $33::text[], $34::text[], $35::text[], $36::text[], \
+            $37::float8[], $38::float8[], $39::float8[], $40::text[], $41::float8[]) as x(a, b, c, d, e, f, g, h, i, j)) ";
     static SQL_CREATE: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| format!("{CREATE}{REST}"));
-    static SQL_UPDATE: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| format!("{UPDATE}{REST}"));
-    let sql: &'static str = if row.created {
+        std::sync::LazyLock::new(|| format!("{CREATE}{REST}{INDEX}select 1"));
+    fn deletes() -> String {
+        let mut sql = String::new();
+        for (i, table) in INDEX_TABLES.iter().enumerate() {
+            sql.push_str(&format!(
+                "d{i} as (delete from {table} where res_type = $1 and res_id = $2), "
+            ));
+        }
+        sql
+    }
+    static SQL_UPDATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "with r as (update resource set version_id = $3, last_updated = $4, deleted = $5 \
+             where res_type = $1 and res_id = $2), {}{REST}{INDEX}select 1",
+            deletes()
+        )
+    });
+    // Reindex: the version columns are bound but only selected, to keep one parameter list.
+    static SQL_REINDEX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "with {}{INDEX}select $3::int8, $4::int8, $5::bool, $6::text, $7::text",
+            deletes()
+        )
+    });
+    let sql: &'static str = if row.index_only {
+        &SQL_REINDEX
+    } else if row.created {
         &SQL_CREATE
     } else {
         &SQL_UPDATE
     };
+    let ix = &row.index;
+    fn col<'a, T, U>(rows: &'a [T], f: impl Fn(&'a T) -> U) -> Vec<U> {
+        rows.iter().map(f).collect()
+    }
+    let cp = &ix.composites;
     let result = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(row.ty)
         .bind(row.id)
@@ -1088,9 +1127,40 @@ async fn apply_pg(conn: &mut sqlx::PgConnection, row: &VersionRow<'_>) -> Result
         .bind(row.content.is_none())
         .bind(row.method)
         .bind(row.content)
-        .bind(row.tokens.iter().map(|t| t.0).collect::<Vec<_>>())
-        .bind(row.tokens.iter().map(|t| t.1).collect::<Vec<_>>())
-        .bind(row.tokens.iter().map(|t| t.2).collect::<Vec<_>>())
+        .bind(col(&ix.tokens, |t| t.0.as_str()))
+        .bind(col(&ix.tokens, |t| t.1.as_deref()))
+        .bind(col(&ix.tokens, |t| t.2.as_str()))
+        .bind(col(&ix.tokens, |t| t.3.as_deref()))
+        .bind(col(&ix.strings, |t| t.0.as_str()))
+        .bind(col(&ix.strings, |t| t.1.as_str()))
+        .bind(col(&ix.strings, |t| t.2.as_str()))
+        .bind(col(&ix.dates, |t| t.0.as_str()))
+        .bind(col(&ix.dates, |t| t.1))
+        .bind(col(&ix.dates, |t| t.2))
+        .bind(col(&ix.references, |t| t.0.as_str()))
+        .bind(col(&ix.references, |t| t.1.as_deref()))
+        .bind(col(&ix.references, |t| t.2.as_deref()))
+        .bind(col(&ix.references, |t| t.3.as_str()))
+        .bind(col(&ix.quantities, |t| t.0.as_str()))
+        .bind(col(&ix.quantities, |t| t.1))
+        .bind(col(&ix.quantities, |t| t.2.as_deref()))
+        .bind(col(&ix.quantities, |t| t.3.as_deref()))
+        .bind(col(&ix.quantities, |t| t.4))
+        .bind(col(&ix.quantities, |t| t.5.as_deref()))
+        .bind(col(&ix.numbers, |t| t.0.as_str()))
+        .bind(col(&ix.numbers, |t| t.1))
+        .bind(col(&ix.uris, |t| t.0.as_str()))
+        .bind(col(&ix.uris, |t| t.1.as_str()))
+        .bind(col(cp, |c| c.param.as_str()))
+        .bind(col(cp, |c| c.c1_system.as_deref()))
+        .bind(col(cp, |c| c.c1_code.as_str()))
+        .bind(col(cp, |c| c.c2_system.as_deref()))
+        .bind(col(cp, |c| c.c2_code.as_deref()))
+        .bind(col(cp, |c| c.c2_lo))
+        .bind(col(cp, |c| c.c2_hi))
+        .bind(col(cp, |c| c.c2_cvalue))
+        .bind(col(cp, |c| c.c2_ccode.as_deref()))
+        .bind(col(cp, |c| c.c3))
         .execute(conn)
         .await;
     match result {
@@ -1128,38 +1198,105 @@ async fn apply_sqlite(
 ) -> Result<(), StoreError> {
     let mut sql = String::with_capacity(700);
     sql.push_str(prefix);
-    // The history row first: in `guarded` form its version is computed from the current row and
-    // is NULL (a NOT NULL violation that aborts everything) unless the current version is still
-    // the one this write was planned on.
-    let version = if guarded && !row.created {
-        "(select version_id + 1 from resource where res_type = $1 and res_id = $2 and version_id = $3 - 1)"
+    if row.index_only {
+        // Reindex: the version columns are bound but only selected, to keep one parameter list.
+        sql.push_str("select $3, $4, $5, $6, $7;");
+        for table in INDEX_TABLES {
+            sql.push_str(&format!(
+                "delete from {table} where res_type = $1 and res_id = $2;"
+            ));
+        }
     } else {
-        "$3"
-    };
-    sql.push_str(&format!(
+        // The history row first: in `guarded` form its version is computed from the current row and
+        // is NULL (a NOT NULL violation that aborts everything) unless the current version is still
+        // the one this write was planned on.
+        let version = if guarded && !row.created {
+            "(select version_id + 1 from resource where res_type = $1 and res_id = $2 and version_id = $3 - 1)"
+        } else {
+            "$3"
+        };
+        sql.push_str(&format!(
         "insert into resource_history (res_type, res_id, version_id, last_updated, method, content) \
          values ($1, $2, {version}, $4, $6, $7);"
     ));
-    if row.created {
-        sql.push_str("insert into resource (res_type, res_id, version_id, last_updated, deleted) values ($1, $2, $3, $4, $5);");
-    } else {
-        sql.push_str(
-            "update resource set version_id = $3, last_updated = $4, deleted = $5 where res_type = $1 and res_id = $2; \
-             delete from search_token where res_type = $1 and res_id = $2;",
+        if row.created {
+            sql.push_str("insert into resource (res_type, res_id, version_id, last_updated, deleted) values ($1, $2, $3, $4, $5);");
+        } else {
+            sql.push_str(
+            "update resource set version_id = $3, last_updated = $4, deleted = $5 where res_type = $1 and res_id = $2;",
         );
-    }
-    sql.push_str("insert into change_log (res_type, res_id, version_id, method, recorded_at) values ($1, $2, $3, $6, $4);");
-    if !row.tokens.is_empty() {
-        sql.push_str("insert into search_token (res_type, res_id, param, system, code) values ");
-        for i in 0..row.tokens.len() {
-            let n = 8 + 3 * i;
-            if i > 0 {
-                sql.push_str(", ");
+            for table in INDEX_TABLES {
+                sql.push_str(&format!(
+                    "delete from {table} where res_type = $1 and res_id = $2;"
+                ));
             }
-            sql.push_str(&format!("($1, $2, ${n}, ${}, ${})", n + 1, n + 2));
+        }
+        sql.push_str("insert into change_log (res_type, res_id, version_id, method, recorded_at) values ($1, $2, $3, $6, $4);");
+    }
+    let ix = &row.index;
+    // Next free bind number; the first seven are the version's.
+    let mut n = 8;
+    let mut values = |sql: &mut String, table: &str, columns: &str, rows: usize, width: usize| {
+        if rows == 0 {
+            return;
+        }
+        sql.push_str(&format!(
+            "insert into {table} (res_type, res_id, {columns}) values "
+        ));
+        for r in 0..rows {
+            sql.push_str(if r == 0 { "($1, $2" } else { ", ($1, $2" });
+            for _ in 0..width {
+                sql.push_str(&format!(", ${n}"));
+                n += 1;
+            }
+            sql.push(')');
         }
         sql.push(';');
-    }
+    };
+    values(
+        &mut sql,
+        "search_token",
+        "param, system, code, text",
+        ix.tokens.len(),
+        4,
+    );
+    values(
+        &mut sql,
+        "search_string",
+        "param, norm, exact",
+        ix.strings.len(),
+        3,
+    );
+    values(&mut sql, "search_date", "param, lo, hi", ix.dates.len(), 3);
+    values(
+        &mut sql,
+        "search_reference",
+        "param, target_type, target_id, url",
+        ix.references.len(),
+        4,
+    );
+    values(
+        &mut sql,
+        "search_quantity",
+        "param, value, system, code, cvalue, ccode",
+        ix.quantities.len(),
+        6,
+    );
+    values(
+        &mut sql,
+        "search_number",
+        "param, value",
+        ix.numbers.len(),
+        2,
+    );
+    values(&mut sql, "search_uri", "param, value", ix.uris.len(), 2);
+    values(
+        &mut sql,
+        "search_composite",
+        "param, c1_system, c1_code, c2_system, c2_code, c2_lo, c2_hi, c2_cvalue, c2_ccode, c3",
+        ix.composites.len(),
+        10,
+    );
     sql.push_str(suffix);
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(row.ty)
@@ -1169,8 +1306,45 @@ async fn apply_sqlite(
         .bind(row.content.is_none())
         .bind(row.method)
         .bind(row.content);
-    for (param, system, code) in &row.tokens {
-        q = q.bind(*param).bind(*system).bind(*code);
+    for t in &ix.tokens {
+        q = q.bind(&t.0).bind(&t.1).bind(&t.2).bind(&t.3);
+    }
+    for t in &ix.strings {
+        q = q.bind(&t.0).bind(&t.1).bind(&t.2);
+    }
+    for t in &ix.dates {
+        q = q.bind(&t.0).bind(t.1).bind(t.2);
+    }
+    for t in &ix.references {
+        q = q.bind(&t.0).bind(&t.1).bind(&t.2).bind(&t.3);
+    }
+    for t in &ix.quantities {
+        q = q
+            .bind(&t.0)
+            .bind(t.1)
+            .bind(&t.2)
+            .bind(&t.3)
+            .bind(t.4)
+            .bind(&t.5);
+    }
+    for t in &ix.numbers {
+        q = q.bind(&t.0).bind(t.1);
+    }
+    for t in &ix.uris {
+        q = q.bind(&t.0).bind(&t.1);
+    }
+    for c in &ix.composites {
+        q = q
+            .bind(&c.param)
+            .bind(&c.c1_system)
+            .bind(&c.c1_code)
+            .bind(&c.c2_system)
+            .bind(&c.c2_code)
+            .bind(c.c2_lo)
+            .bind(c.c2_hi)
+            .bind(c.c2_cvalue)
+            .bind(&c.c2_ccode)
+            .bind(c.c3);
     }
     q.execute(conn).await?;
     Ok(())

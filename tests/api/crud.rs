@@ -159,7 +159,7 @@ async fn conditional_create_update_delete(app: TestApp) {
         .send(
             app.client
                 .post(app.url("Patient"))
-                .header("if-none-exist", "name=Noether")
+                .header("if-none-exist", "no-such-param=Noether")
                 .body(body.to_string()),
         )
         .await;

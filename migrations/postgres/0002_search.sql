@@ -1,0 +1,110 @@
+-- The search index (https://hl7.org/fhir/R4/search.html#ptypes): one table per parameter type,
+-- one row per (resource, parameter, value) of the CURRENT version of each resource. A write
+-- replaces the rows of its resource in the same transaction (DESIGN.md rule 1); a delete leaves
+-- none, so the index alone answers "which current resources match" without a join.
+-- `_id` and `_lastUpdated` are answered from `resource` itself.
+--
+-- Tokens: `system` is null when the value has none; `text` is the normalised display of the
+-- Coding / text of the CodeableConcept, for the `:text` modifier.
+alter table search_token add column text text;
+drop index search_token_lookup;
+drop index search_token_owner;
+create index search_token_lookup on search_token (res_type, param, code, system);
+create index search_token_owner on search_token (res_type, res_id, param);
+
+-- Strings: `norm` is lower-cased with accents removed (the default match is a case- and
+-- accent-insensitive prefix), `exact` as written (`:exact`). Collation "C" makes the prefix
+-- range `norm >= p and norm < p || U+10FFFF` use the index whatever the database locale.
+create table search_string (
+    res_type text not null,
+    res_id   text not null,
+    param    text not null,
+    norm     text collate "C" not null,
+    exact    text not null
+);
+create index search_string_lookup on search_string (res_type, param, norm);
+create index search_string_owner on search_string (res_type, res_id, param);
+
+-- Dates: the inclusive range of instants the value covers, in microseconds since the epoch
+-- (an open Period end is the smallest / largest bigint).
+create table search_date (
+    res_type text   not null,
+    res_id   text   not null,
+    param    text   not null,
+    lo       bigint not null,
+    hi       bigint not null
+);
+create index search_date_lookup on search_date (res_type, param, lo, hi);
+create index search_date_owner on search_date (res_type, res_id, param, lo, hi);
+
+-- References: `target_type`/`target_id` for literal references `Type/id` (relative or absolute),
+-- `url` as written. The lookup index also serves `_revinclude` and `_has`.
+create table search_reference (
+    res_type    text not null,
+    res_id      text not null,
+    param       text not null,
+    target_type text,
+    target_id   text,
+    url         text not null
+);
+create index search_reference_lookup on search_reference (res_type, param, target_id, target_type);
+create index search_reference_owner on search_reference (res_type, res_id, param);
+
+-- Quantities: the value as given and, when the unit is a known UCUM unit, in the canonical unit
+-- of its dimension (`cvalue`, `ccode`), so `gt70|http://unitsofmeasure.org|kg` finds pounds.
+create table search_quantity (
+    res_type text not null,
+    res_id   text not null,
+    param    text not null,
+    value    double precision not null,
+    system   text,
+    code     text,
+    cvalue   double precision,
+    ccode    text
+);
+create index search_quantity_lookup on search_quantity (res_type, param, value);
+create index search_quantity_owner on search_quantity (res_type, res_id, param);
+
+create table search_number (
+    res_type text not null,
+    res_id   text not null,
+    param    text not null,
+    value    double precision not null
+);
+create index search_number_lookup on search_number (res_type, param, value);
+create index search_number_owner on search_number (res_type, res_id, param);
+
+create table search_uri (
+    res_type text not null,
+    res_id   text not null,
+    param    text not null,
+    value    text collate "C" not null
+);
+create index search_uri_lookup on search_uri (res_type, param, value);
+create index search_uri_owner on search_uri (res_type, res_id, param);
+
+-- Composite parameters (https://hl7.org/fhir/R4/search.html#composite): one row per tuple of
+-- component values taken from the same element, so `component-code-value-quantity` pairs a
+-- component's code with that component's value and not another's. Component 1 is a token
+-- (or a reference as `Type/id` in c1_code); component 2 a token (c2_system, c2_code), a string
+-- (c2_code, normalised), a date (c2_lo..c2_hi in microseconds) or a quantity/number (c2_lo =
+-- c2_hi = value; c2_cvalue/c2_ccode canonical UCUM); component 3 a number (c3).
+create table search_composite (
+    res_type  text not null,
+    res_id    text not null,
+    param     text not null,
+    c1_system text,
+    c1_code   text not null,
+    c2_system text,
+    c2_code   text,
+    c2_lo     double precision,
+    c2_hi     double precision,
+    c2_cvalue double precision,
+    c2_ccode  text,
+    c3        double precision
+);
+create index search_composite_lookup on search_composite (res_type, param, c1_code);
+create index search_composite_owner on search_composite (res_type, res_id, param);
+
+-- Search result order by _lastUpdated within a type, and keyset paging.
+create index resource_type_updated on resource (res_type, last_updated, res_id);

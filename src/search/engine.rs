@@ -1,0 +1,220 @@
+//! Running a parsed search against the store: the page of matches, the total, the paging
+//! positions, and `_include` / `_revinclude` (https://hl7.org/fhir/R4/search.html).
+
+use std::collections::{HashMap, HashSet};
+
+use super::{DEFAULT_COUNT, Include, SearchQuery, Total, registry};
+use crate::fhir::types::ResourceType;
+use crate::store::query::{self, Cursor, SearchSpec};
+use crate::store::{Db, StoreError, Version};
+
+/// Included resources per search at most, so that `_include=*` on a large page cannot fetch
+/// the whole database.
+const MAX_INCLUDED: usize = 1000;
+/// Rounds of `:iterate`.
+const MAX_ITERATIONS: usize = 4;
+
+/// Where a paging link points.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PageRef {
+    Cursor(Cursor),
+    Offset(usize),
+}
+
+/// The result of a search.
+#[derive(Debug, Default)]
+pub struct SearchResult {
+    pub matches: Vec<Version>,
+    pub included: Vec<Version>,
+    pub total: Option<i64>,
+    pub next: Option<PageRef>,
+    pub previous: Option<PageRef>,
+}
+
+/// The store's view of a search on `types`.
+pub fn spec(types: &[ResourceType], q: &SearchQuery) -> SearchSpec {
+    SearchSpec {
+        types: types.iter().map(|t| t.as_str().to_owned()).collect(),
+        clauses: q.clauses.clone(),
+        sort: q.sort.clone(),
+        count: q.count.unwrap_or(DEFAULT_COUNT),
+        offset: q.offset,
+        cursor: q.cursor.clone(),
+    }
+}
+
+/// Runs `q` on resources of `types`.
+pub async fn run(
+    db: &mut Db<'_>,
+    types: &[ResourceType],
+    q: &SearchQuery,
+) -> Result<SearchResult, StoreError> {
+    let spec = spec(types, q);
+    let count_only = q.summary == Some(super::summary::Summary::Count);
+    let want_total = count_only || q.total != Some(Total::None);
+    let count = if count_only { 0 } else { spec.count };
+    let mut result = SearchResult::default();
+    if count > 0 {
+        let mut rows = db.versions(&query::page_sql(&spec, count + 1)).await?;
+        let backwards = spec.cursor.as_ref().is_some_and(|c| c.before);
+        let more = rows.len() > count;
+        rows.truncate(count);
+        if backwards {
+            rows.reverse();
+        }
+        let position = |v: &Version, before: bool| {
+            PageRef::Cursor(Cursor {
+                before,
+                ty: v.ty.clone(),
+                id: v.id.clone(),
+            })
+        };
+        if spec.sort.is_empty() {
+            // Keyset paging on (type, id): links name the first and last resource shown, so
+            // writes between page requests neither skip nor repeat resources that were there.
+            let first_page = spec.cursor.is_none() && spec.offset == 0;
+            let (has_next, has_prev) = if backwards {
+                (true, more)
+            } else {
+                (more, !first_page)
+            };
+            if has_next && let Some(last) = rows.last() {
+                result.next = Some(position(last, false));
+            }
+            if has_prev && let Some(first) = rows.first() {
+                result.previous = Some(position(first, true));
+            }
+        } else {
+            if more {
+                result.next = Some(PageRef::Offset(spec.offset + count));
+            }
+            if spec.offset > 0 {
+                result.previous = Some(PageRef::Offset(spec.offset.saturating_sub(count)));
+            }
+        }
+        // A first page that holds every match already gives the total.
+        if want_total && spec.cursor.is_none() && spec.offset == 0 && !more {
+            result.total = Some(rows.len() as i64);
+        }
+        result.matches = rows;
+    }
+    if want_total && result.total.is_none() {
+        result.total = Some(db.count(&query::count_sql(&spec)).await?);
+    }
+    if !q.include.is_empty() || !q.revinclude.is_empty() {
+        result.included = includes(db, &result.matches, q).await?;
+    }
+    Ok(result)
+}
+
+/// `_include` and `_revinclude`, with `:iterate` applied to what they bring in.
+async fn includes(
+    db: &mut Db<'_>,
+    matches: &[Version],
+    q: &SearchQuery,
+) -> Result<Vec<Version>, StoreError> {
+    let mut seen: HashSet<(String, String)> = matches
+        .iter()
+        .map(|v| (v.ty.clone(), v.id.clone()))
+        .collect();
+    let mut included = Vec::new();
+    let mut sources: Vec<(String, String)> = matches
+        .iter()
+        .map(|v| (v.ty.clone(), v.id.clone()))
+        .collect();
+    for round in 0..=MAX_ITERATIONS {
+        let mut wanted: Vec<(String, String)> = Vec::new();
+        let by_type = group(&sources);
+        for inc in &q.include {
+            if round > 0 && !inc.iterate {
+                continue;
+            }
+            for (ty, ids) in &by_type {
+                if !applies(inc, ty) {
+                    continue;
+                }
+                let sql = query::include_sql(
+                    ty,
+                    ids,
+                    inc.param.as_deref(),
+                    inc.target.as_deref(),
+                    &q.base,
+                );
+                wanted.extend(db.pairs(&sql).await?);
+            }
+        }
+        for inc in &q.revinclude {
+            if round > 0 && !inc.iterate {
+                continue;
+            }
+            for (ty, ids) in &by_type {
+                if inc.source == "*" {
+                    continue;
+                }
+                // The parameter must be able to point at this type.
+                if let Some(p) = &inc.param
+                    && registry::lookup(&inc.source, p)
+                        .is_none_or(|p| !p.targets.is_empty() && !p.targets.contains(&ty.as_str()))
+                {
+                    continue;
+                }
+                let sql =
+                    query::revinclude_sql(&inc.source, inc.param.as_deref(), ty, ids, &q.base);
+                wanted.extend(db.pairs(&sql).await?);
+            }
+        }
+        wanted.retain(|k| seen.insert(k.clone()));
+        wanted.truncate(MAX_INCLUDED.saturating_sub(included.len()));
+        if wanted.is_empty() {
+            break;
+        }
+        let mut fresh = Vec::new();
+        let mut per_type: HashMap<String, Vec<String>> = HashMap::new();
+        for (t, id) in wanted {
+            per_type.entry(t).or_default().push(id);
+        }
+        let mut types: Vec<_> = per_type.into_iter().collect();
+        types.sort();
+        for (t, ids) in types {
+            if ResourceType::parse(&t).is_none() {
+                continue;
+            }
+            fresh.extend(db.versions(&query::current_sql(&t, &ids)).await?);
+        }
+        // The next round starts from what this one brought in.
+        sources = fresh.iter().map(|v| (v.ty.clone(), v.id.clone())).collect();
+        included.extend(fresh);
+        if included.len() >= MAX_INCLUDED {
+            break;
+        }
+    }
+    Ok(included)
+}
+
+fn applies(inc: &Include, ty: &str) -> bool {
+    inc.source == "*" || inc.source == ty
+}
+
+/// Ids per type, in a stable order.
+fn group(keys: &[(String, String)]) -> Vec<(String, Vec<String>)> {
+    let mut map: HashMap<&str, Vec<String>> = HashMap::new();
+    for (ty, id) in keys {
+        map.entry(ty.as_str()).or_default().push(id.clone());
+    }
+    let mut out: Vec<(String, Vec<String>)> =
+        map.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    out.sort();
+    out
+}
+
+/// `Observation/$lastn` (https://hl7.org/fhir/R4/observation-operation-lastn.html).
+pub async fn lastn(
+    db: &mut Db<'_>,
+    q: &SearchQuery,
+    max: usize,
+) -> Result<Vec<Version>, StoreError> {
+    let ty = [ResourceType::parse("Observation")
+        .ok_or_else(|| StoreError::Db(sqlx::Error::Protocol("Observation type missing".into())))?];
+    let spec = spec(&ty, q);
+    db.versions(&query::lastn_sql(&spec, max)).await
+}

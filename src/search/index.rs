@@ -1,0 +1,395 @@
+//! The rows a resource version writes into the search index tables (migrations
+//! `0002_search.sql`), built from [`extract`](super::extract) and, for composite parameters,
+//! from the components' own expressions evaluated on each element the composite selects.
+//!
+//! The store writes these rows in the same transaction as the version (DESIGN.md rule 1) and
+//! `vitalbridge reindex` rebuilds them from the stored JSON.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use serde_json::Value;
+
+use super::extract::{self, IndexValue};
+use super::fhirpath::{self, Expr};
+use super::registry::{self, ParamType};
+use super::ucum;
+use crate::fhir::types::ResourceType;
+
+/// Every index row of one resource, per table. `param` is the search parameter code; derived
+/// entries use `code:text`, `code:of-type` and `code:identifier` so that they never collide with
+/// a real code (codes contain no colon).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct IndexRows {
+    /// (param, system, code, text)
+    pub tokens: Vec<(String, Option<String>, String, Option<String>)>,
+    /// (param, normalised, exact)
+    pub strings: Vec<(String, String, String)>,
+    /// (param, lo, hi) in microseconds, inclusive
+    pub dates: Vec<(String, i64, i64)>,
+    /// (param, target type, target id, url)
+    pub references: Vec<(String, Option<String>, Option<String>, String)>,
+    pub quantities: Vec<QuantityRow>,
+    /// (param, value)
+    pub numbers: Vec<(String, f64)>,
+    /// (param, value)
+    pub uris: Vec<(String, String)>,
+    pub composites: Vec<CompositeRow>,
+}
+
+impl IndexRows {
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+            + self.strings.len()
+            + self.dates.len()
+            + self.references.len()
+            + self.quantities.len()
+            + self.numbers.len()
+            + self.uris.len()
+            + self.composites.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// (param, value, system, code, canonical value, canonical code)
+pub type QuantityRow = (
+    String,
+    f64,
+    Option<String>,
+    Option<String>,
+    Option<f64>,
+    Option<String>,
+);
+
+/// One tuple of a composite parameter; see the `search_composite` table for the columns.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct CompositeRow {
+    pub param: String,
+    pub c1_system: Option<String>,
+    pub c1_code: String,
+    pub c2_system: Option<String>,
+    pub c2_code: Option<String>,
+    pub c2_lo: Option<f64>,
+    pub c2_hi: Option<f64>,
+    pub c2_cvalue: Option<f64>,
+    pub c2_ccode: Option<String>,
+    pub c3: Option<f64>,
+}
+
+/// Parameters answered from the `resource` table rather than an index table.
+const FROM_RESOURCE: &[&str] = &["_id", "_lastUpdated"];
+
+/// The index rows of `resource` (which must carry `resourceType`; `meta` already stamped).
+pub fn rows(resource: &Value) -> IndexRows {
+    let mut out = IndexRows::default();
+    for e in extract::extract(resource) {
+        if FROM_RESOURCE.contains(&e.code) {
+            continue;
+        }
+        let param = e.code.to_owned();
+        match e.value {
+            IndexValue::Token { system, code } => out.tokens.push((param, system, code, None)),
+            IndexValue::TokenText { text } => {
+                out.tokens
+                    .push((format!("{param}:text"), None, String::new(), Some(text)))
+            }
+            IndexValue::OfType {
+                system,
+                code,
+                value,
+            } => out.tokens.push((
+                format!("{param}:of-type"),
+                system,
+                format!("{code}|{value}"),
+                None,
+            )),
+            IndexValue::ReferenceIdentifier { system, value } => {
+                out.tokens
+                    .push((format!("{param}:identifier"), system, value, None))
+            }
+            IndexValue::String { exact, normalized } => {
+                out.strings.push((param, normalized, exact))
+            }
+            IndexValue::Date { start, end } => out.dates.push((param, start, end)),
+            IndexValue::Reference {
+                target_type,
+                id,
+                url,
+            } => out.references.push((param, target_type, id, url)),
+            IndexValue::Quantity {
+                value,
+                system,
+                code,
+                unit,
+                ..
+            } => {
+                let (cvalue, ccode) = canonical(value, system.as_deref(), code.as_deref());
+                // Without a coded unit, `||unit` searches match the human-readable unit
+                // (search.html#quantity).
+                let code = code.or(unit);
+                out.quantities
+                    .push((param, value, system, code, cvalue, ccode))
+            }
+            IndexValue::Number { value, .. } => out.numbers.push((param, value)),
+            IndexValue::Uri { value } => out.uris.push((param, value)),
+        }
+    }
+    // The same value reached twice (e.g. `code` through two unions) is one row.
+    dedup(&mut out.tokens);
+    dedup(&mut out.strings);
+    dedup(&mut out.references);
+    dedup(&mut out.uris);
+    composites(resource, &mut out.composites);
+    out
+}
+
+fn dedup<T: PartialEq + Clone>(v: &mut Vec<T>) {
+    let mut seen: Vec<T> = Vec::with_capacity(v.len());
+    v.retain(|x| {
+        if seen.contains(x) {
+            false
+        } else {
+            seen.push(x.clone());
+            true
+        }
+    });
+}
+
+/// The canonical UCUM form of a quantity, when its unit is UCUM and known.
+pub fn canonical(
+    value: f64,
+    system: Option<&str>,
+    code: Option<&str>,
+) -> (Option<f64>, Option<String>) {
+    match (system, code) {
+        (Some(ucum::UCUM), Some(code)) => match ucum::canonical(value, code) {
+            Some((v, c)) => (Some(v), Some(c)),
+            None => (None, None),
+        },
+        _ => (None, None),
+    }
+}
+
+/// A composite parameter with its expressions parsed.
+struct CompiledComposite {
+    code: &'static str,
+    base: Expr,
+    /// Each component's expression and its type.
+    parts: Vec<(Expr, ParamType)>,
+}
+
+static COMPOSITES: LazyLock<HashMap<&'static str, Vec<CompiledComposite>>> = LazyLock::new(|| {
+    let mut map = HashMap::new();
+    for ty in ResourceType::all() {
+        let list: Vec<CompiledComposite> = registry::for_type(ty.as_str())
+            .filter(|p| p.kind == ParamType::Composite)
+            .filter_map(|p| {
+                let base = fhirpath::parse(p.expression).ok()?;
+                let parts = p
+                    .components
+                    .iter()
+                    .map(|c| {
+                        let kind = registry::lookup(ty.as_str(), c.code)?.kind;
+                        Some((fhirpath::parse(c.expression).ok()?, kind))
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                Some(CompiledComposite {
+                    code: p.code,
+                    base,
+                    parts,
+                })
+            })
+            .collect();
+        if !list.is_empty() {
+            map.insert(ty.as_str(), list);
+        }
+    }
+    map
+});
+
+/// Parses the composite expressions now rather than on the first write.
+pub fn preload() {
+    LazyLock::force(&COMPOSITES);
+}
+
+/// Component values as the composite table stores them.
+#[derive(Debug, Clone, Default)]
+struct Part {
+    system: Option<String>,
+    code: Option<String>,
+    lo: Option<f64>,
+    hi: Option<f64>,
+    cvalue: Option<f64>,
+    ccode: Option<String>,
+}
+
+fn parts_of(node: &Value, expr: &Expr, kind: ParamType) -> Vec<Part> {
+    let mut out = Vec::new();
+    for n in expr.evaluate(node) {
+        let mut values = Vec::new();
+        extract::values_of(kind, n.value, &mut |v| values.push(v));
+        for v in values {
+            let part = match v {
+                IndexValue::Token { system, code } => Part {
+                    system,
+                    code: Some(code),
+                    ..Part::default()
+                },
+                IndexValue::String { normalized, .. } => Part {
+                    code: Some(normalized),
+                    ..Part::default()
+                },
+                IndexValue::Date { start, end } => Part {
+                    lo: Some(start as f64),
+                    hi: Some(end as f64),
+                    ..Part::default()
+                },
+                IndexValue::Reference {
+                    target_type: Some(t),
+                    id: Some(id),
+                    ..
+                } => Part {
+                    code: Some(format!("{t}/{id}")),
+                    ..Part::default()
+                },
+                IndexValue::Quantity {
+                    value,
+                    system,
+                    code,
+                    ..
+                } => {
+                    let (cvalue, ccode) = canonical(value, system.as_deref(), code.as_deref());
+                    Part {
+                        system,
+                        code,
+                        lo: Some(value),
+                        hi: Some(value),
+                        cvalue,
+                        ccode,
+                    }
+                }
+                IndexValue::Number { value, .. } => Part {
+                    lo: Some(value),
+                    hi: Some(value),
+                    ..Part::default()
+                },
+                IndexValue::Uri { value } => Part {
+                    code: Some(value),
+                    ..Part::default()
+                },
+                _ => continue,
+            };
+            out.push(part);
+        }
+    }
+    out
+}
+
+fn composites(resource: &Value, out: &mut Vec<CompositeRow>) {
+    let Some(list) = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .and_then(|t| COMPOSITES.get(t))
+    else {
+        return;
+    };
+    for c in list {
+        for node in c.base.evaluate(resource) {
+            let parts: Vec<Vec<Part>> = c
+                .parts
+                .iter()
+                .map(|(expr, kind)| parts_of(node.value, expr, *kind))
+                .collect();
+            let (Some(first), Some(second)) = (parts.first(), parts.get(1)) else {
+                continue;
+            };
+            let third: Vec<Option<f64>> = match parts.get(2) {
+                Some(p) => p.iter().map(|p| p.lo).collect(),
+                None => vec![None],
+            };
+            for a in first {
+                let Some(c1_code) = &a.code else { continue };
+                for b in second {
+                    for t in &third {
+                        let row = CompositeRow {
+                            param: c.code.to_owned(),
+                            c1_system: a.system.clone(),
+                            c1_code: c1_code.clone(),
+                            c2_system: b.system.clone(),
+                            c2_code: b.code.clone(),
+                            c2_lo: b.lo,
+                            c2_hi: b.hi,
+                            c2_cvalue: b.cvalue,
+                            c2_ccode: b.ccode.clone(),
+                            c3: *t,
+                        };
+                        if !out.contains(&row) {
+                            out.push(row);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn bp() -> Value {
+        json!({
+            "resourceType": "Observation",
+            "id": "bp1",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9", "display": "Blood pressure panel"}]},
+            "subject": {"reference": "Patient/p1", "identifier": {"system": "urn:mrn", "value": "7"}},
+            "effectiveDateTime": "2026-11-20T08:30:00Z",
+            "component": [
+                {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                 "valueQuantity": {"value": 150, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+                {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+                 "valueQuantity": {"value": 90, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}
+            ]
+        })
+    }
+
+    #[test]
+    fn component_pairs_stay_together() {
+        let rows = rows(&bp());
+        let comp: Vec<(&str, Option<f64>)> = rows
+            .composites
+            .iter()
+            .filter(|r| r.param == "component-code-value-quantity")
+            .map(|r| (r.c1_code.as_str(), r.c2_lo))
+            .collect();
+        assert_eq!(comp, vec![("8480-6", Some(150.0)), ("8462-4", Some(90.0))]);
+        // combo covers the components too (the panel itself has no value).
+        assert_eq!(
+            rows.composites
+                .iter()
+                .filter(|r| r.param == "combo-code-value-quantity")
+                .count(),
+            2
+        );
+        assert!(
+            rows.tokens
+                .iter()
+                .any(|t| t.0 == "code:text" && t.3.as_deref() == Some("blood pressure panel"))
+        );
+        assert!(
+            rows.tokens
+                .iter()
+                .any(|t| t.0 == "subject:identifier" && t.2 == "7")
+        );
+        assert!(rows.references.iter().any(|r| r.0 == "patient"
+            && r.1.as_deref() == Some("Patient")
+            && r.2.as_deref() == Some("p1")));
+        // _id is answered from the resource table.
+        assert!(rows.tokens.iter().all(|t| t.0 != "_id"));
+    }
+}

@@ -1,0 +1,973 @@
+//! Search criteria as the store answers them, and their translation into SQL over the index
+//! tables of `0002_search.sql` (https://hl7.org/fhir/R4/search.html).
+//!
+//! The `search` room parses a query string into [`Clause`]s; this module turns them into one
+//! SQL text with `$n` placeholders and a list of [`Bind`] values. The text is the same for
+//! PostgreSQL and SQLite (both accept `$n`, row values, `nulls last` and window functions), so
+//! the backends cannot answer differently.
+//!
+//! Every clause becomes `alias.res_id in (select res_id from <index table> where res_type = ...
+//! and param = ... and (<value> or <value> ...))`: the index holds only current, undeleted
+//! versions, and an uncorrelated `IN` lets either planner start from the most selective clause.
+
+use std::fmt::Write as _;
+
+/// A search prefix (https://hl7.org/fhir/R4/search.html#prefix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+    Ap,
+}
+
+impl Prefix {
+    pub fn parse(s: &str) -> Option<Prefix> {
+        Some(match s {
+            "eq" => Prefix::Eq,
+            "ne" => Prefix::Ne,
+            "gt" => Prefix::Gt,
+            "lt" => Prefix::Lt,
+            "ge" => Prefix::Ge,
+            "le" => Prefix::Le,
+            "sa" => Prefix::Sa,
+            "eb" => Prefix::Eb,
+            "ap" => Prefix::Ap,
+            _ => return None,
+        })
+    }
+}
+
+/// Which index table a clause reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Token,
+    String,
+    Date,
+    Reference,
+    Quantity,
+    Number,
+    Uri,
+    Composite,
+}
+
+impl Table {
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Token => "search_token",
+            Table::String => "search_string",
+            Table::Date => "search_date",
+            Table::Reference => "search_reference",
+            Table::Quantity => "search_quantity",
+            Table::Number => "search_number",
+            Table::Uri => "search_uri",
+            Table::Composite => "search_composite",
+        }
+    }
+}
+
+/// A decimal search value with the range its precision implies
+/// (https://hl7.org/fhir/R4/search.html#number: `100` means [99.5, 100.5)).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Num {
+    pub prefix: Prefix,
+    pub value: f64,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+/// A date search value: the inclusive range of microseconds it covers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DateRange {
+    pub prefix: Prefix,
+    pub lo: i64,
+    pub hi: i64,
+}
+
+/// A token match: `system` `None` = any system, `Some(None)` = no system (`|code`),
+/// `Some(Some(s))` = that system; `code` `None` = any code (`system|`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenMatch {
+    pub system: Option<Option<String>>,
+    pub code: Option<String>,
+}
+
+/// One alternative of a clause (values separated by commas are ORed).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pred {
+    Token(TokenMatch),
+    /// Normalised text starts with (string default, token `:text`).
+    Prefix {
+        column: &'static str,
+        value: String,
+    },
+    /// Normalised text contains (`:contains`).
+    Contains {
+        column: &'static str,
+        value: String,
+    },
+    /// Exact text (`:exact`, uri, reference url).
+    Equals {
+        column: &'static str,
+        value: String,
+    },
+    /// Stored uri is below (starts with) the value.
+    UriBelow(String),
+    /// Stored uri is above (a prefix of) the value.
+    UriAbove(String),
+    Date(DateRange),
+    Number(Num),
+    /// Quantity: on the canonical UCUM value when `canonical` is set, otherwise on the value
+    /// as given with an optional system and code.
+    Quantity {
+        num: Num,
+        system: Option<String>,
+        code: Option<String>,
+        canonical: Option<(Num, String)>,
+    },
+    /// A literal reference: target type (if known) and id, on this server: stored relative,
+    /// or absolute under `base` (the request's FHIR base URL).
+    Reference {
+        target_type: Option<String>,
+        id: String,
+        base: String,
+    },
+    /// A composite value: a token (or `Type/id`) and the second component.
+    Composite {
+        first: TokenMatch,
+        second: Box<Pred>,
+    },
+}
+
+/// A selection criterion on resources of one type; clauses of a search are ANDed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Clause {
+    /// `_id`: any of these ids.
+    Id { ids: Vec<String>, negate: bool },
+    /// `_lastUpdated`: any of these ranges.
+    LastUpdated(Vec<DateRange>),
+    /// Index rows of `param` in `table` matching any of `any_of`; with `negate`, resources
+    /// with no such row (`:not`, `ne`).
+    Values {
+        table: Table,
+        param: String,
+        any_of: Vec<Pred>,
+        negate: bool,
+    },
+    /// `:missing`: resources with (`missing = false`) or without any row for `param`.
+    Missing {
+        table: Table,
+        param: String,
+        missing: bool,
+    },
+    /// Chaining (search.html#chaining): `param` references a resource of one of these types that
+    /// matches `inner`.
+    Chain {
+        param: String,
+        targets: Vec<(String, Box<Clause>)>,
+        base: String,
+    },
+    /// Reverse chaining `_has` (search.html#has): some `source_type` resource whose `param`
+    /// references this one matches `inner`.
+    Has {
+        source_type: String,
+        param: String,
+        inner: Box<Clause>,
+        base: String,
+    },
+    /// The resource `ty/id` itself and every resource that references it
+    /// (`Patient/[id]/$everything`, https://hl7.org/fhir/R4/compartmentdefinition-patient.html:
+    /// membership is approximated by any reference parameter pointing at the patient).
+    Compartment { ty: String, id: String },
+    /// Matches nothing (e.g. a reference to a type the parameter cannot point to).
+    Nothing,
+}
+
+/// A sort key (`_sort`): a parameter's table and code, or `_id` / `_lastUpdated`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SortKey {
+    Id {
+        desc: bool,
+    },
+    LastUpdated {
+        desc: bool,
+    },
+    Param {
+        table: Table,
+        param: String,
+        desc: bool,
+    },
+}
+
+/// A bound value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Bind {
+    Text(String),
+    Int(i64),
+    Float(f64),
+}
+
+/// SQL text with `$n` placeholders and the values they stand for.
+#[derive(Debug, Default, Clone)]
+pub struct Sql {
+    pub text: String,
+    pub binds: Vec<Bind>,
+}
+
+impl Sql {
+    pub fn push(&mut self, s: &str) -> &mut Self {
+        self.text.push_str(s);
+        self
+    }
+
+    pub fn bind(&mut self, b: Bind) -> &mut Self {
+        self.binds.push(b);
+        let _ = write!(self.text, "${}", self.binds.len());
+        self
+    }
+
+    pub fn text(&mut self, s: &str) -> &mut Self {
+        self.bind(Bind::Text(s.to_owned()))
+    }
+
+    fn int(&mut self, v: i64) -> &mut Self {
+        self.bind(Bind::Int(v))
+    }
+
+    fn float(&mut self, v: f64) -> &mut Self {
+        self.bind(Bind::Float(v))
+    }
+}
+
+/// The largest code point: `p || MAX_CHAR` is above every string starting with `p` in a
+/// bytewise (UTF-8) comparison.
+const MAX_CHAR: char = '\u{10FFFF}';
+
+/// Escapes LIKE wildcards (with `\` as the escape character).
+fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `url` of a `search_reference` row names a resource of this server: stored relative, or
+/// absolute under `base` (the request's FHIR base URL).
+fn push_local(sql: &mut Sql, base: &str) {
+    sql.push("(url not like '%://%' or url like ");
+    sql.text(&format!("{}/%", like_escape(base.trim_end_matches('/'))))
+        .push(" escape '\\')");
+}
+
+/// Appends `alias.res_id in (select ...)` (or `not in`) for `clause` on resources of `ty`.
+pub fn push_clause(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause) {
+    match clause {
+        Clause::Nothing => {
+            sql.push("1 = 0");
+        }
+        Clause::Compartment { ty: cty, id } => {
+            sql.push("((").push(alias).push(".res_type = ");
+            sql.text(cty).push(" and ").push(alias).push(".res_id = ");
+            sql.text(id).push(") or ").push(alias);
+            sql.push(".res_id in (select res_id from search_reference where res_type = ");
+            sql.text(ty).push(" and target_type = ");
+            sql.text(cty).push(" and target_id = ");
+            sql.text(id).push("))");
+        }
+        Clause::Id { ids, negate } => {
+            if ids.is_empty() {
+                sql.push(if *negate { "1 = 1" } else { "1 = 0" });
+                return;
+            }
+            sql.push(alias).push(if *negate {
+                ".res_id not in ("
+            } else {
+                ".res_id in ("
+            });
+            for (i, id) in ids.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.text(id);
+            }
+            sql.push(")");
+        }
+        Clause::LastUpdated(ranges) => {
+            sql.push("(");
+            for (i, r) in ranges.iter().enumerate() {
+                if i > 0 {
+                    sql.push(" or ");
+                }
+                let col = format!("{alias}.last_updated");
+                push_date(sql, &col, &col, r);
+            }
+            sql.push(")");
+        }
+        Clause::Values {
+            table,
+            param,
+            any_of,
+            negate,
+        } => {
+            sql.push(alias)
+                .push(if *negate {
+                    ".res_id not in ("
+                } else {
+                    ".res_id in ("
+                })
+                .push("select res_id from ")
+                .push(table.name())
+                .push(" where res_type = ");
+            sql.text(ty).push(" and param = ");
+            sql.text(param).push(" and (");
+            if any_of.is_empty() {
+                sql.push("1 = 0");
+            }
+            for (i, p) in any_of.iter().enumerate() {
+                if i > 0 {
+                    sql.push(" or ");
+                }
+                sql.push("(");
+                push_pred(sql, p);
+                sql.push(")");
+            }
+            sql.push("))");
+        }
+        Clause::Missing {
+            table,
+            param,
+            missing,
+        } => {
+            sql.push(alias)
+                .push(if *missing {
+                    ".res_id not in ("
+                } else {
+                    ".res_id in ("
+                })
+                .push("select res_id from ")
+                .push(table.name())
+                .push(" where res_type = ");
+            sql.text(ty).push(" and param = ");
+            sql.text(param).push(")");
+        }
+        Clause::Chain {
+            param,
+            targets,
+            base,
+        } => {
+            sql.push(alias)
+                .push(".res_id in (select res_id from search_reference where res_type = ");
+            sql.text(ty).push(" and param = ");
+            sql.text(param).push(" and ");
+            push_local(sql, base);
+            sql.push(" and (");
+            if targets.is_empty() {
+                sql.push("1 = 0");
+            }
+            for (i, (target, inner)) in targets.iter().enumerate() {
+                if i > 0 {
+                    sql.push(" or ");
+                }
+                sql.push("(target_type = ");
+                sql.text(target)
+                    .push(" and target_id in (select c.res_id from resource c where c.res_type = ");
+                sql.text(target).push(" and c.deleted = false and ");
+                push_clause(sql, "c", target, inner);
+                sql.push("))");
+            }
+            sql.push("))");
+        }
+        Clause::Has {
+            source_type,
+            param,
+            inner,
+            base,
+        } => {
+            sql.push(alias)
+                .push(".res_id in (select target_id from search_reference where res_type = ");
+            sql.text(source_type).push(" and param = ");
+            sql.text(param).push(" and ");
+            push_local(sql, base);
+            sql.push(" and target_type = ");
+            sql.text(ty)
+                .push(" and res_id in (select s.res_id from resource s where s.res_type = ");
+            sql.text(source_type).push(" and s.deleted = false and ");
+            push_clause(sql, "s", source_type, inner);
+            sql.push("))");
+        }
+    }
+}
+
+fn push_token(sql: &mut Sql, system_col: &str, code_col: &str, t: &TokenMatch) {
+    let mut any = false;
+    if let Some(code) = &t.code {
+        sql.push(code_col).push(" = ");
+        sql.text(code);
+        any = true;
+    }
+    match &t.system {
+        None => {}
+        Some(None) => {
+            if any {
+                sql.push(" and ");
+            }
+            sql.push(system_col).push(" is null");
+            any = true;
+        }
+        Some(Some(s)) => {
+            if any {
+                sql.push(" and ");
+            }
+            sql.push(system_col).push(" = ");
+            sql.text(s);
+            any = true;
+        }
+    }
+    if !any {
+        sql.push("1 = 1");
+    }
+}
+
+fn push_pred(sql: &mut Sql, p: &Pred) {
+    match p {
+        Pred::Token(t) => push_token(sql, "system", "code", t),
+        Pred::Prefix { column, value } => {
+            sql.push(column).push(" >= ");
+            sql.text(value).push(" and ").push(column).push(" < ");
+            sql.text(&format!("{value}{MAX_CHAR}"));
+        }
+        Pred::Contains { column, value } => {
+            sql.push(column).push(" like ");
+            sql.text(&format!("%{}%", like_escape(value)))
+                .push(" escape '\\'");
+        }
+        Pred::Equals { column, value } => {
+            sql.push(column).push(" = ");
+            sql.text(value);
+        }
+        Pred::UriBelow(v) => {
+            sql.push("value >= ");
+            sql.text(v).push(" and value < ");
+            sql.text(&format!("{v}{MAX_CHAR}"));
+        }
+        Pred::UriAbove(v) => {
+            sql.push("substr(");
+            sql.text(v).push(", 1, length(value)) = value");
+        }
+        Pred::Date(r) => push_date(sql, "lo", "hi", r),
+        Pred::Number(n) => push_num(sql, "value", n),
+        Pred::Quantity {
+            num,
+            system,
+            code,
+            canonical,
+        } => {
+            // In canonical UCUM units when both sides convert; a stored value whose unit does
+            // not convert is still compared as written.
+            if let Some((cnum, ccode)) = canonical {
+                sql.push("(ccode = ");
+                sql.text(ccode).push(" and ");
+                push_num(sql, "cvalue", cnum);
+                sql.push(") or (ccode is null and ");
+            }
+            if let Some(s) = system {
+                sql.push("system = ");
+                sql.text(s).push(" and ");
+            }
+            if let Some(c) = code {
+                sql.push("code = ");
+                sql.text(c).push(" and ");
+            }
+            push_num(sql, "value", num);
+            if canonical.is_some() {
+                sql.push(")");
+            }
+        }
+        Pred::Reference {
+            target_type,
+            id,
+            base,
+        } => {
+            sql.push("target_id = ");
+            sql.text(id);
+            if let Some(t) = target_type {
+                sql.push(" and target_type = ");
+                sql.text(t);
+            }
+            // An absolute reference to another server is not this server's resource.
+            sql.push(" and ");
+            push_local(sql, base);
+        }
+        Pred::Composite { first, second } => {
+            push_token(sql, "c1_system", "c1_code", first);
+            sql.push(" and ");
+            match second.as_ref() {
+                Pred::Token(t) => push_token(sql, "c2_system", "c2_code", t),
+                Pred::Prefix { value, .. } => push_pred(
+                    sql,
+                    &Pred::Prefix {
+                        column: "c2_code",
+                        value: value.clone(),
+                    },
+                ),
+                Pred::Date(r) => {
+                    // Composite dates are stored as doubles (exact below 2^53 microseconds).
+                    sql.push("c2_lo is not null and ");
+                    push_date(sql, "c2_lo", "c2_hi", r)
+                }
+                Pred::Number(n) => push_num(sql, "c2_lo", n),
+                Pred::Quantity {
+                    num,
+                    system,
+                    code,
+                    canonical,
+                } => match canonical {
+                    Some((cnum, ccode)) => {
+                        sql.push("c2_ccode = ");
+                        sql.text(ccode).push(" and ");
+                        push_num(sql, "c2_cvalue", cnum);
+                    }
+                    None => {
+                        if let Some(s) = system {
+                            sql.push("c2_system = ");
+                            sql.text(s).push(" and ");
+                        }
+                        if let Some(c) = code {
+                            sql.push("c2_code = ");
+                            sql.text(c).push(" and ");
+                        }
+                        push_num(sql, "c2_lo", num);
+                    }
+                },
+                _ => {
+                    sql.push("1 = 0");
+                }
+            }
+        }
+    }
+}
+
+/// Date prefixes over target ranges [lo, hi] (https://hl7.org/fhir/R4/search.html#prefix).
+fn push_date(sql: &mut Sql, lo: &str, hi: &str, r: &DateRange) {
+    // The target lies wholly inside the search range.
+    let inside = |sql: &mut Sql| {
+        sql.push("(").push(lo).push(" >= ");
+        sql.int(r.lo).push(" and ").push(hi).push(" <= ");
+        sql.int(r.hi).push(")");
+    };
+    match r.prefix {
+        Prefix::Eq => inside(sql),
+        Prefix::Ne => {
+            sql.push("not ");
+            inside(sql);
+        }
+        Prefix::Gt => {
+            sql.push(hi).push(" > ");
+            sql.int(r.hi);
+        }
+        Prefix::Lt => {
+            sql.push(lo).push(" < ");
+            sql.int(r.lo);
+        }
+        Prefix::Ge => {
+            sql.push("(").push(hi).push(" > ");
+            sql.int(r.hi).push(" or ");
+            inside(sql);
+            sql.push(")");
+        }
+        Prefix::Le => {
+            sql.push("(").push(lo).push(" < ");
+            sql.int(r.lo).push(" or ");
+            inside(sql);
+            sql.push(")");
+        }
+        Prefix::Sa => {
+            sql.push(lo).push(" > ");
+            sql.int(r.hi);
+        }
+        Prefix::Eb => {
+            sql.push(hi).push(" < ");
+            sql.int(r.lo);
+        }
+        Prefix::Ap => {
+            // Approximately: within 10 % of the distance from now, at least a day either side.
+            let now = super::now_micros();
+            let gap = ((now - r.lo).abs() / 10).max(86_400_000_000);
+            sql.push(lo).push(" <= ");
+            sql.int(r.hi.saturating_add(gap))
+                .push(" and ")
+                .push(hi)
+                .push(" >= ");
+            sql.int(r.lo.saturating_sub(gap));
+        }
+    }
+}
+
+/// Number prefixes over a stored point value (https://hl7.org/fhir/R4/search.html#number).
+fn push_num(sql: &mut Sql, col: &str, n: &Num) {
+    match n.prefix {
+        Prefix::Eq => {
+            sql.push(col).push(" >= ");
+            sql.float(n.lo).push(" and ").push(col).push(" < ");
+            sql.float(n.hi);
+        }
+        Prefix::Ne => {
+            sql.push("(").push(col).push(" < ");
+            sql.float(n.lo).push(" or ").push(col).push(" >= ");
+            sql.float(n.hi).push(")");
+        }
+        Prefix::Gt => {
+            sql.push(col).push(" > ");
+            sql.float(n.value);
+        }
+        Prefix::Lt => {
+            sql.push(col).push(" < ");
+            sql.float(n.value);
+        }
+        Prefix::Ge => {
+            sql.push(col).push(" >= ");
+            sql.float(n.value);
+        }
+        Prefix::Le => {
+            sql.push(col).push(" <= ");
+            sql.float(n.value);
+        }
+        Prefix::Sa => {
+            sql.push(col).push(" >= ");
+            sql.float(n.hi);
+        }
+        Prefix::Eb => {
+            sql.push(col).push(" < ");
+            sql.float(n.lo);
+        }
+        Prefix::Ap => {
+            // Within 10 % of the value (search.html#prefix leaves the width to the server).
+            let d = (n.value * 0.1).abs().max(n.hi - n.lo);
+            sql.push(col).push(" >= ");
+            sql.float(n.value - d).push(" and ").push(col).push(" <= ");
+            sql.float(n.value + d);
+        }
+    }
+}
+
+/// The value a resource aliased `r` sorts by for `key`.
+fn push_sort_expr(sql: &mut Sql, key: &SortKey) {
+    match key {
+        SortKey::Id { .. } => {
+            sql.push("r.res_id");
+        }
+        SortKey::LastUpdated { .. } => {
+            sql.push("r.last_updated");
+        }
+        SortKey::Param { table, param, desc } => {
+            // Ascending sorts by the smallest value a resource has, descending by the largest
+            // (search.html#sort).
+            let agg = if *desc { "max" } else { "min" };
+            let col = match table {
+                Table::Token => "code",
+                Table::String => "norm",
+                Table::Date => {
+                    if *desc {
+                        "hi"
+                    } else {
+                        "lo"
+                    }
+                }
+                Table::Reference => "url",
+                Table::Quantity | Table::Number | Table::Uri => "value",
+                Table::Composite => "c1_code",
+            };
+            let _ = write!(
+                sql.text,
+                "(select {agg}(x.{col}) from {} x where x.res_type = r.res_type and x.res_id = r.res_id and x.param = ",
+                table.name()
+            );
+            sql.text(param).push(")");
+        }
+    }
+}
+
+/// Direction of a sort key; resources without a value sort last either way.
+fn sort_direction(key: &SortKey) -> &'static str {
+    let desc = match key {
+        SortKey::Id { desc } | SortKey::LastUpdated { desc } | SortKey::Param { desc, .. } => *desc,
+    };
+    if desc {
+        " desc nulls last"
+    } else {
+        " asc nulls last"
+    }
+}
+
+/// A keyset position in the default order (type, then id): the last (or, going back, the
+/// first) resource of the page the link was made from. Ids never change, so updates, creates
+/// and deletes between page requests neither skip nor repeat resources that were there before.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cursor {
+    /// True for a `previous` link: the page before this position.
+    pub before: bool,
+    pub ty: String,
+    pub id: String,
+}
+
+/// What a search asks of the store.
+#[derive(Debug, Clone, Default)]
+pub struct SearchSpec {
+    /// One type for a type-level search; several (or all) for a system search.
+    pub types: Vec<String>,
+    /// ANDed.
+    pub clauses: Vec<Clause>,
+    /// Empty: by type and id, which keyset paging follows.
+    pub sort: Vec<SortKey>,
+    pub count: usize,
+    pub offset: usize,
+    pub cursor: Option<Cursor>,
+}
+
+/// `from resource r where <types and clauses>`, shared by the count and the page.
+pub fn push_filter(sql: &mut Sql, spec: &SearchSpec) {
+    push_filter_join(sql, spec, "");
+}
+
+/// [`push_filter`] with `join` between the table and WHERE.
+fn push_filter_join(sql: &mut Sql, spec: &SearchSpec, join: &str) {
+    sql.push(" from resource r").push(join);
+    sql.push(" where r.deleted = false and (");
+    if spec.types.is_empty() {
+        sql.push("1 = 0");
+    }
+    for (i, ty) in spec.types.iter().enumerate() {
+        if i > 0 {
+            sql.push(" or ");
+        }
+        sql.push("(r.res_type = ");
+        sql.text(ty);
+        for clause in &spec.clauses {
+            sql.push(" and ");
+            push_clause(sql, "r", ty, clause);
+        }
+        sql.push(")");
+    }
+    sql.push(")");
+}
+
+/// `select count(*)` of a search.
+pub fn count_sql(spec: &SearchSpec) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("select count(*)");
+    push_filter(&mut sql, spec);
+    sql
+}
+
+/// The columns of a stored version, for the executors.
+pub const VERSION_COLUMNS: &str =
+    "h.res_type, h.res_id, h.version_id, h.last_updated, h.method, h.content";
+
+/// One page of a search, `limit` rows (the caller asks one more than it shows, to know whether a
+/// next page exists). The inner query picks the page from the index and `resource`; the outer
+/// one joins the JSON of just those rows and keeps the order through the selected sort keys.
+pub fn page_sql(spec: &SearchSpec, limit: usize) -> Sql {
+    let mut sql = Sql::default();
+    let reverse = spec.cursor.as_ref().is_some_and(|c| c.before);
+    let _ = write!(
+        sql.text,
+        "select {VERSION_COLUMNS} from (select r.res_type, r.res_id, r.version_id, r.last_updated"
+    );
+    for (i, key) in spec.sort.iter().enumerate() {
+        sql.push(", ");
+        push_sort_expr(&mut sql, key);
+        let _ = write!(sql.text, " as k{i}");
+    }
+    push_filter(&mut sql, spec);
+    if let Some(c) = &spec.cursor {
+        sql.push(if c.before {
+            " and (r.res_type, r.res_id) < ("
+        } else {
+            " and (r.res_type, r.res_id) > ("
+        });
+        sql.text(&c.ty).push(", ");
+        sql.text(&c.id).push(")");
+    }
+    sql.push(" order by ");
+    push_order(&mut sql, spec, reverse, "r", false);
+    sql.push(" limit ");
+    sql.int(limit as i64);
+    if spec.cursor.is_none() && spec.offset > 0 {
+        sql.push(" offset ");
+        sql.int(spec.offset as i64);
+    }
+    sql.push(
+        ") p join resource_history h on h.res_type = p.res_type and h.res_id = p.res_id \
+              and h.version_id = p.version_id order by ",
+    );
+    push_order(&mut sql, spec, reverse, "p", true);
+    sql
+}
+
+/// The ORDER BY list: the sort keys (as expressions on `r`, or as the selected `k{i}` columns of
+/// the outer query), then the default order or the (type, id) tie-breaker.
+fn push_order(sql: &mut Sql, spec: &SearchSpec, reverse: bool, alias: &str, outer: bool) {
+    for (i, key) in spec.sort.iter().enumerate() {
+        if outer {
+            let _ = write!(sql.text, "k{i}");
+        } else {
+            push_sort_expr(sql, key);
+        }
+        sql.push(sort_direction(key));
+        sql.push(", ");
+    }
+    // A `previous` page is read backwards and reversed by the caller.
+    let dir = if spec.sort.is_empty() && reverse {
+        "desc"
+    } else {
+        "asc"
+    };
+    let _ = write!(sql.text, "{alias}.res_type {dir}, {alias}.res_id {dir}");
+}
+
+/// `$a, $b, …)`: the rest of an `in (` list.
+fn push_list(sql: &mut Sql, items: &[String]) {
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.text(item);
+    }
+    sql.push(")");
+}
+
+/// References held by the given resources (for `_include`): `(target type, target id)` of
+/// rows of `param` (any parameter when `None`), restricted to `target_type` when given.
+pub fn include_sql(
+    source_type: &str,
+    source_ids: &[String],
+    param: Option<&str>,
+    target_type: Option<&str>,
+    base: &str,
+) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("select distinct target_type, target_id from search_reference where res_type = ");
+    sql.text(source_type).push(" and ");
+    push_local(&mut sql, base);
+    if let Some(p) = param {
+        sql.push(" and param = ");
+        sql.text(p);
+    }
+    if let Some(t) = target_type {
+        sql.push(" and target_type = ");
+        sql.text(t);
+    }
+    sql.push(" and target_id is not null and res_id in (");
+    push_list(&mut sql, source_ids);
+    sql
+}
+
+/// Resources of `source_type` whose `param` (any when `None`) references one of the targets
+/// (for `_revinclude`).
+pub fn revinclude_sql(
+    source_type: &str,
+    param: Option<&str>,
+    target_type: &str,
+    target_ids: &[String],
+    base: &str,
+) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("select distinct res_type, res_id from search_reference where res_type = ");
+    sql.text(source_type).push(" and ");
+    push_local(&mut sql, base);
+    if let Some(p) = param {
+        sql.push(" and param = ");
+        sql.text(p);
+    }
+    sql.push(" and target_type = ");
+    sql.text(target_type).push(" and target_id in (");
+    push_list(&mut sql, target_ids);
+    sql
+}
+
+/// The current versions of these resources of one type (deleted ones left out).
+pub fn current_sql(ty: &str, ids: &[String]) -> Sql {
+    let mut sql = Sql::default();
+    let _ = write!(
+        sql.text,
+        "select {VERSION_COLUMNS} from resource r join resource_history h on h.res_type = r.res_type \
+         and h.res_id = r.res_id and h.version_id = r.version_id where r.deleted = false and r.res_type = "
+    );
+    sql.text(ty).push(" and r.res_id in (");
+    push_list(&mut sql, ids);
+    sql
+}
+
+/// `$lastn` (https://hl7.org/fhir/R4/observation-operation-lastn.html): of the Observations
+/// matching `spec`, the newest `max` per code (by effective date, then last update).
+pub fn lastn_sql(spec: &SearchSpec, max: usize) -> Sql {
+    let mut sql = Sql::default();
+    let _ = write!(
+        sql.text,
+        "select {VERSION_COLUMNS} from resource_history h join (select distinct res_type, res_id, version_id from (\
+         select r.res_type, r.res_id, r.version_id, row_number() over (partition by c.system, c.code \
+         order by (select max(d.hi) from search_date d where d.res_type = r.res_type and d.res_id = r.res_id \
+         and d.param = 'date') desc nulls last, r.last_updated desc, r.res_id) as n"
+    );
+    // One row per code of each Observation: an Observation with two codings (SpO2 as 2708-6
+    // and 59408-5) competes in both groups and is returned once.
+    push_filter_join(
+        &mut sql,
+        spec,
+        " join search_token c on c.res_type = r.res_type and c.res_id = r.res_id and c.param = 'code'",
+    );
+    sql.push(") ranked where n <= ");
+    sql.int(max as i64);
+    sql.push(
+        ") p on h.res_type = p.res_type and h.res_id = p.res_id and h.version_id = p.version_id \
+              order by h.res_id",
+    );
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_follow_binds() {
+        let spec = SearchSpec {
+            types: vec!["Observation".into()],
+            clauses: vec![
+                Clause::Values {
+                    table: Table::Token,
+                    param: "code".into(),
+                    any_of: vec![Pred::Token(TokenMatch {
+                        system: Some(Some("http://loinc.org".into())),
+                        code: Some("8867-4".into()),
+                    })],
+                    negate: false,
+                },
+                Clause::Id {
+                    ids: vec!["a".into()],
+                    negate: false,
+                },
+            ],
+            ..Default::default()
+        };
+        let sql = count_sql(&spec);
+        assert_eq!(sql.binds.len(), 6);
+        assert!(sql.text.contains("$6"));
+        assert!(!sql.text.contains("$7"));
+        assert_eq!(sql.binds[0], Bind::Text("Observation".into()));
+    }
+
+    #[test]
+    fn like_patterns_are_escaped() {
+        assert_eq!(like_escape("50%_a\\"), "50\\%\\_a\\\\");
+    }
+}
