@@ -706,7 +706,10 @@ pub fn searchset(
         bundle["total"] = json!(total);
     }
     bundle["link"] = Value::Array(links);
-    bundle["entry"] = Value::Array(entries);
+    // No empty arrays in FHIR (json.html): a search without results has no `entry`.
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
     Ok(bundle)
 }
 
@@ -754,14 +757,18 @@ pub fn history_bundle(
     if let Some(next) = next_url {
         links.push(json!({"relation": "next", "url": next}));
     }
-    Ok(json!({
+    let mut bundle = json!({
         "resourceType": "Bundle",
         "id": ResourceId::generate().as_str(),
         "type": "history",
         "total": total,
         "link": links,
-        "entry": entries,
-    }))
+    });
+    // No empty arrays in FHIR (json.html).
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
+    Ok(bundle)
 }
 
 /// `Last-Modified` header value for an outcome.

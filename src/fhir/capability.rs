@@ -20,7 +20,8 @@ pub const TYPE_INTERACTIONS: &[&str] = &[
 ];
 
 /// System-level interactions.
-pub const SYSTEM_INTERACTIONS: &[&str] = &["transaction", "batch", "history-system"];
+pub const SYSTEM_INTERACTIONS: &[&str] =
+    &["transaction", "batch", "history-system", "search-system"];
 
 /// Formats the server reads and writes.
 pub const FORMATS: &[&str] = &[
@@ -36,7 +37,7 @@ pub const PATCH_FORMATS: &[&str] = &["application/json-patch+json"];
 pub fn capability_statement(base: &str, software_version: &str, started: &str) -> Value {
     let resources: Vec<Value> = ResourceType::all()
         .map(|ty| {
-            json!({
+            let mut r = json!({
                 "type": ty.as_str(),
                 "interaction": TYPE_INTERACTIONS.iter().map(|i| json!({"code": i})).collect::<Vec<_>>(),
                 "versioning": "versioned-update",
@@ -47,11 +48,16 @@ pub fn capability_statement(base: &str, software_version: &str, started: &str) -
                 "conditionalUpdate": true,
                 "conditionalDelete": "single",
                 "referencePolicy": ["literal", "logical"],
-                "searchParam": [
-                    {"name": "_id", "type": "token", "documentation": "Logical id of the resource"},
-                    {"name": "identifier", "type": "token", "documentation": "Business identifier (system|value)"}
-                ]
-            })
+                "searchParam": search_params(ty),
+                "searchInclude": search_includes(ty),
+                "searchRevInclude": ["*"],
+            });
+            // No empty arrays: FHIR forbids them (json.html) and the XML writer cannot take one.
+            let ops = operations(ty);
+            if !ops.is_empty() {
+                r["operation"] = Value::Array(ops);
+            }
+            r
         })
         .collect();
     json!({
@@ -69,6 +75,53 @@ pub fn capability_statement(base: &str, software_version: &str, started: &str) -
             "mode": "server",
             "resource": resources,
             "interaction": SYSTEM_INTERACTIONS.iter().map(|i| json!({"code": i})).collect::<Vec<_>>(),
+            "searchParam": [
+                {"name": "_id", "type": "token"},
+                {"name": "_lastUpdated", "type": "date"},
+                {"name": "_type", "type": "token"}
+            ],
         }]
     })
+}
+
+/// Every search parameter the registry defines for `ty` and the engine answers: those with an
+/// expression (https://hl7.org/fhir/R4/searchparameter-registry.html), `_id` and `_lastUpdated`.
+fn search_params(ty: ResourceType) -> Vec<Value> {
+    crate::search::registry::for_type(ty.as_str())
+        .filter(|p| !p.expression.is_empty() || matches!(p.code, "_id" | "_lastUpdated"))
+        .map(|p| {
+            json!({
+                "name": p.code,
+                "definition": format!("http://hl7.org/fhir/SearchParameter/{}-{}",
+                    if p.resource_type == crate::search::registry::ALL_TYPES { "Resource" } else { p.resource_type },
+                    p.code),
+                "type": p.kind.as_str(),
+            })
+        })
+        .collect()
+}
+
+/// `_include` values: every reference parameter of the type, and `*`.
+fn search_includes(ty: ResourceType) -> Vec<String> {
+    let mut out: Vec<String> = crate::search::registry::for_type(ty.as_str())
+        .filter(|p| p.kind == crate::search::registry::ParamType::Reference)
+        .map(|p| format!("{}:{}", ty.as_str(), p.code))
+        .collect();
+    out.push(format!("{}:*", ty.as_str()));
+    out
+}
+
+/// Type-level operations.
+fn operations(ty: ResourceType) -> Vec<Value> {
+    match ty.as_str() {
+        "Observation" => vec![json!({
+            "name": "lastn",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Observation-lastn"
+        })],
+        "Patient" => vec![json!({
+            "name": "everything",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+        })],
+        _ => Vec::new(),
+    }
 }

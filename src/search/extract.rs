@@ -65,8 +65,10 @@ pub enum IndexValue {
     Number { value: f64, text: String },
     /// https://hl7.org/fhir/R4/search.html#uri
     Uri { value: String },
-    /// The text of a CodeableConcept or the display of a Coding, normalised like a string, for
-    /// the token `:text` modifier (https://hl7.org/fhir/R4/search.html#modifiers).
+    /// The text of a CodeableConcept and its codings' displays (or a Coding's display),
+    /// normalised like a string, for the token `:text` modifier
+    /// (https://hl7.org/fhir/R4/search.html#modifiers). It comes right before the concept's
+    /// codings.
     TokenText { text: String },
     /// An Identifier's type coding and value, for `:of-type` (`system|code|value`).
     OfType {
@@ -194,20 +196,40 @@ fn tokens(v: &Value, push: &mut impl FnMut(IndexValue)) {
             if map.contains_key("coding")
                 || (map.contains_key("text") && !map.contains_key("value"))
             {
-                // CodeableConcept: each coding, and its text for `:text`.
-                if let Some(Value::Array(codings)) = map.get("coding") {
-                    for c in codings {
-                        if let Value::Object(c) = c {
-                            coding(c, push);
-                        }
+                // CodeableConcept: the words of its text and codings' displays (for `:text`),
+                // then each coding. The text comes first so the index can keep it on the
+                // concept's first coding row rather than in rows of its own.
+                let codings: Vec<&Map<String, Value>> = match map.get("coding") {
+                    Some(Value::Array(codings)) => {
+                        codings.iter().filter_map(Value::as_object).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                let mut texts: Vec<String> = Vec::new();
+                for t in codings
+                    .iter()
+                    .filter_map(|c| str_field(c, "display"))
+                    .chain(str_field(map, "text"))
+                {
+                    let t = normalize(&t);
+                    if !t.is_empty() && !texts.contains(&t) {
+                        texts.push(t);
                     }
                 }
-                if let Some(text) = str_field(map, "text") {
+                if !texts.is_empty() {
                     push(IndexValue::TokenText {
-                        text: normalize(&text),
+                        text: texts.join(" "),
                     });
                 }
+                for c in codings {
+                    coding(c, push);
+                }
             } else if map.contains_key("code") {
+                if let Some(display) = str_field(map, "display") {
+                    push(IndexValue::TokenText {
+                        text: normalize(&display),
+                    });
+                }
                 coding(map, push);
             } else if let Some(value) = str_field(map, "value") {
                 // Identifier (system|value) or ContactPoint (value only).
@@ -240,11 +262,6 @@ fn coding(map: &Map<String, Value>, push: &mut impl FnMut(IndexValue)) {
         push(IndexValue::Token {
             system: str_field(map, "system"),
             code,
-        });
-    }
-    if let Some(display) = str_field(map, "display") {
-        push(IndexValue::TokenText {
-            text: normalize(&display),
         });
     }
 }
@@ -527,13 +544,13 @@ mod tests {
     #[test]
     fn heart_rate_observation() {
         let all = extract(&heart_rate());
-        // The coding, then its display and the concept's text for `:text`.
+        // The concept's words for `:text` (display and text, once), then the coding.
         let text = IndexValue::TokenText {
             text: "heart rate".into(),
         };
         assert_eq!(
             values(&all, "code"),
-            vec![&token(Some("http://loinc.org"), "8867-4"), &text, &text]
+            vec![&text, &token(Some("http://loinc.org"), "8867-4")]
         );
         assert_eq!(
             values(&all, "category"),

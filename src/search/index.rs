@@ -82,20 +82,61 @@ pub struct CompositeRow {
 /// Parameters answered from the `resource` table rather than an index table.
 const FROM_RESOURCE: &[&str] = &["_id", "_lastUpdated"];
 
+/// Observation's `combo-*` parameters are the union of a parameter on the Observation and its
+/// counterpart on the components (https://hl7.org/fhir/R4/observation.html#search): they are
+/// answered from those two, not stored a third time.
+pub const COMBOS: &[(&str, [&str; 2])] = &[
+    ("combo-code", ["code", "component-code"]),
+    (
+        "combo-code-value-concept",
+        ["code-value-concept", "component-code-value-concept"],
+    ),
+    (
+        "combo-code-value-quantity",
+        ["code-value-quantity", "component-code-value-quantity"],
+    ),
+    (
+        "combo-data-absent-reason",
+        ["data-absent-reason", "component-data-absent-reason"],
+    ),
+    (
+        "combo-value-concept",
+        ["value-concept", "component-value-concept"],
+    ),
+    (
+        "combo-value-quantity",
+        ["value-quantity", "component-value-quantity"],
+    ),
+];
+
+/// True for a parameter answered through [`COMBOS`] rather than stored.
+pub fn is_combo(code: &str) -> bool {
+    COMBOS.iter().any(|(c, _)| *c == code)
+}
+
 /// The index rows of `resource` (which must carry `resourceType`; `meta` already stamped).
 pub fn rows(resource: &Value) -> IndexRows {
     let mut out = IndexRows::default();
+    // A concept's text waits for its first coding row; a concept without codings keeps it in
+    // a row with an empty code (which no token search matches).
+    let mut pending: Option<(&'static str, String)> = None;
     for e in extract::extract(resource) {
-        if FROM_RESOURCE.contains(&e.code) {
+        if FROM_RESOURCE.contains(&e.code) || is_combo(e.code) {
             continue;
         }
+        let text = match (&e.value, pending.take()) {
+            (IndexValue::Token { .. }, Some((p, t))) if p == e.code => Some(t),
+            (_, Some((p, t))) => {
+                out.tokens
+                    .push((p.to_owned(), None, String::new(), Some(t)));
+                None
+            }
+            (_, None) => None,
+        };
         let param = e.code.to_owned();
         match e.value {
-            IndexValue::Token { system, code } => out.tokens.push((param, system, code, None)),
-            IndexValue::TokenText { text } => {
-                out.tokens
-                    .push((format!("{param}:text"), None, String::new(), Some(text)))
-            }
+            IndexValue::Token { system, code } => out.tokens.push((param, system, code, text)),
+            IndexValue::TokenText { text } => pending = Some((e.code, text)),
             IndexValue::OfType {
                 system,
                 code,
@@ -136,6 +177,10 @@ pub fn rows(resource: &Value) -> IndexRows {
             IndexValue::Number { value, .. } => out.numbers.push((param, value)),
             IndexValue::Uri { value } => out.uris.push((param, value)),
         }
+    }
+    if let Some((p, t)) = pending {
+        out.tokens
+            .push((p.to_owned(), None, String::new(), Some(t)));
     }
     // The same value reached twice (e.g. `code` through two unions) is one row.
     dedup(&mut out.tokens);
@@ -185,7 +230,7 @@ static COMPOSITES: LazyLock<HashMap<&'static str, Vec<CompiledComposite>>> = Laz
     let mut map = HashMap::new();
     for ty in ResourceType::all() {
         let list: Vec<CompiledComposite> = registry::for_type(ty.as_str())
-            .filter(|p| p.kind == ParamType::Composite)
+            .filter(|p| p.kind == ParamType::Composite && !is_combo(p.code))
             .filter_map(|p| {
                 let base = fhirpath::parse(p.expression).ok()?;
                 let parts = p
@@ -368,19 +413,15 @@ mod tests {
             .map(|r| (r.c1_code.as_str(), r.c2_lo))
             .collect();
         assert_eq!(comp, vec![("8480-6", Some(150.0)), ("8462-4", Some(90.0))]);
-        // combo covers the components too (the panel itself has no value).
-        assert_eq!(
+        // combo-* is answered from the plain and component parameters, not stored.
+        assert!(
             rows.composites
                 .iter()
-                .filter(|r| r.param == "combo-code-value-quantity")
-                .count(),
-            2
+                .all(|r| !r.param.starts_with("combo-"))
         );
-        assert!(
-            rows.tokens
-                .iter()
-                .any(|t| t.0 == "code:text" && t.3.as_deref() == Some("blood pressure panel"))
-        );
+        assert!(rows.tokens.iter().any(|t| t.0 == "code"
+            && t.2 == "85354-9"
+            && t.3.as_deref() == Some("blood pressure panel")));
         assert!(
             rows.tokens
                 .iter()

@@ -416,6 +416,24 @@ fn clause(ty: &str, name: &str, value: &str, base: &str) -> Result<Clause, Bad> 
         }
         _ => {}
     }
+    // Observation combo-*: the parameter on the Observation or on its components.
+    if ty == "Observation"
+        && let Some((_, parts)) = index::COMBOS.iter().find(|(c, _)| *c == code)
+    {
+        let rename = |part: &str| match modifier {
+            Some(m) => format!("{part}:{m}"),
+            None => part.to_owned(),
+        };
+        let a = clause(ty, &rename(parts[0]), value, base)?;
+        let b = clause(ty, &rename(parts[1]), value, base)?;
+        // Missing from both (`:missing=true`) or negated (`:not`) means neither matches.
+        let both = modifier == Some("not") || (modifier == Some("missing") && value == "true");
+        return Ok(if both {
+            Clause::All(vec![a, b])
+        } else {
+            Clause::Any(vec![a, b])
+        });
+    }
     let p = registry::lookup(ty, code).ok_or(Bad::Unknown)?;
     // _text, _content, _query, _list, _filter: not supported (the definitions give no path).
     if p.expression.is_empty() {
@@ -450,7 +468,7 @@ fn clause(ty: &str, name: &str, value: &str, base: &str) -> Result<Clause, Bad> 
                 any_of = values.iter().map(|v| Pred::Token(token_match(v))).collect();
             }
             Some("text") => {
-                param = format!("{code}:text");
+                // The words are kept on the concept's first coding row (search::index).
                 for v in &values {
                     let n = extract::normalize(&unescape(v));
                     // Starts the text, or starts a word of it.

@@ -12,6 +12,7 @@
 pub mod query;
 mod time_fmt;
 
+use std::fmt::Write as _;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -1043,16 +1044,23 @@ struct VersionRow<'a> {
     index_only: bool,
 }
 
-/// The search index tables (migrations `0002_search.sql`), whose rows a write replaces.
-const INDEX_TABLES: &[&str] = &[
-    "search_token",
-    "search_string",
-    "search_date",
-    "search_reference",
-    "search_quantity",
-    "search_number",
-    "search_uri",
-    "search_composite",
+/// The search index tables (migrations `0002_search.sql`), whose rows a write replaces, and
+/// their columns after (res_type, res_id) in the order of [`IndexRows`]' tuples.
+const INDEX_COLUMNS: &[(&str, &str)] = &[
+    ("search_token", "param, system, code, text"),
+    ("search_string", "param, norm, exact"),
+    ("search_date", "param, lo, hi"),
+    ("search_reference", "param, target_type, target_id, url"),
+    (
+        "search_quantity",
+        "param, value, system, code, cvalue, ccode",
+    ),
+    ("search_number", "param, value"),
+    ("search_uri", "param, value"),
+    (
+        "search_composite",
+        "param, c1_system, c1_code, c2_system, c2_code, c2_lo, c2_hi, c2_cvalue, c2_ccode, c3",
+    ),
 ];
 
 /// Writes a version in ONE statement: a data-modifying CTE, so a write costs one round trip
@@ -1086,7 +1094,7 @@ async fn apply_pg(conn: &mut sqlx::PgConnection, row: &VersionRow<'_>) -> Result
         std::sync::LazyLock::new(|| format!("{CREATE}{REST}{INDEX}select 1"));
     fn deletes() -> String {
         let mut sql = String::new();
-        for (i, table) in INDEX_TABLES.iter().enumerate() {
+        for (i, (table, _)) in INDEX_COLUMNS.iter().enumerate() {
             sql.push_str(&format!(
                 "d{i} as (delete from {table} where res_type = $1 and res_id = $2), "
             ));
@@ -1201,7 +1209,7 @@ async fn apply_sqlite(
     if row.index_only {
         // Reindex: the version columns are bound but only selected, to keep one parameter list.
         sql.push_str("select $3, $4, $5, $6, $7;");
-        for table in INDEX_TABLES {
+        for (table, _) in INDEX_COLUMNS {
             sql.push_str(&format!(
                 "delete from {table} where res_type = $1 and res_id = $2;"
             ));
@@ -1225,7 +1233,7 @@ async fn apply_sqlite(
             sql.push_str(
             "update resource set version_id = $3, last_updated = $4, deleted = $5 where res_type = $1 and res_id = $2;",
         );
-            for table in INDEX_TABLES {
+            for (table, _) in INDEX_COLUMNS {
                 sql.push_str(&format!(
                     "delete from {table} where res_type = $1 and res_id = $2;"
                 ));
@@ -1233,119 +1241,55 @@ async fn apply_sqlite(
         }
         sql.push_str("insert into change_log (res_type, res_id, version_id, method, recorded_at) values ($1, $2, $3, $6, $4);");
     }
-    let ix = &row.index;
-    // Next free bind number; the first seven are the version's.
-    let mut n = 8;
-    let mut values = |sql: &mut String, table: &str, columns: &str, rows: usize, width: usize| {
-        if rows == 0 {
-            return;
+    // Each index table's rows travel as one JSON array bound to one parameter and are unpacked
+    // by json_each, so the SQL text is the same whatever the row counts and sqlx's statement
+    // cache prepares it once per connection (https://www.sqlite.org/json1.html#jeach).
+    for (i, (table, columns)) in INDEX_COLUMNS.iter().enumerate() {
+        let _ = write!(
+            sql,
+            "insert into {table} (res_type, res_id, {columns}) select $1, $2"
+        );
+        for c in 0..columns.split(',').count() {
+            let _ = write!(sql, ", json_extract(value, '$[{c}]')");
         }
-        sql.push_str(&format!(
-            "insert into {table} (res_type, res_id, {columns}) values "
-        ));
-        for r in 0..rows {
-            sql.push_str(if r == 0 { "($1, $2" } else { ", ($1, $2" });
-            for _ in 0..width {
-                sql.push_str(&format!(", ${n}"));
-                n += 1;
-            }
-            sql.push(')');
-        }
-        sql.push(';');
-    };
-    values(
-        &mut sql,
-        "search_token",
-        "param, system, code, text",
-        ix.tokens.len(),
-        4,
-    );
-    values(
-        &mut sql,
-        "search_string",
-        "param, norm, exact",
-        ix.strings.len(),
-        3,
-    );
-    values(&mut sql, "search_date", "param, lo, hi", ix.dates.len(), 3);
-    values(
-        &mut sql,
-        "search_reference",
-        "param, target_type, target_id, url",
-        ix.references.len(),
-        4,
-    );
-    values(
-        &mut sql,
-        "search_quantity",
-        "param, value, system, code, cvalue, ccode",
-        ix.quantities.len(),
-        6,
-    );
-    values(
-        &mut sql,
-        "search_number",
-        "param, value",
-        ix.numbers.len(),
-        2,
-    );
-    values(&mut sql, "search_uri", "param, value", ix.uris.len(), 2);
-    values(
-        &mut sql,
-        "search_composite",
-        "param, c1_system, c1_code, c2_system, c2_code, c2_lo, c2_hi, c2_cvalue, c2_ccode, c3",
-        ix.composites.len(),
-        10,
-    );
+        let _ = write!(sql, " from json_each(${});", 8 + i);
+    }
     sql.push_str(suffix);
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let ix = &row.index;
+    let composites: Vec<_> = ix
+        .composites
+        .iter()
+        .map(|c| {
+            (
+                &c.param,
+                &c.c1_system,
+                &c.c1_code,
+                &c.c2_system,
+                &c.c2_code,
+                c.c2_lo,
+                c.c2_hi,
+                c.c2_cvalue,
+                &c.c2_ccode,
+                c.c3,
+            )
+        })
+        .collect();
+    let q = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(row.ty)
         .bind(row.id)
         .bind(row.version_id)
         .bind(row.last_updated)
         .bind(row.content.is_none())
         .bind(row.method)
-        .bind(row.content);
-    for t in &ix.tokens {
-        q = q.bind(&t.0).bind(&t.1).bind(&t.2).bind(&t.3);
-    }
-    for t in &ix.strings {
-        q = q.bind(&t.0).bind(&t.1).bind(&t.2);
-    }
-    for t in &ix.dates {
-        q = q.bind(&t.0).bind(t.1).bind(t.2);
-    }
-    for t in &ix.references {
-        q = q.bind(&t.0).bind(&t.1).bind(&t.2).bind(&t.3);
-    }
-    for t in &ix.quantities {
-        q = q
-            .bind(&t.0)
-            .bind(t.1)
-            .bind(&t.2)
-            .bind(&t.3)
-            .bind(t.4)
-            .bind(&t.5);
-    }
-    for t in &ix.numbers {
-        q = q.bind(&t.0).bind(t.1);
-    }
-    for t in &ix.uris {
-        q = q.bind(&t.0).bind(&t.1);
-    }
-    for c in &ix.composites {
-        q = q
-            .bind(&c.param)
-            .bind(&c.c1_system)
-            .bind(&c.c1_code)
-            .bind(&c.c2_system)
-            .bind(&c.c2_code)
-            .bind(c.c2_lo)
-            .bind(c.c2_hi)
-            .bind(c.c2_cvalue)
-            .bind(&c.c2_ccode)
-            .bind(c.c3);
-    }
+        .bind(row.content)
+        .bind(serde_json::to_string(&ix.tokens)?)
+        .bind(serde_json::to_string(&ix.strings)?)
+        .bind(serde_json::to_string(&ix.dates)?)
+        .bind(serde_json::to_string(&ix.references)?)
+        .bind(serde_json::to_string(&ix.quantities)?)
+        .bind(serde_json::to_string(&ix.numbers)?)
+        .bind(serde_json::to_string(&ix.uris)?)
+        .bind(serde_json::to_string(&composites)?);
     q.execute(conn).await?;
     Ok(())
 }

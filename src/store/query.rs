@@ -184,6 +184,10 @@ pub enum Clause {
     /// (`Patient/[id]/$everything`, https://hl7.org/fhir/R4/compartmentdefinition-patient.html:
     /// membership is approximated by any reference parameter pointing at the patient).
     Compartment { ty: String, id: String },
+    /// Any of these (a parameter answered from two others, e.g. Observation `combo-code`).
+    Any(Vec<Clause>),
+    /// All of these.
+    All(Vec<Clause>),
     /// Matches nothing (e.g. a reference to a type the parameter cannot point to).
     Nothing,
 }
@@ -273,6 +277,23 @@ pub fn push_clause(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause) {
     match clause {
         Clause::Nothing => {
             sql.push("1 = 0");
+        }
+        Clause::Any(list) | Clause::All(list) => {
+            let (op, empty) = match clause {
+                Clause::Any(_) => (" or ", "1 = 0"),
+                _ => (" and ", "1 = 1"),
+            };
+            sql.push("(");
+            if list.is_empty() {
+                sql.push(empty);
+            }
+            for (i, c) in list.iter().enumerate() {
+                if i > 0 {
+                    sql.push(op);
+                }
+                push_clause(sql, alias, ty, c);
+            }
+            sql.push(")");
         }
         Clause::Compartment { ty: cty, id } => {
             sql.push("((").push(alias).push(".res_type = ");

@@ -169,7 +169,48 @@ async fn capability_statement(app: TestApp) {
         .iter()
         .filter_map(|i| i["code"].as_str())
         .collect();
-    assert_eq!(system, vec!["transaction", "batch", "history-system"]);
+    assert_eq!(
+        system,
+        vec!["transaction", "batch", "history-system", "search-system"]
+    );
+    // Every R4 search parameter of the type is advertised, and the operations.
+    let obs = cs["rest"][0]["resource"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["type"] == "Observation")
+        .expect("Observation");
+    let params: Vec<&str> = obs["searchParam"]
+        .as_array()
+        .expect("searchParam")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for p in [
+        "code",
+        "patient",
+        "date",
+        "component-code-value-quantity",
+        "_lastUpdated",
+        "_tag",
+    ] {
+        assert!(params.contains(&p), "{p} in {params:?}");
+    }
+    assert_eq!(obs["operation"][0]["name"], "lastn");
+    // Searches answer in XML too, with and without results.
+    for q in [
+        "Patient?name=nobody&_format=xml",
+        "Observation?_summary=count&_format=xml",
+        "Device/_history?_format=xml",
+    ] {
+        let r = app.get(q).await;
+        assert_eq!(r.status, 200, "{q}: {}", r.text);
+        assert!(
+            r.text.contains("<Bundle xmlns=\"http://hl7.org/fhir\">"),
+            "{}",
+            r.text
+        );
+    }
     // And it is valid XML through the same serialiser.
     let r = app.get("metadata?_format=xml").await;
     assert!(

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use crate::both;
 use crate::common::TestApp;
 use crate::search::{
-    bundle, check, follow, included, last_updated, link, loinc, modify, put, refs, search_url,
-    sorted, tick, ucum, vital_signs,
+    bundle, check, encode_query, follow, included, last_updated, link, loinc, modify, put, refs,
+    search_url, sorted, tick, ucum, vital_signs,
 };
 
 fn patient(family: &str, given: &str, birth: &str, gender: &str, mrn: &str) -> Value {
@@ -107,7 +107,7 @@ async fn conditional_interactions(app: TestApp) {
         ))
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
-    let copy = r.json()["id"].as_str().expect("id").to_owned();
+    let junior = r.json()["id"].as_str().expect("id").to_owned();
     assert_eq!(smiths(&app).await, 3);
 
     // Conditional update: the one heart rate of Patient a.
@@ -122,9 +122,7 @@ async fn conditional_interactions(app: TestApp) {
         .put(
             &format!(
                 "Observation?{}",
-                crate::search::encode_query(&format!(
-                    "code=http://loinc.org|8867-4&patient=Patient/{a}"
-                ))
+                encode_query(&format!("code=http://loinc.org|8867-4&patient=Patient/{a}"))
             ),
             &changed,
         )
@@ -144,7 +142,7 @@ async fn conditional_interactions(app: TestApp) {
         .put(
             &format!(
                 "Observation?{}",
-                crate::search::encode_query("code=http://loinc.org|8867-4")
+                encode_query("code=http://loinc.org|8867-4")
             ),
             &changed,
         )
@@ -157,10 +155,7 @@ async fn conditional_interactions(app: TestApp) {
 
     // Conditional delete of the one match; several matches → 412.
     let r = app
-        .delete(&format!(
-            "Patient?{}",
-            crate::search::encode_query("name=nunez")
-        ))
+        .delete(&format!("Patient?{}", encode_query("name=nunez")))
         .await;
     assert_eq!(r.status, 204, "{}", r.text);
     assert_eq!(app.get(&format!("Patient/{n}")).await.status, 410);
@@ -170,11 +165,11 @@ async fn conditional_interactions(app: TestApp) {
     let r = app
         .delete(&format!(
             "Patient?{}",
-            crate::search::encode_query("family=smith&birthdate=1999")
+            encode_query("family=smith&birthdate=1999")
         ))
         .await;
     assert_eq!(r.status, 204, "{}", r.text);
-    assert_eq!(app.get(&format!("Patient/{copy}")).await.status, 410);
+    assert_eq!(app.get(&format!("Patient/{junior}")).await.status, 410);
     assert_eq!(smiths(&app).await, 2);
 }
 both!(conditional_interactions);

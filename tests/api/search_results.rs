@@ -11,7 +11,8 @@ use crate::both;
 use crate::common::TestApp;
 use crate::search::{
     bundle, check, check_order, encode_query, entries, follow, get_prefer, ids, last_updated, link,
-    match_ids, modify, outcome_text, put, query_pairs, refs, search_url, searchset, sorted, tick,
+    loinc, match_ids, modify, outcome_text, put, query_pairs, refs, search_url, searchset, sorted,
+    tick, ucum, vital_signs,
 };
 
 const SORT: &str = "identifier=urn:vb:sort|";
@@ -286,10 +287,10 @@ async fn summary_and_elements(app: TestApp) {
         &app,
         json!({"resourceType": "Observation", "id": "sum-o", "text": narrative,
                "status": "final",
-               "category": crate::search::vital_signs(),
-               "code": crate::search::loinc("8867-4", "Heart rate"),
+               "category": vital_signs(),
+               "code": loinc("8867-4", "Heart rate"),
                "subject": {"reference": "Patient/sum-p"},
-               "valueQuantity": crate::search::ucum(72.0, "/min"),
+               "valueQuantity": ucum(72.0, "/min"),
                "note": [{"text": "after exercise"}]}),
     )
     .await;
@@ -468,7 +469,7 @@ async fn system_level_search(app: TestApp) {
     put(
         &app,
         json!({"resourceType": "Observation", "id": "sys-obs", "status": "final",
-               "code": crate::search::loinc("8867-4", "Heart rate")}),
+               "code": loinc("8867-4", "Heart rate")}),
     )
     .await;
 
@@ -546,8 +547,8 @@ async fn unknown_and_malformed_parameters(app: TestApp) {
     put(
         &app,
         json!({"resourceType": "Observation", "id": "err-o", "status": "final",
-               "code": crate::search::loinc("8867-4", "Heart rate"),
-               "valueQuantity": crate::search::ucum(72.0, "/min")}),
+               "code": loinc("8867-4", "Heart rate"),
+               "valueQuantity": ucum(72.0, "/min")}),
     )
     .await;
     let smiths = ["s-a", "s-b", "s-e"];
