@@ -1044,6 +1044,20 @@ struct VersionRow<'a> {
     index_only: bool,
 }
 
+/// PostgreSQL types of [`INDEX_COLUMNS`], for the `unnest` arrays.
+const PG_INDEX_TYPES: [&[&str]; 8] = [
+    &["text", "text", "text", "text"],
+    &["text", "text", "text"],
+    &["text", "int8", "int8"],
+    &["text", "text", "text", "text"],
+    &["text", "float8", "text", "text", "float8", "text"],
+    &["text", "float8"],
+    &["text", "text"],
+    &[
+        "text", "text", "text", "text", "text", "float8", "float8", "float8", "text", "float8",
+    ],
+];
+
 /// The search index tables (migrations `0002_search.sql`), whose rows a write replaces, and
 /// their columns after (res_type, res_id) in the order of [`IndexRows`]' tuples.
 const INDEX_COLUMNS: &[(&str, &str)] = &[
@@ -1068,109 +1082,151 @@ const INDEX_COLUMNS: &[(&str, &str)] = &[
 /// The index deletes and inserts see the same snapshot, so the deletes remove only old rows.
 /// Each index table gets its rows as parallel arrays through `unnest`.
 async fn apply_pg(conn: &mut sqlx::PgConnection, row: &VersionRow<'_>) -> Result<(), StoreError> {
-    const CREATE: &str = "with r as (insert into resource (res_type, res_id, version_id, last_updated, deleted) \
-        values ($1, $2, $3, $4, $5)), ";
-    const REST: &str = "h as (insert into resource_history (res_type, res_id, version_id, last_updated, method, content) \
-        values ($1, $2, $3, $4, $6, $7)), \
-        c as (insert into change_log (res_type, res_id, version_id, method, recorded_at) values ($1, $2, $3, $6, $4)), ";
-    const INDEX: &str = "i1 as (insert into search_token (res_type, res_id, param, system, code, text) \
-          select $1, $2, a, b, c, d from unnest($8::text[], $9::text[], $10::text[], $11::text[]) as x(a, b, c, d)), \
-        i2 as (insert into search_string (res_type, res_id, param, norm, exact) \
-          select $1, $2, a, b, c from unnest($12::text[], $13::text[], $14::text[]) as x(a, b, c)), \
-        i3 as (insert into search_date (res_type, res_id, param, lo, hi) \
-          select $1, $2, a, b, c from unnest($15::text[], $16::int8[], $17::int8[]) as x(a, b, c)), \
-        i4 as (insert into search_reference (res_type, res_id, param, target_type, target_id, url) \
-          select $1, $2, a, b, c, d from unnest($18::text[], $19::text[], $20::text[], $21::text[]) as x(a, b, c, d)), \
-        i5 as (insert into search_quantity (res_type, res_id, param, value, system, code, cvalue, ccode) \
-          select $1, $2, a, b, c, d, e, f from unnest($22::text[], $23::float8[], $24::text[], $25::text[], $26::float8[], $27::text[]) as x(a, b, c, d, e, f)), \
-        i6 as (insert into search_number (res_type, res_id, param, value) \
-          select $1, $2, a, b from unnest($28::text[], $29::float8[]) as x(a, b)), \
-        i7 as (insert into search_uri (res_type, res_id, param, value) \
-          select $1, $2, a, b from unnest($30::text[], $31::text[]) as x(a, b)), \
-        i8 as (insert into search_composite (res_type, res_id, param, c1_system, c1_code, c2_system, c2_code, c2_lo, c2_hi, c2_cvalue, c2_ccode, c3) \
-          select $1, $2, a, b, c, d, e, f, g, h, i, j from unnest($32::text[], $33::text[], $34::text[], $35::text[], $36::text[], \
-            $37::float8[], $38::float8[], $39::float8[], $40::text[], $41::float8[]) as x(a, b, c, d, e, f, g, h, i, j)) ";
-    static SQL_CREATE: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| format!("{CREATE}{REST}{INDEX}select 1"));
-    fn deletes() -> String {
-        let mut sql = String::new();
-        for (i, (table, _)) in INDEX_COLUMNS.iter().enumerate() {
-            sql.push_str(&format!(
-                "d{i} as (delete from {table} where res_type = $1 and res_id = $2), "
-            ));
-        }
-        sql
-    }
-    static SQL_UPDATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "with r as (update resource set version_id = $3, last_updated = $4, deleted = $5 \
-             where res_type = $1 and res_id = $2), {}{REST}{INDEX}select 1",
-            deletes()
-        )
-    });
-    // Reindex: the version columns are bound but only selected, to keep one parameter list.
-    static SQL_REINDEX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "with {}{INDEX}select $3::int8, $4::int8, $5::bool, $6::text, $7::text",
-            deletes()
-        )
-    });
-    let sql: &'static str = if row.index_only {
-        &SQL_REINDEX
-    } else if row.created {
-        &SQL_CREATE
-    } else {
-        &SQL_UPDATE
-    };
     let ix = &row.index;
+    // Only the index tables this version has rows for take part: every table in the statement
+    // costs PostgreSQL a relation open and lock of the table and its indexes even with no rows.
+    // The text then depends on which tables are present, a handful of variants per resource
+    // type, each prepared once per connection by sqlx's statement cache.
+    let present = [
+        !ix.tokens.is_empty(),
+        !ix.strings.is_empty(),
+        !ix.dates.is_empty(),
+        !ix.references.is_empty(),
+        !ix.quantities.is_empty(),
+        !ix.numbers.is_empty(),
+        !ix.uris.is_empty(),
+        !ix.composites.is_empty(),
+    ];
+    let mut sql = String::with_capacity(1500);
+    sql.push_str("with ");
+    if row.index_only {
+        // Reindex: the version is stored already; its columns are bound but only selected
+        // below, to keep one parameter list.
+    } else if row.created {
+        sql.push_str(
+            "r as (insert into resource (res_type, res_id, version_id, last_updated, deleted) \
+             values ($1, $2, $3, $4, $5)), ",
+        );
+    } else {
+        sql.push_str(
+            "r as (update resource set version_id = $3, last_updated = $4, deleted = $5 \
+             where res_type = $1 and res_id = $2), ",
+        );
+    }
+    if !row.created || row.index_only {
+        // The previous version's rows may be in any table.
+        for (i, (table, _)) in INDEX_COLUMNS.iter().enumerate() {
+            let _ = write!(
+                sql,
+                "d{i} as (delete from {table} where res_type = $1 and res_id = $2), "
+            );
+        }
+    }
+    if !row.index_only {
+        sql.push_str(
+            "h as (insert into resource_history (res_type, res_id, version_id, last_updated, method, content) \
+             values ($1, $2, $3, $4, $6, $7)), \
+             c as (insert into change_log (res_type, res_id, version_id, method, recorded_at) \
+             values ($1, $2, $3, $6, $4)), ",
+        );
+    }
+    let mut n = 8;
+    for (i, ((table, columns), types)) in INDEX_COLUMNS.iter().zip(PG_INDEX_TYPES).enumerate() {
+        if !present[i] {
+            continue;
+        }
+        let names: Vec<String> = (0..types.len()).map(|k| format!("c{k}")).collect();
+        let arrays: Vec<String> = types
+            .iter()
+            .enumerate()
+            .map(|(k, t)| format!("${}::{t}[]", n + k))
+            .collect();
+        n += types.len();
+        let _ = write!(
+            sql,
+            "i{i} as (insert into {table} (res_type, res_id, {columns}) select $1, $2, {} \
+             from unnest({}) as x({})), ",
+            names.join(", "),
+            arrays.join(", "),
+            names.join(", ")
+        );
+    }
+    sql.push_str(if row.index_only {
+        "z as (select 1) select $3::int8, $4::int8, $5::bool, $6::text, $7::text"
+    } else {
+        "z as (select 1) select 1"
+    });
     fn col<'a, T, U>(rows: &'a [T], f: impl Fn(&'a T) -> U) -> Vec<U> {
         rows.iter().map(f).collect()
     }
-    let cp = &ix.composites;
-    let result = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(row.ty)
         .bind(row.id)
         .bind(row.version_id)
         .bind(row.last_updated)
         .bind(row.content.is_none())
         .bind(row.method)
-        .bind(row.content)
-        .bind(col(&ix.tokens, |t| t.0.as_str()))
-        .bind(col(&ix.tokens, |t| t.1.as_deref()))
-        .bind(col(&ix.tokens, |t| t.2.as_str()))
-        .bind(col(&ix.tokens, |t| t.3.as_deref()))
-        .bind(col(&ix.strings, |t| t.0.as_str()))
-        .bind(col(&ix.strings, |t| t.1.as_str()))
-        .bind(col(&ix.strings, |t| t.2.as_str()))
-        .bind(col(&ix.dates, |t| t.0.as_str()))
-        .bind(col(&ix.dates, |t| t.1))
-        .bind(col(&ix.dates, |t| t.2))
-        .bind(col(&ix.references, |t| t.0.as_str()))
-        .bind(col(&ix.references, |t| t.1.as_deref()))
-        .bind(col(&ix.references, |t| t.2.as_deref()))
-        .bind(col(&ix.references, |t| t.3.as_str()))
-        .bind(col(&ix.quantities, |t| t.0.as_str()))
-        .bind(col(&ix.quantities, |t| t.1))
-        .bind(col(&ix.quantities, |t| t.2.as_deref()))
-        .bind(col(&ix.quantities, |t| t.3.as_deref()))
-        .bind(col(&ix.quantities, |t| t.4))
-        .bind(col(&ix.quantities, |t| t.5.as_deref()))
-        .bind(col(&ix.numbers, |t| t.0.as_str()))
-        .bind(col(&ix.numbers, |t| t.1))
-        .bind(col(&ix.uris, |t| t.0.as_str()))
-        .bind(col(&ix.uris, |t| t.1.as_str()))
-        .bind(col(cp, |c| c.param.as_str()))
-        .bind(col(cp, |c| c.c1_system.as_deref()))
-        .bind(col(cp, |c| c.c1_code.as_str()))
-        .bind(col(cp, |c| c.c2_system.as_deref()))
-        .bind(col(cp, |c| c.c2_code.as_deref()))
-        .bind(col(cp, |c| c.c2_lo))
-        .bind(col(cp, |c| c.c2_hi))
-        .bind(col(cp, |c| c.c2_cvalue))
-        .bind(col(cp, |c| c.c2_ccode.as_deref()))
-        .bind(col(cp, |c| c.c3))
-        .execute(conn)
-        .await;
+        .bind(row.content);
+    if present[0] {
+        q = q
+            .bind(col(&ix.tokens, |t| t.0.as_str()))
+            .bind(col(&ix.tokens, |t| t.1.as_deref()))
+            .bind(col(&ix.tokens, |t| t.2.as_str()))
+            .bind(col(&ix.tokens, |t| t.3.as_deref()));
+    }
+    if present[1] {
+        q = q
+            .bind(col(&ix.strings, |t| t.0.as_str()))
+            .bind(col(&ix.strings, |t| t.1.as_str()))
+            .bind(col(&ix.strings, |t| t.2.as_str()));
+    }
+    if present[2] {
+        q = q
+            .bind(col(&ix.dates, |t| t.0.as_str()))
+            .bind(col(&ix.dates, |t| t.1))
+            .bind(col(&ix.dates, |t| t.2));
+    }
+    if present[3] {
+        q = q
+            .bind(col(&ix.references, |t| t.0.as_str()))
+            .bind(col(&ix.references, |t| t.1.as_deref()))
+            .bind(col(&ix.references, |t| t.2.as_deref()))
+            .bind(col(&ix.references, |t| t.3.as_str()));
+    }
+    if present[4] {
+        q = q
+            .bind(col(&ix.quantities, |t| t.0.as_str()))
+            .bind(col(&ix.quantities, |t| t.1))
+            .bind(col(&ix.quantities, |t| t.2.as_deref()))
+            .bind(col(&ix.quantities, |t| t.3.as_deref()))
+            .bind(col(&ix.quantities, |t| t.4))
+            .bind(col(&ix.quantities, |t| t.5.as_deref()));
+    }
+    if present[5] {
+        q = q
+            .bind(col(&ix.numbers, |t| t.0.as_str()))
+            .bind(col(&ix.numbers, |t| t.1));
+    }
+    if present[6] {
+        q = q
+            .bind(col(&ix.uris, |t| t.0.as_str()))
+            .bind(col(&ix.uris, |t| t.1.as_str()));
+    }
+    if present[7] {
+        let cp = &ix.composites;
+        q = q
+            .bind(col(cp, |c| c.param.as_str()))
+            .bind(col(cp, |c| c.c1_system.as_deref()))
+            .bind(col(cp, |c| c.c1_code.as_str()))
+            .bind(col(cp, |c| c.c2_system.as_deref()))
+            .bind(col(cp, |c| c.c2_code.as_deref()))
+            .bind(col(cp, |c| c.c2_lo))
+            .bind(col(cp, |c| c.c2_hi))
+            .bind(col(cp, |c| c.c2_cvalue))
+            .bind(col(cp, |c| c.c2_ccode.as_deref()))
+            .bind(col(cp, |c| c.c3));
+    }
+    let result = q.execute(conn).await;
     match result {
         Ok(_) => Ok(()),
         // The id was created by a concurrent transaction after our look-up (client-chosen ids
@@ -1242,19 +1298,9 @@ async fn apply_sqlite(
         sql.push_str("insert into change_log (res_type, res_id, version_id, method, recorded_at) values ($1, $2, $3, $6, $4);");
     }
     // Each index table's rows travel as one JSON array bound to one parameter and are unpacked
-    // by json_each, so the SQL text is the same whatever the row counts and sqlx's statement
-    // cache prepares it once per connection (https://www.sqlite.org/json1.html#jeach).
-    for (i, (table, columns)) in INDEX_COLUMNS.iter().enumerate() {
-        let _ = write!(
-            sql,
-            "insert into {table} (res_type, res_id, {columns}) select $1, $2"
-        );
-        for c in 0..columns.split(',').count() {
-            let _ = write!(sql, ", json_extract(value, '$[{c}]')");
-        }
-        let _ = write!(sql, " from json_each(${});", 8 + i);
-    }
-    sql.push_str(suffix);
+    // by json_each, so the SQL text depends only on which tables get rows, not on how many,
+    // and sqlx's statement cache prepares each variant once per connection
+    // (https://www.sqlite.org/json1.html#jeach).
     let ix = &row.index;
     let composites: Vec<_> = ix
         .composites
@@ -1274,22 +1320,51 @@ async fn apply_sqlite(
             )
         })
         .collect();
-    let q = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let arrays = [
+        (ix.tokens.is_empty(), serde_json::to_string(&ix.tokens)?),
+        (ix.strings.is_empty(), serde_json::to_string(&ix.strings)?),
+        (ix.dates.is_empty(), serde_json::to_string(&ix.dates)?),
+        (
+            ix.references.is_empty(),
+            serde_json::to_string(&ix.references)?,
+        ),
+        (
+            ix.quantities.is_empty(),
+            serde_json::to_string(&ix.quantities)?,
+        ),
+        (ix.numbers.is_empty(), serde_json::to_string(&ix.numbers)?),
+        (ix.uris.is_empty(), serde_json::to_string(&ix.uris)?),
+        (composites.is_empty(), serde_json::to_string(&composites)?),
+    ];
+    let mut n = 8;
+    for ((table, columns), (empty, _)) in INDEX_COLUMNS.iter().zip(&arrays) {
+        if *empty {
+            continue;
+        }
+        let _ = write!(
+            sql,
+            "insert into {table} (res_type, res_id, {columns}) select $1, $2"
+        );
+        for c in 0..columns.split(',').count() {
+            let _ = write!(sql, ", json_extract(value, '$[{c}]')");
+        }
+        let _ = write!(sql, " from json_each(${n});");
+        n += 1;
+    }
+    sql.push_str(suffix);
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(row.ty)
         .bind(row.id)
         .bind(row.version_id)
         .bind(row.last_updated)
         .bind(row.content.is_none())
         .bind(row.method)
-        .bind(row.content)
-        .bind(serde_json::to_string(&ix.tokens)?)
-        .bind(serde_json::to_string(&ix.strings)?)
-        .bind(serde_json::to_string(&ix.dates)?)
-        .bind(serde_json::to_string(&ix.references)?)
-        .bind(serde_json::to_string(&ix.quantities)?)
-        .bind(serde_json::to_string(&ix.numbers)?)
-        .bind(serde_json::to_string(&ix.uris)?)
-        .bind(serde_json::to_string(&composites)?);
+        .bind(row.content);
+    for (empty, json) in arrays {
+        if !empty {
+            q = q.bind(json);
+        }
+    }
     q.execute(conn).await?;
     Ok(())
 }
