@@ -148,7 +148,7 @@ async fn includes(
                 continue;
             }
             for (ty, ids) in &by_type {
-                if inc.source == "*" {
+                if inc.source == "*" || inc.target.as_deref().is_some_and(|t| t != ty) {
                     continue;
                 }
                 // The parameter must be able to point at this type.

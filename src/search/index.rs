@@ -120,8 +120,16 @@ pub fn rows(resource: &Value) -> IndexRows {
     // A concept's text waits for its first coding row; a concept without codings keeps it in
     // a row with an empty code (which no token search matches).
     let mut pending: Option<(&'static str, String)> = None;
+    let ty = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     for e in extract::extract(resource) {
-        if FROM_RESOURCE.contains(&e.code) || is_combo(e.code) {
+        // Answered from `resource`, from two other parameters, or from a wider reference.
+        if FROM_RESOURCE.contains(&e.code)
+            || is_combo(e.code)
+            || registry::alias(ty, e.code).is_some()
+        {
             continue;
         }
         let text = match (&e.value, pending.take()) {
@@ -230,7 +238,11 @@ static COMPOSITES: LazyLock<HashMap<&'static str, Vec<CompiledComposite>>> = Laz
     let mut map = HashMap::new();
     for ty in ResourceType::all() {
         let list: Vec<CompiledComposite> = registry::for_type(ty.as_str())
-            .filter(|p| p.kind == ParamType::Composite && !is_combo(p.code))
+            .filter(|p| {
+                p.kind == ParamType::Composite
+                    && !is_combo(p.code)
+                    && !registry::is_root_composite(p)
+            })
             .filter_map(|p| {
                 let base = fhirpath::parse(p.expression).ok()?;
                 let parts = p
@@ -427,10 +439,17 @@ mod tests {
                 .iter()
                 .any(|t| t.0 == "subject:identifier" && t.2 == "7")
         );
-        assert!(rows.references.iter().any(|r| r.0 == "patient"
+        assert!(rows.references.iter().any(|r| r.0 == "subject"
             && r.1.as_deref() == Some("Patient")
             && r.2.as_deref() == Some("p1")));
-        // _id is answered from the resource table.
+        // _id is answered from the resource table, `patient` from `subject`, and the
+        // root-level composite from its components.
         assert!(rows.tokens.iter().all(|t| t.0 != "_id"));
+        assert!(rows.references.iter().all(|r| r.0 != "patient"));
+        assert!(
+            rows.composites
+                .iter()
+                .all(|r| r.param != "code-value-quantity")
+        );
     }
 }

@@ -240,15 +240,28 @@ fn include(value: &str, iterate: bool) -> Result<Include, Bad> {
     if ResourceType::parse(source).is_none() {
         return invalid(format!("'{source}' is not a resource type"));
     }
+    let mut target = target.map(str::to_owned);
     let param = match param {
         Some("*") => None,
         Some(p) => match registry::lookup(source, p) {
-            Some(sp) if sp.kind == ParamType::Reference => Some(p.to_owned()),
+            Some(sp) if sp.kind == ParamType::Reference => match registry::alias(source, p) {
+                // `Observation:patient` is `Observation:subject:Patient`.
+                Some((wider, t)) => {
+                    if target.as_deref().is_some_and(|x| x != t) {
+                        target = Some(String::new());
+                    } else {
+                        target = Some(t.to_owned());
+                    }
+                    Some(wider.to_owned())
+                }
+                None => Some(p.to_owned()),
+            },
             _ => return invalid(format!("{source} has no reference parameter '{p}'")),
         },
         None => return invalid("_include takes SourceType:parameter[:TargetType]"),
     };
-    if let Some(t) = target
+    if let Some(t) = &target
+        && !t.is_empty()
         && ResourceType::parse(t).is_none()
     {
         return invalid(format!("'{t}' is not a resource type"));
@@ -256,7 +269,7 @@ fn include(value: &str, iterate: bool) -> Result<Include, Bad> {
     Ok(Include {
         source: source.to_owned(),
         param,
-        target: target.map(str::to_owned),
+        target,
         iterate,
     })
 }
@@ -271,6 +284,7 @@ fn sort_key(ty: Option<ResourceType>, code: &str, desc: bool) -> Result<SortKey,
     let p = registry::lookup(ty, code)
         .filter(|p| !p.expression.is_empty())
         .ok_or_else(|| Bad::Invalid(format!("cannot sort by unknown parameter '{code}'")))?;
+    let code = registry::alias(ty, code).map_or(code, |(wider, _)| wider);
     let table = table_for(p.kind);
     if table == Table::Composite {
         return invalid(format!("cannot sort by composite parameter '{code}'"));
@@ -348,6 +362,11 @@ fn clause(ty: &str, name: &str, value: &str, base: &str) -> Result<Clause, Bad> 
             _ => return invalid(format!("{source} has no reference parameter '{param}'")),
         }
         let inner = clause(source, inner, value, base)?;
+        let param = match registry::alias(source, param) {
+            Some((_, target)) if target != ty => return Ok(Clause::Nothing),
+            Some((wider, _)) => wider,
+            None => param,
+        };
         return Ok(Clause::Has {
             source_type: source.to_owned(),
             param: param.to_owned(),
@@ -364,7 +383,7 @@ fn clause(ty: &str, name: &str, value: &str, base: &str) -> Result<Clause, Bad> 
                 "'{code}' is not a reference parameter and cannot be chained"
             ));
         }
-        let targets: Vec<&str> = match modifier {
+        let mut targets: Vec<&str> = match modifier {
             Some(t) => {
                 if ResourceType::parse(t).is_none() {
                     return invalid(format!("'{t}' is not a resource type"));
@@ -372,6 +391,13 @@ fn clause(ty: &str, name: &str, value: &str, base: &str) -> Result<Clause, Bad> 
                 vec![t]
             }
             None => p.targets.clone(),
+        };
+        let code = match registry::alias(ty, code) {
+            Some((wider, target)) => {
+                targets.retain(|t| *t == target);
+                wider
+            }
+            None => code,
         };
         let mut branches = Vec::new();
         for t in targets {
@@ -420,12 +446,8 @@ fn clause(ty: &str, name: &str, value: &str, base: &str) -> Result<Clause, Bad> 
     if ty == "Observation"
         && let Some((_, parts)) = index::COMBOS.iter().find(|(c, _)| *c == code)
     {
-        let rename = |part: &str| match modifier {
-            Some(m) => format!("{part}:{m}"),
-            None => part.to_owned(),
-        };
-        let a = clause(ty, &rename(parts[0]), value, base)?;
-        let b = clause(ty, &rename(parts[1]), value, base)?;
+        let a = clause(ty, &rename(parts[0], modifier), value, base)?;
+        let b = clause(ty, &rename(parts[1], modifier), value, base)?;
         // Missing from both (`:missing=true`) or negated (`:not`) means neither matches.
         let both = modifier == Some("not") || (modifier == Some("missing") && value == "true");
         return Ok(if both {
@@ -438,6 +460,35 @@ fn clause(ty: &str, name: &str, value: &str, base: &str) -> Result<Clause, Bad> 
     // _text, _content, _query, _list, _filter: not supported (the definitions give no path).
     if p.expression.is_empty() {
         return Err(Bad::Unknown);
+    }
+    // A narrowed reference (`patient` of `subject`) is searched on the wider parameter with
+    // the target type fixed (registry::alias).
+    if let Some((wider, target)) = registry::alias(ty, code) {
+        return Ok(narrow(
+            clause(ty, &rename(wider, modifier), value, base)?,
+            target,
+        ));
+    }
+    // A composite over the resource itself is the AND of its components, per alternative.
+    if registry::is_root_composite(p) && modifier.is_none() {
+        let mut any = Vec::new();
+        for v in split_or(value) {
+            let parts = split_unescaped(v, '$');
+            if parts.len() != p.components.len() {
+                return invalid(format!(
+                    "{code} takes {} values separated by $",
+                    p.components.len()
+                ));
+            }
+            let all = p
+                .components
+                .iter()
+                .zip(&parts)
+                .map(|(c, part)| clause(ty, c.code, &escape(part), base))
+                .collect::<Result<Vec<_>, _>>()?;
+            any.push(Clause::All(all));
+        }
+        return Ok(Clause::Any(any));
     }
     let table = table_for(p.kind);
     if modifier == Some("missing") {
@@ -589,6 +640,78 @@ fn clause(ty: &str, name: &str, value: &str, base: &str) -> Result<Clause, Bad> 
         any_of,
         negate,
     })
+}
+
+/// `code` with `modifier` (`code:modifier`).
+fn rename(code: &str, modifier: Option<&str>) -> String {
+    match modifier {
+        Some(m) => format!("{code}:{m}"),
+        None => code.to_owned(),
+    }
+}
+
+/// Restricts a reference clause to targets of type `target`.
+fn narrow(c: Clause, target: &str) -> Clause {
+    match c {
+        Clause::Values {
+            table: Table::Reference,
+            param,
+            any_of,
+            negate,
+        } => {
+            let any_of: Vec<Pred> = any_of
+                .into_iter()
+                .filter_map(|p| match p {
+                    Pred::Reference {
+                        target_type: None,
+                        id,
+                        base,
+                    } => Some(Pred::Reference {
+                        target_type: Some(target.to_owned()),
+                        id,
+                        base,
+                    }),
+                    Pred::Reference {
+                        target_type: Some(t),
+                        ..
+                    } if t != target => None,
+                    other => Some(other),
+                })
+                .collect();
+            if any_of.is_empty() && !negate {
+                return Clause::Nothing;
+            }
+            Clause::Values {
+                table: Table::Reference,
+                param,
+                any_of,
+                negate,
+            }
+        }
+        Clause::Chain {
+            param,
+            targets,
+            base,
+        } => Clause::Chain {
+            param,
+            targets: targets.into_iter().filter(|(t, _)| t == target).collect(),
+            base,
+        },
+        other => other,
+    }
+}
+
+/// Escapes what `split_or` and the composite split treat specially, so a component value
+/// parsed by `clause` reads as it was written (a `|` stays a separator).
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '\\' | ',' | '$') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// https://hl7.org/fhir/R4/search.html#reference: `id`, `Type/id`, an absolute URL on this

@@ -201,6 +201,56 @@ pub fn for_type(resource_type: &str) -> impl Iterator<Item = &'static SearchPara
     )
 }
 
+/// Reference parameters that narrow another parameter of the same type to one target type,
+/// e.g. Observation `patient` = `Observation.subject.where(resolve() is Patient)` next to
+/// `subject` = `Observation.subject`: (type, code) → (the wider parameter, the target type).
+/// The index stores only the wider one; searches on the narrow one filter its target type.
+type AliasMap = HashMap<(&'static str, &'static str), (&'static str, &'static str)>;
+
+static ALIASES: LazyLock<AliasMap> = LazyLock::new(|| {
+    let mut map = HashMap::new();
+    for (ty, params) in &REGISTRY.by_type {
+        for p in &params.params {
+            if p.kind != ParamType::Reference {
+                continue;
+            }
+            let Some(inner) = p.expression.strip_suffix(')') else {
+                continue;
+            };
+            let Some((path, target)) = inner.rsplit_once(".where(resolve() is ") else {
+                continue;
+            };
+            if target.contains(|c: char| !c.is_ascii_alphabetic()) || path.contains(['(', '|']) {
+                continue;
+            }
+            let wider = params
+                .params
+                .iter()
+                .find(|q| q.kind == ParamType::Reference && q.expression == path);
+            if let Some(q) = wider {
+                // The target must be one the wider parameter may point to.
+                if q.targets.is_empty() || q.targets.contains(&target) {
+                    map.insert((*ty, p.code), (q.code, target));
+                }
+            }
+        }
+    }
+    map
+});
+
+/// See [`ALIASES`]: `Some((wider parameter, target type))` when `code` of `resource_type` is
+/// answered from another reference parameter.
+pub fn alias(resource_type: &str, code: &str) -> Option<(&'static str, &'static str)> {
+    ALIASES.get(&(resource_type, code)).copied()
+}
+
+/// A composite parameter over the resource itself (e.g. Observation `code-value-quantity`,
+/// expression `Observation`): each component has one value set per resource, so the
+/// composite is the AND of its components and needs no tuple rows of its own.
+pub fn is_root_composite(p: &SearchParam) -> bool {
+    p.kind == ParamType::Composite && p.expression == p.resource_type
+}
+
 /// Number of (resource type, code) rows, every-type parameters counted once.
 pub fn len() -> usize {
     REGISTRY.len
@@ -209,6 +259,7 @@ pub fn len() -> usize {
 /// Parses the table now rather than on the first search request.
 pub fn preload() {
     LazyLock::force(&REGISTRY);
+    LazyLock::force(&ALIASES);
 }
 
 #[cfg(test)]
@@ -390,6 +441,21 @@ mod tests {
         }
         // 46 composite definitions; two of them are shared by 14 types each.
         assert_eq!(composites, 44 + 2 * 14);
+    }
+
+    #[test]
+    fn aliases_and_root_composites() {
+        assert_eq!(
+            alias("Observation", "patient"),
+            Some(("subject", "Patient"))
+        );
+        assert_eq!(alias("Observation", "subject"), None);
+        assert_eq!(alias("Condition", "patient"), Some(("subject", "Patient")));
+        assert!(is_root_composite(get("Observation", "code-value-quantity")));
+        assert!(!is_root_composite(get(
+            "Observation",
+            "component-code-value-quantity"
+        )));
     }
 
     #[test]
