@@ -421,3 +421,100 @@ async fn logs_carry_request_ids_and_no_patient_data_postgres() {
 async fn logs_carry_request_ids_and_no_patient_data_sqlite() {
     logs_carry_request_ids_and_no_patient_data(Backend::Sqlite).await
 }
+
+/// `vitalbridge reindex` rebuilds the search index from the stored JSON: after the index rows
+/// are lost, searches find nothing; after a reindex (with the server still running) they find
+/// exactly what they found before.
+async fn reindex_rebuilds_lost_rows(backend: Backend) {
+    let app = crate::common::spawn(backend).await;
+    let p = app.create(&patient("Reindexed")).await;
+    for bpm in [61.0, 72.0, 95.0] {
+        app.create(&heart_rate(&p, bpm)).await;
+    }
+    let query = format!("Observation?patient={p}&value-quantity=gt70&_total=accurate");
+    let before = app.get(&query).await.json();
+    assert_eq!(before["total"], 2, "{before}");
+
+    // Lose every index row, as an upgrade that changes what is indexed would need rebuilt.
+    let tables = [
+        "search_token",
+        "search_string",
+        "search_date",
+        "search_reference",
+        "search_quantity",
+        "search_number",
+        "search_uri",
+        "search_composite",
+    ];
+    match backend {
+        Backend::Postgres => {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&app.database_url)
+                .await
+                .expect("connect");
+            for t in tables {
+                sqlx::query(sqlx::AssertSqlSafe(format!("delete from {t}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("delete");
+            }
+        }
+        Backend::Sqlite => {
+            use sqlx::Connection;
+            let mut conn = sqlx::SqliteConnection::connect(&app.database_url)
+                .await
+                .expect("connect");
+            for t in tables {
+                sqlx::query(sqlx::AssertSqlSafe(format!("delete from {t}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("delete");
+            }
+        }
+    }
+    assert_eq!(app.get(&query).await.json()["total"], 0);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
+        .args([
+            "reindex",
+            "--database-url",
+            &app.database_url,
+            "--batch",
+            "2",
+        ])
+        .output()
+        .expect("reindex runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One Patient and three Observations, in batches of two.
+    assert!(stdout.contains("reindexed 4 resources"), "{stdout}");
+    let after = app.get(&query).await.json();
+    assert_eq!(after["total"], 2, "{after}");
+    let ids = |b: &Value| {
+        let mut v: Vec<String> = b["entry"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&after), ids(&before));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reindex_rebuilds_lost_rows_postgres() {
+    reindex_rebuilds_lost_rows(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reindex_rebuilds_lost_rows_sqlite() {
+    reindex_rebuilds_lost_rows(Backend::Sqlite).await;
+}
