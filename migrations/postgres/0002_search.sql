@@ -10,7 +10,8 @@ alter table search_token add column text text;
 drop index search_token_lookup;
 drop index search_token_owner;
 create index search_token_lookup on search_token (res_type, param, code, system);
-create index search_token_owner on search_token (res_type, res_id, param);
+-- The owner index carries the code, so checking a resource's category or code is index-only.
+create index search_token_owner on search_token (res_type, res_id, param, code, system);
 
 -- Strings: `norm` is lower-cased with accents removed (the default match is a case- and
 -- accent-insensitive prefix), `exact` as written (`:exact`). Collation "C" makes the prefix
@@ -39,15 +40,20 @@ create index search_date_owner on search_date (res_type, res_id, param, lo, hi);
 
 -- References: `target_type`/`target_id` for literal references `Type/id` (relative or absolute),
 -- `url` as written. The lookup index also serves `_revinclude` and `_has`.
+-- `date_lo`/`date_hi` carry the envelope of the referring resource's `date` parameter (e.g. an
+-- Observation's effective time), so "this patient's readings since X" is one range of the
+-- lookup index instead of a probe per reading.
 create table search_reference (
     res_type    text not null,
     res_id      text not null,
     param       text not null,
     target_type text,
     target_id   text,
-    url         text not null
+    url         text not null,
+    date_lo     bigint,
+    date_hi     bigint
 );
-create index search_reference_lookup on search_reference (res_type, param, target_id, target_type);
+create index search_reference_lookup on search_reference (res_type, param, target_id, date_hi);
 create index search_reference_owner on search_reference (res_type, res_id, param);
 
 -- Quantities: the value as given and, when the unit is a known UCUM unit, in the canonical unit

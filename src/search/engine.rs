@@ -35,7 +35,7 @@ pub struct SearchResult {
 pub fn spec(types: &[ResourceType], q: &SearchQuery) -> SearchSpec {
     SearchSpec {
         types: types.iter().map(|t| t.as_str().to_owned()).collect(),
-        clauses: q.clauses.clone(),
+        clauses: query::with_date_envelopes(&q.clauses),
         sort: q.sort.clone(),
         count: q.count.unwrap_or(DEFAULT_COUNT),
         offset: q.offset,

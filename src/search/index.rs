@@ -27,8 +27,7 @@ pub struct IndexRows {
     pub strings: Vec<(String, String, String)>,
     /// (param, lo, hi) in microseconds, inclusive
     pub dates: Vec<(String, i64, i64)>,
-    /// (param, target type, target id, url)
-    pub references: Vec<(String, Option<String>, Option<String>, String)>,
+    pub references: Vec<ReferenceRow>,
     pub quantities: Vec<QuantityRow>,
     /// (param, value)
     pub numbers: Vec<(String, f64)>,
@@ -53,6 +52,16 @@ impl IndexRows {
         self.len() == 0
     }
 }
+
+/// (param, target type, target id, url, envelope of the resource's `date`: lo, hi)
+pub type ReferenceRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<i64>,
+    Option<i64>,
+);
 
 /// (param, value, system, code, canonical value, canonical code)
 pub type QuantityRow = (
@@ -167,7 +176,9 @@ pub fn rows(resource: &Value) -> IndexRows {
                 target_type,
                 id,
                 url,
-            } => out.references.push((param, target_type, id, url)),
+            } => out
+                .references
+                .push((param, target_type, id, url, None, None)),
             IndexValue::Quantity {
                 value,
                 system,
@@ -194,6 +205,20 @@ pub fn rows(resource: &Value) -> IndexRows {
     dedup(&mut out.tokens);
     dedup(&mut out.strings);
     dedup(&mut out.references);
+    // The envelope of the resource's `date` values on each reference row (0002_search.sql).
+    let envelope = out.dates.iter().filter(|d| d.0 == "date").fold(
+        None,
+        |acc: Option<(i64, i64)>, d| match acc {
+            None => Some((d.1, d.2)),
+            Some((lo, hi)) => Some((lo.min(d.1), hi.max(d.2))),
+        },
+    );
+    if let Some((lo, hi)) = envelope {
+        for r in &mut out.references {
+            r.4 = Some(lo);
+            r.5 = Some(hi);
+        }
+    }
     dedup(&mut out.uris);
     composites(resource, &mut out.composites);
     out

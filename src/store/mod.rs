@@ -1049,7 +1049,7 @@ const PG_INDEX_TYPES: [&[&str]; 8] = [
     &["text", "text", "text", "text"],
     &["text", "text", "text"],
     &["text", "int8", "int8"],
-    &["text", "text", "text", "text"],
+    &["text", "text", "text", "text", "int8", "int8"],
     &["text", "float8", "text", "text", "float8", "text"],
     &["text", "float8"],
     &["text", "text"],
@@ -1064,7 +1064,10 @@ const INDEX_COLUMNS: &[(&str, &str)] = &[
     ("search_token", "param, system, code, text"),
     ("search_string", "param, norm, exact"),
     ("search_date", "param, lo, hi"),
-    ("search_reference", "param, target_type, target_id, url"),
+    (
+        "search_reference",
+        "param, target_type, target_id, url, date_lo, date_hi",
+    ),
     (
         "search_quantity",
         "param, value, system, code, cvalue, ccode",
@@ -1191,7 +1194,9 @@ async fn apply_pg(conn: &mut sqlx::PgConnection, row: &VersionRow<'_>) -> Result
             .bind(col(&ix.references, |t| t.0.as_str()))
             .bind(col(&ix.references, |t| t.1.as_deref()))
             .bind(col(&ix.references, |t| t.2.as_deref()))
-            .bind(col(&ix.references, |t| t.3.as_str()));
+            .bind(col(&ix.references, |t| t.3.as_str()))
+            .bind(col(&ix.references, |t| t.4))
+            .bind(col(&ix.references, |t| t.5));
     }
     if present[4] {
         q = q

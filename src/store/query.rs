@@ -184,6 +184,13 @@ pub enum Clause {
     /// (`Patient/[id]/$everything`, https://hl7.org/fhir/R4/compartmentdefinition-patient.html:
     /// membership is approximated by any reference parameter pointing at the patient).
     Compartment { ty: String, id: String },
+    /// A reference clause (`Values` on the reference table) whose resources must also have a
+    /// `date` matching `within`: the rows' date envelope narrows the index range first (the
+    /// exact date clause stays in the search too).
+    Dated {
+        reference: Box<Clause>,
+        within: DateRange,
+    },
     /// Any of these (a parameter answered from two others, e.g. Observation `combo-code`).
     Any(Vec<Clause>),
     /// All of these.
@@ -333,36 +340,8 @@ pub fn push_clause(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause) {
             }
             sql.push(")");
         }
-        Clause::Values {
-            table,
-            param,
-            any_of,
-            negate,
-        } => {
-            sql.push(alias)
-                .push(if *negate {
-                    ".res_id not in ("
-                } else {
-                    ".res_id in ("
-                })
-                .push("select res_id from ")
-                .push(table.name())
-                .push(" where res_type = ");
-            sql.text(ty).push(" and param = ");
-            sql.text(param).push(" and (");
-            if any_of.is_empty() {
-                sql.push("1 = 0");
-            }
-            for (i, p) in any_of.iter().enumerate() {
-                if i > 0 {
-                    sql.push(" or ");
-                }
-                sql.push("(");
-                push_pred(sql, p);
-                sql.push(")");
-            }
-            sql.push("))");
-        }
+        Clause::Values { .. } => push_values(sql, alias, ty, clause, None),
+        Clause::Dated { reference, within } => push_values(sql, alias, ty, reference, Some(within)),
         Clause::Missing {
             table,
             param,
@@ -426,6 +405,114 @@ pub fn push_clause(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause) {
             sql.push("))");
         }
     }
+}
+
+/// A `Values` clause; `within` adds the date envelope condition of [`Clause::Dated`].
+fn push_values(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause, within: Option<&DateRange>) {
+    let Clause::Values {
+        table,
+        param,
+        any_of,
+        negate,
+    } = clause
+    else {
+        push_clause(sql, alias, ty, clause);
+        return;
+    };
+    sql.push(alias)
+        .push(if *negate {
+            ".res_id not in ("
+        } else {
+            ".res_id in ("
+        })
+        .push("select res_id from ")
+        .push(table.name())
+        .push(" where res_type = ");
+    sql.text(ty).push(" and param = ");
+    sql.text(param).push(" and (");
+    if any_of.is_empty() {
+        sql.push("1 = 0");
+    }
+    for (i, p) in any_of.iter().enumerate() {
+        if i > 0 {
+            sql.push(" or ");
+        }
+        sql.push("(");
+        push_pred(sql, p);
+        sql.push(")");
+    }
+    sql.push(")");
+    if let Some(r) = within {
+        push_envelope(sql, r);
+    }
+    sql.push(")");
+}
+
+/// A condition every resource with a `date` value matching `r` meets, on the envelope
+/// [date_lo, date_hi] of all its values (see `search_reference` in `0002_search.sql`).
+fn push_envelope(sql: &mut Sql, r: &DateRange) {
+    match r.prefix {
+        Prefix::Eq => {
+            sql.push(" and date_hi >= ");
+            sql.int(r.lo).push(" and date_lo <= ");
+            sql.int(r.hi);
+        }
+        Prefix::Ge => {
+            sql.push(" and date_hi >= ");
+            sql.int(r.lo);
+        }
+        Prefix::Gt | Prefix::Sa => {
+            sql.push(" and date_hi > ");
+            sql.int(r.hi);
+        }
+        Prefix::Le => {
+            sql.push(" and date_lo <= ");
+            sql.int(r.hi);
+        }
+        Prefix::Lt | Prefix::Eb => {
+            sql.push(" and date_lo < ");
+            sql.int(r.lo);
+        }
+        Prefix::Ne | Prefix::Ap => {}
+    }
+}
+
+/// Turns reference clauses into [`Clause::Dated`] ones when the search also has a single
+/// `date` criterion, so the reference index range is narrowed by date.
+pub fn with_date_envelopes(clauses: &[Clause]) -> Vec<Clause> {
+    let dates: Vec<DateRange> = clauses
+        .iter()
+        .filter_map(|c| match c {
+            Clause::Values {
+                table: Table::Date,
+                param,
+                any_of,
+                negate: false,
+            } if param == "date" && any_of.len() == 1 => match &any_of[0] {
+                Pred::Date(r) => Some(*r),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let Some(within) = dates.first().copied() else {
+        return clauses.to_vec();
+    };
+    clauses
+        .iter()
+        .map(|c| match c {
+            Clause::Values {
+                table: Table::Reference,
+                negate: false,
+                any_of,
+                ..
+            } if any_of.iter().all(|p| matches!(p, Pred::Reference { .. })) => Clause::Dated {
+                reference: Box::new(c.clone()),
+                within,
+            },
+            other => other.clone(),
+        })
+        .collect()
 }
 
 fn push_token(sql: &mut Sql, system_col: &str, code_col: &str, t: &TokenMatch) {
