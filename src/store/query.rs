@@ -246,6 +246,28 @@ impl Sql {
         self.bind(Bind::Text(s.to_owned()))
     }
 
+    /// Appends another statement part, renumbering its placeholders after this one's.
+    pub fn append(&mut self, other: Sql) -> &mut Self {
+        let shift = self.binds.len();
+        let mut rest = other.text.as_str();
+        while let Some(i) = rest.find('$') {
+            self.text.push_str(&rest[..i]);
+            let digits = rest[i + 1..]
+                .find(|c: char| !c.is_ascii_digit())
+                .map_or(rest.len() - i - 1, |n| n);
+            match rest[i + 1..i + 1 + digits].parse::<usize>() {
+                Ok(n) => {
+                    let _ = write!(self.text, "${}", n + shift);
+                }
+                Err(_) => self.text.push('$'),
+            }
+            rest = &rest[i + 1 + digits..];
+        }
+        self.text.push_str(rest);
+        self.binds.extend(other.binds);
+        self
+    }
+
     fn int(&mut self, v: i64) -> &mut Self {
         self.bind(Bind::Int(v))
     }
@@ -409,23 +431,32 @@ pub fn push_clause(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause) {
 
 /// A `Values` clause; `within` adds the date envelope condition of [`Clause::Dated`].
 fn push_values(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause, within: Option<&DateRange>) {
+    let Clause::Values { negate, .. } = clause else {
+        push_clause(sql, alias, ty, clause);
+        return;
+    };
+    sql.push(alias).push(if *negate {
+        ".res_id not in ("
+    } else {
+        ".res_id in ("
+    });
+    push_values_select(sql, ty, clause, within);
+    sql.push(")");
+}
+
+/// `select res_id from <table> where …` of a `Values` clause (ignoring `negate`).
+fn push_values_select(sql: &mut Sql, ty: &str, clause: &Clause, within: Option<&DateRange>) {
     let Clause::Values {
         table,
         param,
         any_of,
-        negate,
+        ..
     } = clause
     else {
-        push_clause(sql, alias, ty, clause);
+        sql.push("select null where 1 = 0");
         return;
     };
-    sql.push(alias)
-        .push(if *negate {
-            ".res_id not in ("
-        } else {
-            ".res_id in ("
-        })
-        .push("select res_id from ")
+    sql.push("select res_id from ")
         .push(table.name())
         .push(" where res_type = ");
     sql.text(ty).push(" and param = ");
@@ -445,7 +476,6 @@ fn push_values(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause, within: Op
     if let Some(r) = within {
         push_envelope(sql, r);
     }
-    sql.push(")");
 }
 
 /// A condition every resource with a `date` value matching `r` meets, on the envelope
@@ -868,12 +898,65 @@ fn push_filter_join(sql: &mut Sql, spec: &SearchSpec, join: &str) {
     sql.push(")");
 }
 
-/// `select count(*)` of a search.
+/// `select count(*)` of a search. With one type and a positive index clause, the count is
+/// taken over that clause's index rows with the other clauses applied to them: the index holds
+/// only current, undeleted versions, so `resource` need not be read row by row.
 pub fn count_sql(spec: &SearchSpec) -> Sql {
     let mut sql = Sql::default();
     sql.push("select count(*)");
-    push_filter(&mut sql, spec);
+    let driver = spec
+        .clauses
+        .iter()
+        .position(|c| {
+            matches!(
+                c,
+                Clause::Values { negate: false, .. } | Clause::Dated { .. }
+            )
+        })
+        .filter(|_| {
+            spec.types.len() == 1
+                && !spec
+                    .clauses
+                    .iter()
+                    .any(|c| matches!(c, Clause::LastUpdated(_) | Clause::Compartment { .. }))
+        });
+    let Some(d) = driver else {
+        push_filter(&mut sql, spec);
+        return sql;
+    };
+    let ty = &spec.types[0];
+    sql.push(" from (select distinct res_id from (");
+    match &spec.clauses[d] {
+        Clause::Dated { reference, within } => {
+            push_values_select(&mut sql, ty, reference, Some(within))
+        }
+        c => push_values_select(&mut sql, ty, c, None),
+    }
+    sql.push(") v) r where 1 = 1");
+    for (i, clause) in spec.clauses.iter().enumerate() {
+        if i != d {
+            sql.push(" and ");
+            push_clause(&mut sql, "r", ty, clause);
+        }
+    }
     sql
+}
+
+/// True when a clause picks few resources by identity (a reference to one resource, ids): the
+/// page is then computed from the matches and sorted, rather than by walking the type's
+/// resources in order until enough match, which the planner may choose when it underestimates
+/// how many resources a patient has.
+fn selective(spec: &SearchSpec) -> bool {
+    spec.clauses.iter().any(|c| match c {
+        Clause::Id { negate: false, .. } | Clause::Dated { .. } | Clause::Chain { .. } => true,
+        Clause::Values {
+            table: Table::Reference,
+            negate: false,
+            any_of,
+            ..
+        } => any_of.iter().all(|p| matches!(p, Pred::Reference { .. })),
+        _ => false,
+    })
 }
 
 /// The columns of a stored version, for the executors.
@@ -886,27 +969,37 @@ pub const VERSION_COLUMNS: &str =
 pub fn page_sql(spec: &SearchSpec, limit: usize) -> Sql {
     let mut sql = Sql::default();
     let reverse = spec.cursor.as_ref().is_some_and(|c| c.before);
-    let _ = write!(
-        sql.text,
-        "select {VERSION_COLUMNS} from (select r.res_type, r.res_id, r.version_id, r.last_updated"
-    );
+    let fenced = selective(spec);
+    // The matching rows: in a MATERIALIZED CTE when selective, which keeps the planner from
+    // pushing the LIMIT into the matching (see `selective`); inline otherwise.
+    let mut inner = Sql::default();
+    inner.push("select r.res_type, r.res_id, r.version_id, r.last_updated");
     for (i, key) in spec.sort.iter().enumerate() {
-        sql.push(", ");
-        push_sort_expr(&mut sql, key);
-        let _ = write!(sql.text, " as k{i}");
+        inner.push(", ");
+        push_sort_expr(&mut inner, key);
+        let _ = write!(inner.text, " as k{i}");
     }
-    push_filter(&mut sql, spec);
+    push_filter(&mut inner, spec);
     if let Some(c) = &spec.cursor {
-        sql.push(if c.before {
+        inner.push(if c.before {
             " and (r.res_type, r.res_id) < ("
         } else {
             " and (r.res_type, r.res_id) > ("
         });
-        sql.text(&c.ty).push(", ");
-        sql.text(&c.id).push(")");
+        inner.text(&c.ty).push(", ");
+        inner.text(&c.id).push(")");
+    }
+    if fenced {
+        sql.push("with m as materialized (");
+        sql.append(inner);
+        sql.push(") select ").push(VERSION_COLUMNS);
+        sql.push(" from (select * from m r");
+    } else {
+        sql.push("select ").push(VERSION_COLUMNS).push(" from (");
+        sql.append(inner);
     }
     sql.push(" order by ");
-    push_order(&mut sql, spec, reverse, "r", false);
+    push_order(&mut sql, spec, reverse, "r", fenced);
     sql.push(" limit ");
     sql.int(limit as i64);
     if spec.cursor.is_none() && spec.offset > 0 {
@@ -915,7 +1008,7 @@ pub fn page_sql(spec: &SearchSpec, limit: usize) -> Sql {
     }
     sql.push(
         ") p join resource_history h on h.res_type = p.res_type and h.res_id = p.res_id \
-              and h.version_id = p.version_id order by ",
+         and h.version_id = p.version_id order by ",
     );
     push_order(&mut sql, spec, reverse, "p", true);
     sql
@@ -1067,11 +1160,37 @@ mod tests {
             ],
             ..Default::default()
         };
+        // Counted over the code clause's index rows: type, param, system, code, then the id.
         let sql = count_sql(&spec);
-        assert_eq!(sql.binds.len(), 6);
-        assert!(sql.text.contains("$6"));
-        assert!(!sql.text.contains("$7"));
+        assert_eq!(sql.binds.len(), 5);
+        assert!(sql.text.contains("$5"));
+        assert!(!sql.text.contains("$6"));
+        assert!(
+            sql.text
+                .contains("from (select distinct res_id from (select res_id from search_token")
+        );
         assert_eq!(sql.binds[0], Bind::Text("Observation".into()));
+        // The page of a search with an id clause is computed from its matches first.
+        let page = page_sql(&spec, 21);
+        assert!(
+            page.text.starts_with("with m as materialized ("),
+            "{}",
+            page.text
+        );
+    }
+
+    #[test]
+    fn appended_parts_are_renumbered() {
+        let mut a = Sql::default();
+        a.push("x = ").text("1");
+        let mut b = Sql::default();
+        b.push("y = ")
+            .text("2")
+            .push(" and '$' = '$' and z = ")
+            .text("3");
+        a.push(" and ").append(b);
+        assert_eq!(a.text, "x = $1 and y = $2 and '$' = '$' and z = $3");
+        assert_eq!(a.binds.len(), 3);
     }
 
     #[test]
