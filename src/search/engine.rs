@@ -55,7 +55,15 @@ pub async fn run(
     let count = if count_only { 0 } else { spec.count };
     let mut result = SearchResult::default();
     if count > 0 {
-        let mut rows = db.versions(&query::page_sql(&spec, count + 1)).await?;
+        // The cursor condition is part of the matches the page query counts: only without
+        // one does that count equal the total.
+        let with_total = want_total && spec.cursor.is_none() && query::selective(&spec);
+        let (mut rows, counted) = db
+            .versions_total(&query::page_sql_total(&spec, count + 1, with_total))
+            .await?;
+        if with_total {
+            result.total = counted;
+        }
         let backwards = spec.cursor.as_ref().is_some_and(|c| c.before);
         let more = rows.len() > count;
         rows.truncate(count);

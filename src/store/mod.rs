@@ -355,6 +355,15 @@ impl Db<'_> {
         on_db!(self, fetch_versions, sql)
     }
 
+    /// Like [`Db::versions`], for a query that may also select a `total` column
+    /// ([`query::page_sql_total`]): its value from the first row, if any.
+    pub async fn versions_total(
+        &mut self,
+        sql: &query::Sql,
+    ) -> Result<(Vec<Version>, Option<i64>), StoreError> {
+        on_db!(self, fetch_versions_total, sql)
+    }
+
     /// Runs a query built by [`query`] that selects two text columns.
     pub async fn pairs(&mut self, sql: &query::Sql) -> Result<Vec<(String, String)>, StoreError> {
         on_db!(self, fetch_pairs, sql)
@@ -655,7 +664,11 @@ macro_rules! backend {
             fn bind_all<'q>(
                 sql: &'q query::Sql,
             ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments> {
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.text.as_str()));
+                // Not a cached prepared statement: PostgreSQL then plans each search with its
+                // actual values. A cached statement switches to a generic plan after five runs,
+                // which cannot tell one patient's 1,000 readings from a code's 250,000 and may
+                // drive from the wrong index (https://www.postgresql.org/docs/current/sql-prepare.html#SQL-PREPARE-NOTES).
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.text.as_str())).persistent(false);
                 for b in &sql.binds {
                     q = match b {
                         query::Bind::Text(s) => q.bind(s.as_str()),
@@ -669,6 +682,19 @@ macro_rules! backend {
             pub async fn fetch_versions(conn: &mut Conn, sql: &query::Sql) -> Result<Vec<Version>, StoreError> {
                 let rows = bind_all(sql).fetch_all(&mut *conn).await?;
                 Ok(rows.iter().map(version_from_row).collect::<Result<_, _>>()?)
+            }
+
+            pub async fn fetch_versions_total(
+                conn: &mut Conn,
+                sql: &query::Sql,
+            ) -> Result<(Vec<Version>, Option<i64>), StoreError> {
+                let rows = bind_all(sql).fetch_all(&mut *conn).await?;
+                let total = match rows.first() {
+                    Some(r) => r.try_get::<i64, _>("total").ok(),
+                    None => None,
+                };
+                let versions = rows.iter().map(version_from_row).collect::<Result<_, _>>()?;
+                Ok((versions, total))
             }
 
             pub async fn fetch_pairs(conn: &mut Conn, sql: &query::Sql) -> Result<Vec<(String, String)>, StoreError> {

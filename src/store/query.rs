@@ -946,7 +946,7 @@ pub fn count_sql(spec: &SearchSpec) -> Sql {
 /// page is then computed from the matches and sorted, rather than by walking the type's
 /// resources in order until enough match, which the planner may choose when it underestimates
 /// how many resources a patient has.
-fn selective(spec: &SearchSpec) -> bool {
+pub fn selective(spec: &SearchSpec) -> bool {
     spec.clauses.iter().any(|c| match c {
         Clause::Id { negate: false, .. } | Clause::Dated { .. } | Clause::Chain { .. } => true,
         Clause::Values {
@@ -967,6 +967,13 @@ pub const VERSION_COLUMNS: &str =
 /// next page exists). The inner query picks the page from the index and `resource`; the outer
 /// one joins the JSON of just those rows and keeps the order through the selected sort keys.
 pub fn page_sql(spec: &SearchSpec, limit: usize) -> Sql {
+    page_sql_total(spec, limit, false)
+}
+
+/// [`page_sql`]; with `total` and a [`selective`] search, each row also carries the number of
+/// matches in a `total` column, counted from the same materialized matches (one query, one
+/// plan, instead of a second one for the count).
+pub fn page_sql_total(spec: &SearchSpec, limit: usize, total: bool) -> Sql {
     let mut sql = Sql::default();
     let reverse = spec.cursor.as_ref().is_some_and(|c| c.before);
     let fenced = selective(spec);
@@ -993,6 +1000,9 @@ pub fn page_sql(spec: &SearchSpec, limit: usize) -> Sql {
         sql.push("with m as materialized (");
         sql.append(inner);
         sql.push(") select ").push(VERSION_COLUMNS);
+        if total {
+            sql.push(", (select count(*) from m) as total");
+        }
         sql.push(" from (select * from m r");
     } else {
         sql.push("select ").push(VERSION_COLUMNS).push(" from (");
