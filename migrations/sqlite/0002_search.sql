@@ -9,7 +9,8 @@
 alter table search_token add column text text;
 drop index search_token_lookup;
 drop index search_token_owner;
-create index search_token_lookup on search_token (res_type, param, code, system);
+-- res_id last: counting and intersecting the matches of a code reads the index only.
+create index search_token_lookup on search_token (res_type, param, code, system, res_id);
 -- The owner index carries the code, so checking a resource's category or code is index-only.
 create index search_token_owner on search_token (res_type, res_id, param, code, system);
 

@@ -201,8 +201,19 @@ pub fn rows(resource: &Value) -> IndexRows {
         out.tokens
             .push((p.to_owned(), None, String::new(), Some(t)));
     }
-    // The same value reached twice (e.g. `code` through two unions) is one row.
-    dedup(&mut out.tokens);
+    // The same value reached twice (e.g. `code` through two unions) is one row; a token is one
+    // row per (param, system, code) whatever text came with it, which lets a count over one
+    // fully given token skip `distinct` (store::query::count_sql).
+    let mut seen_tokens: Vec<(String, Option<String>, String)> = Vec::new();
+    out.tokens.retain(|t| {
+        let key = (t.0.clone(), t.1.clone(), t.2.clone());
+        if seen_tokens.contains(&key) {
+            false
+        } else {
+            seen_tokens.push(key);
+            true
+        }
+    });
     dedup(&mut out.strings);
     dedup(&mut out.references);
     // The envelope of the resource's `date` values on each reference row (0002_search.sql).

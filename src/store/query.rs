@@ -925,7 +925,19 @@ pub fn count_sql(spec: &SearchSpec) -> Sql {
         return sql;
     };
     let ty = &spec.types[0];
-    sql.push(" from (select distinct res_id from (");
+    // One fully given token matches at most one row per resource (search::index keeps one row
+    // per param, system and code), so its rows need no `distinct`.
+    let unique = matches!(
+        &spec.clauses[d],
+        Clause::Values { table: Table::Token, any_of, .. }
+            if any_of.len() == 1
+                && matches!(&any_of[0], Pred::Token(TokenMatch { system: Some(_), code: Some(_) }))
+    );
+    sql.push(if unique {
+        " from (select res_id from ("
+    } else {
+        " from (select distinct res_id from ("
+    });
     match &spec.clauses[d] {
         Clause::Dated { reference, within } => {
             push_values_select(&mut sql, ty, reference, Some(within))
@@ -1175,9 +1187,12 @@ mod tests {
         assert_eq!(sql.binds.len(), 5);
         assert!(sql.text.contains("$5"));
         assert!(!sql.text.contains("$6"));
+        // system|code is one row per resource: no distinct needed.
         assert!(
             sql.text
-                .contains("from (select distinct res_id from (select res_id from search_token")
+                .contains("from (select res_id from (select res_id from search_token"),
+            "{}",
+            sql.text
         );
         assert_eq!(sql.binds[0], Bind::Text("Observation".into()));
         // The page of a search with an id clause is computed from its matches first.
