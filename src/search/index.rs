@@ -36,23 +36,6 @@ pub struct IndexRows {
     pub composites: Vec<CompositeRow>,
 }
 
-impl IndexRows {
-    pub fn len(&self) -> usize {
-        self.tokens.len()
-            + self.strings.len()
-            + self.dates.len()
-            + self.references.len()
-            + self.quantities.len()
-            + self.numbers.len()
-            + self.uris.len()
-            + self.composites.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// (param, target type, target id, url, envelope of the resource's `date`: lo, hi)
 pub type ReferenceRow = (
     String,
