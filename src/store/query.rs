@@ -446,6 +446,19 @@ fn push_values(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause, within: Op
 
 /// `select res_id from <table> where …` of a `Values` clause (ignoring `negate`).
 fn push_values_select(sql: &mut Sql, ty: &str, clause: &Clause, within: Option<&DateRange>) {
+    push_values_query(sql, "res_id", ty, clause, within, None);
+}
+
+/// `select <what> from <table> where …` of a `Values` clause; with `owner`, only the rows of
+/// the resource `owner.res_id` (a correlated probe of the table's owner index).
+fn push_values_query(
+    sql: &mut Sql,
+    what: &str,
+    ty: &str,
+    clause: &Clause,
+    within: Option<&DateRange>,
+    owner: Option<&str>,
+) {
     let Clause::Values {
         table,
         param,
@@ -456,10 +469,16 @@ fn push_values_select(sql: &mut Sql, ty: &str, clause: &Clause, within: Option<&
         sql.push("select null where 1 = 0");
         return;
     };
-    sql.push("select res_id from ")
+    sql.push("select ")
+        .push(what)
+        .push(" from ")
         .push(table.name())
         .push(" where res_type = ");
-    sql.text(ty).push(" and param = ");
+    sql.text(ty);
+    if let Some(alias) = owner {
+        sql.push(" and res_id = ").push(alias).push(".res_id");
+    }
+    sql.push(" and param = ");
     sql.text(param).push(" and (");
     if any_of.is_empty() {
         sql.push("1 = 0");
@@ -971,6 +990,135 @@ pub fn selective(spec: &SearchSpec) -> bool {
     })
 }
 
+/// The clause a [`selective`] search on one type is answered from, when it has one: an `_id`
+/// list or a reference to one resource (optionally narrowed by its date envelope). The page is
+/// then built from that clause's few index rows, each checked against the other clauses with a
+/// correlated probe of their tables' owner index ([`push_probe`]): no `resource` rows are read
+/// until the page is known, and the planner has a single-table scan to plan, not a join of
+/// every clause's table (planning took longer than running before, see issue 3's notes).
+pub fn driver(spec: &SearchSpec) -> Option<usize> {
+    if spec.types.len() != 1
+        || spec
+            .clauses
+            .iter()
+            .any(|c| matches!(c, Clause::LastUpdated(_) | Clause::Compartment { .. }))
+    {
+        return None;
+    }
+    let rank = |c: &Clause| match c {
+        Clause::Id { negate: false, .. } => Some(0),
+        Clause::Dated { .. } => Some(1),
+        Clause::Values {
+            table: Table::Reference,
+            negate: false,
+            any_of,
+            ..
+        } if any_of.iter().all(|p| matches!(p, Pred::Reference { .. })) => Some(2),
+        _ => None,
+    };
+    (0..spec.clauses.len())
+        .filter_map(|i| rank(&spec.clauses[i]).map(|r| (r, i)))
+        .min()
+        .map(|(_, i)| i)
+}
+
+/// `select res_id from …` of a [`driver`] clause.
+fn push_driver_select(sql: &mut Sql, ty: &str, clause: &Clause) {
+    match clause {
+        Clause::Id { ids, .. } => {
+            sql.push("select res_id from resource where res_type = ");
+            sql.text(ty).push(" and deleted = false and res_id in (");
+            push_list(sql, ids);
+        }
+        Clause::Dated { reference, within } => push_values_select(sql, ty, reference, Some(within)),
+        c => push_values_select(sql, ty, c, None),
+    }
+}
+
+/// `clause` on the resource `alias.res_id`: positive value clauses as a correlated `exists`
+/// (`offset 0` keeps PostgreSQL from turning it into a join it would have to plan), the others
+/// as in [`push_clause`].
+fn push_probe(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause) {
+    let (values, within) = match clause {
+        Clause::Values { negate: false, .. } => (clause, None),
+        Clause::Dated { reference, within } => (reference.as_ref(), Some(within)),
+        _ => return push_clause(sql, alias, ty, clause),
+    };
+    sql.push("exists (");
+    push_values_query(sql, "1", ty, values, within, Some(alias));
+    sql.push(" limit 1 offset 0)");
+}
+
+/// [`page_sql_total`] of a search with a [`driver`] clause `d`.
+fn driver_page_sql(spec: &SearchSpec, d: usize, limit: usize, total: bool) -> Sql {
+    let ty = &spec.types[0];
+    let reverse = spec.cursor.as_ref().is_some_and(|c| c.before);
+    let mut sql = Sql::default();
+    sql.push("with m as materialized (select distinct s.res_id from (");
+    push_driver_select(&mut sql, ty, &spec.clauses[d]);
+    sql.push(") s where 1 = 1");
+    if let Some(c) = &spec.cursor {
+        sql.push(" and (");
+        sql.text(ty).push(if c.before {
+            ", s.res_id) < ("
+        } else {
+            ", s.res_id) > ("
+        });
+        sql.text(&c.ty).push(", ");
+        sql.text(&c.id).push(")");
+    }
+    for (i, clause) in spec.clauses.iter().enumerate() {
+        if i != d {
+            sql.push(" and ");
+            push_probe(&mut sql, "s", ty, clause);
+        }
+    }
+    sql.push(") select ").push(VERSION_COLUMNS);
+    if total {
+        sql.push(", (select count(*) from m) as total");
+    }
+    let page_end = |sql: &mut Sql| {
+        sql.push(" limit ");
+        sql.int(limit as i64);
+        if spec.cursor.is_none() && spec.offset > 0 {
+            sql.push(" offset ");
+            sql.int(spec.offset as i64);
+        }
+    };
+    if spec.sort.is_empty() {
+        // One type: the default order is by id; the page is cut before any resource is read.
+        let dir = if reverse { "desc" } else { "asc" };
+        let _ = write!(
+            sql.text,
+            " from (select res_id from m order by res_id {dir}"
+        );
+        page_end(&mut sql);
+        sql.push(") p join resource r on r.res_type = ");
+        sql.text(ty).push(
+            " and r.res_id = p.res_id join resource_history h on h.res_type = r.res_type \
+             and h.res_id = r.res_id and h.version_id = r.version_id order by ",
+        );
+        let _ = write!(sql.text, "p.res_id {dir}");
+        return sql;
+    }
+    sql.push(" from (select r.res_type, r.res_id, r.version_id, r.last_updated");
+    for (i, key) in spec.sort.iter().enumerate() {
+        sql.push(", ");
+        push_sort_expr(&mut sql, key);
+        let _ = write!(sql.text, " as k{i}");
+    }
+    sql.push(" from m join resource r on r.res_type = ");
+    sql.text(ty).push(" and r.res_id = m.res_id order by ");
+    push_order(&mut sql, spec, reverse, "r", false);
+    page_end(&mut sql);
+    sql.push(
+        ") p join resource_history h on h.res_type = p.res_type and h.res_id = p.res_id \
+         and h.version_id = p.version_id order by ",
+    );
+    push_order(&mut sql, spec, reverse, "p", true);
+    sql
+}
+
 /// The columns of a stored version, for the executors.
 pub const VERSION_COLUMNS: &str =
     "h.res_type, h.res_id, h.version_id, h.last_updated, h.method, h.content";
@@ -986,6 +1134,9 @@ pub fn page_sql(spec: &SearchSpec, limit: usize) -> Sql {
 /// matches in a `total` column, counted from the same materialized matches (one query, one
 /// plan, instead of a second one for the count).
 pub fn page_sql_total(spec: &SearchSpec, limit: usize, total: bool) -> Sql {
+    if let Some(d) = driver(spec) {
+        return driver_page_sql(spec, d, limit, total);
+    }
     let mut sql = Sql::default();
     let reverse = spec.cursor.as_ref().is_some_and(|c| c.before);
     let fenced = selective(spec);
@@ -1131,8 +1282,12 @@ pub fn current_sql(ty: &str, ids: &[String]) -> Sql {
 }
 
 /// `$lastn` (https://hl7.org/fhir/R4/observation-operation-lastn.html): of the Observations
-/// matching `spec`, the newest `max` per code (by effective date, then last update).
+/// matching `spec`, the newest `max` per code (by effective date; ties by last update, or by
+/// id when answered from a reference driver, see [`driver_lastn_sql`]).
 pub fn lastn_sql(spec: &SearchSpec, max: usize) -> Sql {
+    if let Some(d) = driver(spec).filter(|&d| !matches!(spec.clauses[d], Clause::Id { .. })) {
+        return driver_lastn_sql(spec, d, max);
+    }
     let mut sql = Sql::default();
     let _ = write!(
         sql.text,
@@ -1153,6 +1308,49 @@ pub fn lastn_sql(spec: &SearchSpec, max: usize) -> Sql {
     sql.push(
         ") p on h.res_type = p.res_type and h.res_id = p.res_id and h.version_id = p.version_id \
               order by h.res_id",
+    );
+    sql
+}
+
+/// [`lastn_sql`] for a search driven by a reference clause `d` (the usual `patient=`): the
+/// reference rows carry the envelope of the Observation's `date` values, whose upper end is the
+/// effective time `$lastn` orders by, so only the code (and the other clauses) are probed.
+fn driver_lastn_sql(spec: &SearchSpec, d: usize, max: usize) -> Sql {
+    let ty = &spec.types[0];
+    let mut sql = Sql::default();
+    let _ = write!(
+        sql.text,
+        "select {VERSION_COLUMNS} from (select distinct res_id from (select s.res_id, \
+         row_number() over (partition by c.system, c.code order by s.date_hi desc nulls last, \
+         s.res_id desc) as n from ("
+    );
+    // One row per resource: a resource referencing the patient twice ranks once.
+    match &spec.clauses[d] {
+        Clause::Dated { reference, within } => push_values_query(
+            &mut sql,
+            "distinct res_id, date_hi",
+            ty,
+            reference,
+            Some(within),
+            None,
+        ),
+        c => push_values_query(&mut sql, "distinct res_id, date_hi", ty, c, None, None),
+    }
+    sql.push(") s join search_token c on c.res_type = ");
+    sql.text(ty)
+        .push(" and c.res_id = s.res_id and c.param = 'code' where 1 = 1");
+    for (i, clause) in spec.clauses.iter().enumerate() {
+        if i != d {
+            sql.push(" and ");
+            push_probe(&mut sql, "s", ty, clause);
+        }
+    }
+    sql.push(") ranked where n <= ");
+    sql.int(max as i64);
+    sql.push(") p join resource r on r.res_type = ");
+    sql.text(ty).push(
+        " and r.res_id = p.res_id join resource_history h on h.res_type = r.res_type \
+         and h.res_id = r.res_id and h.version_id = r.version_id order by h.res_id",
     );
     sql
 }

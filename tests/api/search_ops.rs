@@ -309,8 +309,128 @@ async fn lastn(app: TestApp) {
         &["ln-q-hr-09"],
     )
     .await;
+    // Without a patient: the newest per code over every subject.
+    check(
+        &app,
+        "Observation/$lastn?category=vital-signs&max=1",
+        &["ln-q-hr-09", "ln-bw-04"],
+    )
+    .await;
+    check(
+        &app,
+        "Observation/$lastn?code=http://loinc.org|29463-7&max=1",
+        &["ln-bw-04"],
+    )
+    .await;
 }
 both!(lastn);
+
+/// Searches answered from one patient's reference rows (`store::query::driver`): the page,
+/// both paging directions, `_sort`, `_total`, a date range and `_id` together with them.
+async fn patient_driven_pages(app: TestApp) {
+    for id in ["dp-p", "dp-q"] {
+        put(&app, json!({"resourceType": "Patient", "id": id})).await;
+    }
+    for (id, subject, day) in [
+        ("dp-3", "dp-p", "03"),
+        ("dp-1", "dp-p", "05"),
+        ("dp-5", "dp-p", "01"),
+        ("dp-2", "dp-p", "04"),
+        ("dp-4", "dp-p", "02"),
+        ("dp-q1", "dp-q", "06"),
+    ] {
+        let mut o = observation(
+            &format!("Patient/{subject}"),
+            "8867-4",
+            "Heart rate",
+            &format!("2026-03-{day}T08:00:00Z"),
+            70.0,
+        );
+        o["id"] = json!(id);
+        put(&app, o).await;
+    }
+    let walk = |start: String| {
+        let app = &app;
+        async move {
+            let mut url = search_url(app, &start);
+            let mut pages = Vec::new();
+            loop {
+                let page = follow(app, &url).await;
+                let next = link(&page, "next");
+                pages.push(page);
+                match next {
+                    Some(n) => url = n,
+                    None => break,
+                }
+            }
+            pages
+        }
+    };
+    let pages = walk("Observation?patient=dp-p&_count=2".into()).await;
+    let ids: Vec<String> = pages.iter().flat_map(crate::search::match_ids).collect();
+    assert_eq!(ids, ["dp-1", "dp-2", "dp-3", "dp-4", "dp-5"]);
+    assert_eq!(pages.len(), 3);
+    assert_eq!(pages[0]["total"], 5, "{}", pages[0]);
+    let back = follow(&app, &link(&pages[2], "previous").expect("previous")).await;
+    assert_eq!(crate::search::match_ids(&back), ["dp-3", "dp-4"]);
+    let back = follow(&app, &link(&back, "previous").expect("previous")).await;
+    assert_eq!(crate::search::match_ids(&back), ["dp-1", "dp-2"]);
+
+    let pages = walk("Observation?patient=dp-p&_sort=-date&_count=2".into()).await;
+    let ids: Vec<String> = pages.iter().flat_map(crate::search::match_ids).collect();
+    assert_eq!(ids, ["dp-1", "dp-2", "dp-3", "dp-4", "dp-5"]);
+    let pages = walk("Observation?patient=dp-p&_sort=date&_count=2".into()).await;
+    let ids: Vec<String> = pages.iter().flat_map(crate::search::match_ids).collect();
+    assert_eq!(ids, ["dp-5", "dp-4", "dp-3", "dp-2", "dp-1"]);
+
+    let b = bundle(
+        &app,
+        "Observation?patient=dp-p&date=ge2026-03-03&_total=accurate&_count=1",
+    )
+    .await;
+    assert_eq!(b["total"], 3, "{b}");
+    assert_eq!(crate::search::match_ids(&b), ["dp-1"]);
+    check(
+        &app,
+        "Observation?patient=dp-p&date=lt2026-03-03",
+        &["dp-4", "dp-5"],
+    )
+    .await;
+    check(
+        &app,
+        "Observation?patient=dp-p,dp-q&date=ge2026-03-05",
+        &["dp-1", "dp-q1"],
+    )
+    .await;
+    check(
+        &app,
+        "Observation?_id=dp-2,dp-q1,dp-x&patient=dp-p",
+        &["dp-2"],
+    )
+    .await;
+    check(
+        &app,
+        "Observation?_id=dp-2,dp-q1&code=http://loinc.org|8867-4",
+        &["dp-2", "dp-q1"],
+    )
+    .await;
+    check(
+        &app,
+        "Observation?patient=dp-p&code:not=http://loinc.org|8867-4",
+        &[],
+    )
+    .await;
+    // Deleted resources leave the index with their rows.
+    app.delete("Observation/dp-3").await;
+    check(
+        &app,
+        "Observation?patient=dp-p&date=ge2026-03-03",
+        &["dp-1", "dp-2"],
+    )
+    .await;
+    check(&app, "Observation?_id=dp-3,dp-4", &["dp-4"]).await;
+}
+both!(patient_driven_pages);
 
 /// `Type/id` of every resource in `$everything` for `query`, following the next links.
 async fn everything(app: &TestApp, query: &str) -> (Vec<String>, usize) {
