@@ -6,6 +6,21 @@
 --
 -- Tokens: `system` is null when the value has none; `text` is the normalised display of the
 -- Coding / text of the CodeableConcept, for the `:text` modifier.
+--
+-- Every key column compares bytewise (collation "C"): ids, types, parameter names, codes and
+-- systems are identifiers, not prose, and a locale collation (even C.UTF-8) makes each B-tree
+-- comparison a strcoll() call, a visible share of every search and every write.
+alter table resource alter column res_type type text collate "C",
+    alter column res_id type text collate "C";
+alter table resource_history alter column res_type type text collate "C",
+    alter column res_id type text collate "C";
+alter table change_log alter column res_type type text collate "C",
+    alter column res_id type text collate "C";
+alter table search_token alter column res_type type text collate "C",
+    alter column res_id type text collate "C",
+    alter column param type text collate "C",
+    alter column system type text collate "C",
+    alter column code type text collate "C";
 alter table search_token add column text text;
 drop index search_token_lookup;
 drop index search_token_owner;
@@ -18,9 +33,9 @@ create index search_token_owner on search_token (res_type, res_id, param, code, 
 -- accent-insensitive prefix), `exact` as written (`:exact`). Collation "C" makes the prefix
 -- range `norm >= p and norm < p || U+10FFFF` use the index whatever the database locale.
 create table search_string (
-    res_type text not null,
-    res_id   text not null,
-    param    text not null,
+    res_type text collate "C" not null,
+    res_id   text collate "C" not null,
+    param    text collate "C" not null,
     norm     text collate "C" not null,
     exact    text not null
 );
@@ -30,9 +45,9 @@ create index search_string_owner on search_string (res_type, res_id, param);
 -- Dates: the inclusive range of instants the value covers, in microseconds since the epoch
 -- (an open Period end is the smallest / largest bigint).
 create table search_date (
-    res_type text   not null,
-    res_id   text   not null,
-    param    text   not null,
+    res_type text collate "C" not null,
+    res_id   text collate "C" not null,
+    param    text collate "C" not null,
     lo       bigint not null,
     hi       bigint not null
 );
@@ -45,12 +60,12 @@ create index search_date_owner on search_date (res_type, res_id, param, lo, hi);
 -- Observation's effective time), so "this patient's readings since X" is one range of the
 -- lookup index instead of a probe per reading.
 create table search_reference (
-    res_type    text not null,
-    res_id      text not null,
-    param       text not null,
-    target_type text,
-    target_id   text,
-    url         text not null,
+    res_type    text collate "C" not null,
+    res_id      text collate "C" not null,
+    param       text collate "C" not null,
+    target_type text collate "C",
+    target_id   text collate "C",
+    url         text collate "C" not null,
     date_lo     bigint,
     date_hi     bigint
 );
@@ -60,31 +75,31 @@ create index search_reference_owner on search_reference (res_type, res_id, param
 -- Quantities: the value as given and, when the unit is a known UCUM unit, in the canonical unit
 -- of its dimension (`cvalue`, `ccode`), so `gt70|http://unitsofmeasure.org|kg` finds pounds.
 create table search_quantity (
-    res_type text not null,
-    res_id   text not null,
-    param    text not null,
+    res_type text collate "C" not null,
+    res_id   text collate "C" not null,
+    param    text collate "C" not null,
     value    double precision not null,
-    system   text,
-    code     text,
+    system   text collate "C",
+    code     text collate "C",
     cvalue   double precision,
-    ccode    text
+    ccode    text collate "C"
 );
 create index search_quantity_lookup on search_quantity (res_type, param, value);
 create index search_quantity_owner on search_quantity (res_type, res_id, param);
 
 create table search_number (
-    res_type text not null,
-    res_id   text not null,
-    param    text not null,
+    res_type text collate "C" not null,
+    res_id   text collate "C" not null,
+    param    text collate "C" not null,
     value    double precision not null
 );
 create index search_number_lookup on search_number (res_type, param, value);
 create index search_number_owner on search_number (res_type, res_id, param);
 
 create table search_uri (
-    res_type text not null,
-    res_id   text not null,
-    param    text not null,
+    res_type text collate "C" not null,
+    res_id   text collate "C" not null,
+    param    text collate "C" not null,
     value    text collate "C" not null
 );
 create index search_uri_lookup on search_uri (res_type, param, value);
@@ -97,17 +112,17 @@ create index search_uri_owner on search_uri (res_type, res_id, param);
 -- (c2_code, normalised), a date (c2_lo..c2_hi in microseconds) or a quantity/number (c2_lo =
 -- c2_hi = value; c2_cvalue/c2_ccode canonical UCUM); component 3 a number (c3).
 create table search_composite (
-    res_type  text not null,
-    res_id    text not null,
-    param     text not null,
-    c1_system text,
-    c1_code   text not null,
-    c2_system text,
-    c2_code   text,
+    res_type  text collate "C" not null,
+    res_id    text collate "C" not null,
+    param     text collate "C" not null,
+    c1_system text collate "C",
+    c1_code   text collate "C" not null,
+    c2_system text collate "C",
+    c2_code   text collate "C",
     c2_lo     double precision,
     c2_hi     double precision,
     c2_cvalue double precision,
-    c2_ccode  text,
+    c2_ccode  text collate "C",
     c3        double precision
 );
 create index search_composite_lookup on search_composite (res_type, param, c1_code);

@@ -503,7 +503,7 @@ async fn run_entry_with_id(
             let params = search::decode_query(&q);
             let sq = search::parse(Some(ty), &params, base);
             let result = search::engine::run(&mut tx.reader(), &[ty], &sq).await?;
-            EntryResult::Bundle(searchset(base, ty.as_str(), &sq, result)?)
+            EntryResult::Bundle(searchset(base, ty.as_str(), &sq, result)?.into_value()?)
         }
         _ => {
             return Err(ApiError::NotSupported(
@@ -605,13 +605,112 @@ fn error_entry(e: ApiError) -> Value {
     json!({ "response": { "status": status_line(e.status()), "outcome": operation_outcome(&e.issues()) } })
 }
 
+/// A searchset Bundle whose resources stay the JSON text they were stored as until the Bundle
+/// is written: compact JSON splices them in as they are (parsing and re-serialising 50
+/// Observations was most of the server's work on a search); other formats parse them.
+#[derive(Debug)]
+pub struct Searchset {
+    /// The Bundle without `entry`.
+    pub head: Value,
+    pub entries: Vec<SearchEntry>,
+}
+
+#[derive(Debug)]
+pub struct SearchEntry {
+    pub full_url: Option<String>,
+    pub resource: EntryResource,
+    pub search: Value,
+}
+
+#[derive(Debug)]
+pub enum EntryResource {
+    /// As stored (compact JSON written by this server).
+    Stored(String),
+    Value(Value),
+}
+
+impl Searchset {
+    /// The whole Bundle as a JSON value.
+    pub fn into_value(self) -> Result<Value, ApiError> {
+        let mut bundle = self.head;
+        // No empty arrays in FHIR (json.html): a search without results has no `entry`.
+        if !self.entries.is_empty() {
+            let mut entries = Vec::with_capacity(self.entries.len());
+            for e in self.entries {
+                let mut entry = Map::new();
+                if let Some(u) = e.full_url {
+                    entry.insert("fullUrl".into(), Value::String(u));
+                }
+                let resource = match e.resource {
+                    EntryResource::Stored(s) => {
+                        serde_json::from_str(&s).map_err(ApiError::internal)?
+                    }
+                    EntryResource::Value(v) => v,
+                };
+                entry.insert("resource".into(), resource);
+                entry.insert("search".into(), e.search);
+                entries.push(Value::Object(entry));
+            }
+            bundle["entry"] = Value::Array(entries);
+        }
+        Ok(bundle)
+    }
+
+    /// Compact JSON, with stored resources copied in unparsed.
+    pub fn to_json(&self) -> Result<Vec<u8>, ApiError> {
+        let head = serde_json::to_vec(&self.head).map_err(ApiError::internal)?;
+        let Some((b'}', open)) = head.split_last() else {
+            return Err(ApiError::internal(anyhow::anyhow!(
+                "a Bundle head that is not an object"
+            )));
+        };
+        let size: usize = self
+            .entries
+            .iter()
+            .map(|e| match &e.resource {
+                EntryResource::Stored(s) => s.len() + 128,
+                EntryResource::Value(_) => 1024,
+            })
+            .sum();
+        let mut out = Vec::with_capacity(head.len() + size + 16);
+        out.extend_from_slice(open);
+        if !self.entries.is_empty() {
+            out.extend_from_slice(br#","entry":["#);
+            for (i, e) in self.entries.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.push(b'{');
+                if let Some(u) = &e.full_url {
+                    out.extend_from_slice(br#""fullUrl":"#);
+                    serde_json::to_writer(&mut out, u).map_err(ApiError::internal)?;
+                    out.push(b',');
+                }
+                out.extend_from_slice(br#""resource":"#);
+                match &e.resource {
+                    EntryResource::Stored(s) => out.extend_from_slice(s.as_bytes()),
+                    EntryResource::Value(v) => {
+                        serde_json::to_writer(&mut out, v).map_err(ApiError::internal)?
+                    }
+                }
+                out.extend_from_slice(br#","search":"#);
+                serde_json::to_writer(&mut out, &e.search).map_err(ApiError::internal)?;
+                out.push(b'}');
+            }
+            out.push(b']');
+        }
+        out.push(b'}');
+        Ok(out)
+    }
+}
+
 /// A `searchset` Bundle with self/first/previous/next links (search.html#paging).
 pub fn searchset(
     base: &str,
     path: &str,
     q: &search::SearchQuery,
     result: search::engine::SearchResult,
-) -> Result<Value, ApiError> {
+) -> Result<Searchset, ApiError> {
     use search::engine::PageRef;
     // Links carry the parameters that were used; unknown and malformed ones were ignored
     // (search.html#errors). Paging positions are added per link.
@@ -655,24 +754,27 @@ pub fn searchset(
         .elements
         .as_ref()
         .map(|e| e.iter().map(String::as_str).collect());
-    let shape = |v: &Version| -> Result<Value, ApiError> {
-        let mut resource: Value = serde_json::from_str(v.content.as_deref().unwrap_or("{}"))
-            .map_err(ApiError::internal)?;
+    let shape = |v: Version| -> Result<EntryResource, ApiError> {
+        let content = v.content.unwrap_or_else(|| "{}".into());
+        if elements.is_none() && q.summary.is_none() {
+            return Ok(EntryResource::Stored(content));
+        }
+        let mut resource: Value = serde_json::from_str(&content).map_err(ApiError::internal)?;
         if let Some(e) = &elements {
             search::summary::apply_elements(&mut resource, e);
         } else if let Some(mode) = q.summary {
             search::summary::apply_summary(&mut resource, mode);
         }
-        Ok(resource)
+        Ok(EntryResource::Value(resource))
     };
     let mut entries = Vec::with_capacity(result.matches.len() + result.included.len() + 1);
-    for (mode, list) in [("match", &result.matches), ("include", &result.included)] {
+    for (mode, list) in [("match", result.matches), ("include", result.included)] {
         for v in list {
-            entries.push(json!({
-                "fullUrl": format!("{base}/{}/{}", v.ty, v.id),
-                "resource": shape(v)?,
-                "search": { "mode": mode }
-            }));
+            entries.push(SearchEntry {
+                full_url: Some(format!("{base}/{}/{}", v.ty, v.id)),
+                resource: shape(v)?,
+                search: json!({ "mode": mode }),
+            });
         }
     }
     if !q.unknown.is_empty() || !q.invalid.is_empty() {
@@ -692,9 +794,11 @@ pub fn searchset(
             diagnostics: format!("search parameter '{n}' was ignored: {why}"),
             expression: None,
         }));
-        entries.push(
-            json!({ "resource": operation_outcome(&issues), "search": { "mode": "outcome" } }),
-        );
+        entries.push(SearchEntry {
+            full_url: None,
+            resource: EntryResource::Value(operation_outcome(&issues)),
+            search: json!({ "mode": "outcome" }),
+        });
     }
     let mut bundle = json!({
         "resourceType": "Bundle",
@@ -706,11 +810,10 @@ pub fn searchset(
         bundle["total"] = json!(total);
     }
     bundle["link"] = Value::Array(links);
-    // No empty arrays in FHIR (json.html): a search without results has no `entry`.
-    if !entries.is_empty() {
-        bundle["entry"] = Value::Array(entries);
-    }
-    Ok(bundle)
+    Ok(Searchset {
+        head: bundle,
+        entries,
+    })
 }
 
 /// A `history` Bundle (http.html#history): newest first, deletes as entries without a resource.

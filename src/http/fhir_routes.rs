@@ -516,7 +516,10 @@ async fn run_search(
     let result = search::engine::run(&mut state.store.reader(), &types, &q).await?;
     let path = ty.map(|t| t.as_str()).unwrap_or("");
     let bundle = searchset(&ctx.base, path, &q, result)?;
-    Ok(FhirResponse::new(StatusCode::OK, Payload::Value(bundle)))
+    Ok(FhirResponse::new(
+        StatusCode::OK,
+        Payload::Searchset(bundle),
+    ))
 }
 
 async fn search_type(State(state): State<AppState>, Path(ty): Path<String>, ctx: Ctx) -> Response {
@@ -612,7 +615,10 @@ async fn lastn(State(state): State<AppState>, ctx: Ctx) -> Response {
         let mut q = q;
         q.used.insert(0, ("max".into(), max.to_string()));
         let bundle = searchset(&ctx.base, "Observation/$lastn", &q, result)?;
-        Ok(FhirResponse::new(StatusCode::OK, Payload::Value(bundle)))
+        Ok(FhirResponse::new(
+            StatusCode::OK,
+            Payload::Searchset(bundle),
+        ))
     }
     .await;
     ctx.respond(result)
@@ -669,7 +675,10 @@ async fn everything(
         }
         let result = search::engine::run(&mut state.store.reader(), &types, &q).await?;
         let bundle = searchset(&ctx.base, &format!("Patient/{id}/$everything"), &q, result)?;
-        Ok(FhirResponse::new(StatusCode::OK, Payload::Value(bundle)))
+        Ok(FhirResponse::new(
+            StatusCode::OK,
+            Payload::Searchset(bundle),
+        ))
     }
     .await;
     ctx.respond(result)

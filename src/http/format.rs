@@ -262,6 +262,7 @@ pub enum Payload {
     /// Resource JSON exactly as stored; served without re-serialising when compact JSON is asked.
     Stored(String),
     Value(Value),
+    Searchset(crate::fhir::bundle::Searchset),
 }
 
 /// A FHIR response before it is rendered in the negotiated format.
@@ -302,6 +303,10 @@ impl FhirResponse {
                 .map_err(ApiError::internal)
                 .and_then(|v| encode(&v, format, n.pretty).map(Some)),
             (Payload::Value(v), format) => encode(&v, format, n.pretty).map(Some),
+            (Payload::Searchset(b), Format::Json { .. }) if !n.pretty => b.to_json().map(Some),
+            (Payload::Searchset(b), format) => b
+                .into_value()
+                .and_then(|v| encode(&v, format, n.pretty).map(Some)),
         };
         match body {
             Ok(body) => {
