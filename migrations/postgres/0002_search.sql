@@ -59,6 +59,9 @@ create index search_date_owner on search_date (res_type, res_id, param, lo, hi);
 -- `date_lo`/`date_hi` carry the envelope of the referring resource's `date` parameter (e.g. an
 -- Observation's effective time), so "this patient's readings since X" is one range of the
 -- lookup index instead of a probe per reading.
+-- `code_system`/`code`: a `subject` row is written once per `code` token of the resource (the
+-- system '' when it has none), so the lookup index walks one patient's readings of one code
+-- newest first: `$lastn` reads `max` rows per code instead of probing every reading's code.
 create table search_reference (
     res_type    text collate "C" not null,
     res_id      text collate "C" not null,
@@ -67,9 +70,12 @@ create table search_reference (
     target_id   text collate "C",
     url         text collate "C" not null,
     date_lo     bigint,
-    date_hi     bigint
+    date_hi     bigint,
+    code_system text collate "C",
+    code        text collate "C"
 );
-create index search_reference_lookup on search_reference (res_type, param, target_id, date_hi);
+create index search_reference_lookup on search_reference
+    (res_type, param, target_id, code, code_system, date_hi desc nulls last, res_id desc);
 create index search_reference_owner on search_reference (res_type, res_id, param);
 
 -- Quantities: the value as given and, when the unit is a known UCUM unit, in the canonical unit

@@ -224,5 +224,21 @@ pub async fn lastn(
     let ty = [ResourceType::parse("Observation")
         .ok_or_else(|| StoreError::Db(sqlx::Error::Protocol("Observation type missing".into())))?];
     let spec = spec(&ty, q);
+    if let Some(d) = query::lastn_driver(&spec) {
+        let codes = db.pairs(&query::lastn_codes_sql(&spec, d)).await?;
+        if codes.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A statement per code would be as many round trips; past this many codes the single
+        // ranking query is the smaller statement.
+        if codes.len() <= MAX_LASTN_CODES {
+            return db
+                .versions(&query::lastn_pick_sql(&spec, d, &codes, max))
+                .await;
+        }
+    }
     db.versions(&query::lastn_sql(&spec, max)).await
 }
+
+/// Codes per `$lastn` answered one index range each (see [`lastn`]).
+const MAX_LASTN_CODES: usize = 64;

@@ -36,7 +36,8 @@ pub struct IndexRows {
     pub composites: Vec<CompositeRow>,
 }
 
-/// (param, target type, target id, url, envelope of the resource's `date`: lo, hi)
+/// (param, target type, target id, url, envelope of the resource's `date`: lo, hi, and on
+/// `subject` rows one `code` token of the resource: system ('' for none), code)
 pub type ReferenceRow = (
     String,
     Option<String>,
@@ -44,6 +45,8 @@ pub type ReferenceRow = (
     String,
     Option<i64>,
     Option<i64>,
+    Option<String>,
+    Option<String>,
 );
 
 /// (param, value, system, code, canonical value, canonical code)
@@ -161,7 +164,7 @@ pub fn rows(resource: &Value) -> IndexRows {
                 url,
             } => out
                 .references
-                .push((param, target_type, id, url, None, None)),
+                .push((param, target_type, id, url, None, None, None, None)),
             IndexValue::Quantity {
                 value,
                 system,
@@ -212,6 +215,29 @@ pub fn rows(resource: &Value) -> IndexRows {
             r.4 = Some(lo);
             r.5 = Some(hi);
         }
+    }
+    // A `subject` row per code of the resource (0002_search.sql, for `$lastn`).
+    let codes: Vec<(String, String)> = out
+        .tokens
+        .iter()
+        .filter(|t| t.0 == "code" && !t.2.is_empty())
+        .map(|t| (t.1.clone().unwrap_or_default(), t.2.clone()))
+        .collect();
+    if !codes.is_empty() {
+        let mut expanded = Vec::with_capacity(out.references.len() + codes.len());
+        for r in out.references.drain(..) {
+            if r.0 != "subject" {
+                expanded.push(r);
+                continue;
+            }
+            for (system, code) in &codes {
+                let mut row = r.clone();
+                row.6 = Some(system.clone());
+                row.7 = Some(code.clone());
+                expanded.push(row);
+            }
+        }
+        out.references = expanded;
     }
     dedup(&mut out.uris);
     composites(resource, &mut out.composites);
@@ -469,6 +495,44 @@ mod tests {
             rows.composites
                 .iter()
                 .all(|r| r.param != "code-value-quantity")
+        );
+    }
+
+    #[test]
+    fn subject_rows_carry_each_code_and_the_date_envelope() {
+        let mut o = bp();
+        o["code"]["coding"]
+            .as_array_mut()
+            .expect("codings")
+            .push(json!({"code": "bp-local"}));
+        o["device"] = json!({"reference": "Device/d1"});
+        let rows = rows(&o);
+        let hi = rows.dates.iter().find(|d| d.0 == "date").expect("date").2;
+        let mut subject: Vec<_> = rows
+            .references
+            .iter()
+            .filter(|r| r.0 == "subject")
+            .map(|r| (r.2.as_deref(), r.5, r.6.as_deref(), r.7.as_deref()))
+            .collect();
+        subject.sort();
+        assert_eq!(
+            subject,
+            vec![
+                (Some("p1"), Some(hi), Some(""), Some("bp-local")),
+                (
+                    Some("p1"),
+                    Some(hi),
+                    Some("http://loinc.org"),
+                    Some("85354-9")
+                ),
+            ]
+        );
+        // Other references are one row each, without a code.
+        let device: Vec<_> = rows.references.iter().filter(|r| r.0 == "device").collect();
+        assert_eq!(device.len(), 1);
+        assert_eq!(
+            (device[0].6.as_deref(), device[0].7.as_deref()),
+            (None, None)
         );
     }
 }

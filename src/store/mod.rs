@@ -1075,7 +1075,9 @@ const PG_INDEX_TYPES: [&[&str]; 8] = [
     &["text", "text", "text", "text"],
     &["text", "text", "text"],
     &["text", "int8", "int8"],
-    &["text", "text", "text", "text", "int8", "int8"],
+    &[
+        "text", "text", "text", "text", "int8", "int8", "text", "text",
+    ],
     &["text", "float8", "text", "text", "float8", "text"],
     &["text", "float8"],
     &["text", "text"],
@@ -1092,7 +1094,7 @@ const INDEX_COLUMNS: &[(&str, &str)] = &[
     ("search_date", "param, lo, hi"),
     (
         "search_reference",
-        "param, target_type, target_id, url, date_lo, date_hi",
+        "param, target_type, target_id, url, date_lo, date_hi, code_system, code",
     ),
     (
         "search_quantity",
@@ -1222,7 +1224,9 @@ async fn apply_pg(conn: &mut sqlx::PgConnection, row: &VersionRow<'_>) -> Result
             .bind(col(&ix.references, |t| t.2.as_deref()))
             .bind(col(&ix.references, |t| t.3.as_str()))
             .bind(col(&ix.references, |t| t.4))
-            .bind(col(&ix.references, |t| t.5));
+            .bind(col(&ix.references, |t| t.5))
+            .bind(col(&ix.references, |t| t.6.as_deref()))
+            .bind(col(&ix.references, |t| t.7.as_deref()));
     }
     if present[4] {
         q = q

@@ -1312,6 +1312,82 @@ pub fn lastn_sql(spec: &SearchSpec, max: usize) -> Sql {
     sql
 }
 
+/// A `Values` clause and the date envelope a [`Clause::Dated`] adds to it.
+fn split_dated(clause: &Clause) -> (&Clause, Option<&DateRange>) {
+    match clause {
+        Clause::Dated { reference, within } => (reference.as_ref(), Some(within)),
+        c => (c, None),
+    }
+}
+
+/// The [`driver`] of a `$lastn` search when it is the `subject` reference (the usual
+/// `patient=`), whose index rows carry the resource's codes (see `0002_search.sql`).
+pub fn lastn_driver(spec: &SearchSpec) -> Option<usize> {
+    driver(spec).filter(|&d| {
+        matches!(split_dated(&spec.clauses[d]).0,
+            Clause::Values { table: Table::Reference, param, .. } if param == "subject")
+    })
+}
+
+/// The (system, code) pairs on the rows of the [`lastn_driver`] clause `d`.
+pub fn lastn_codes_sql(spec: &SearchSpec, d: usize) -> Sql {
+    let mut sql = Sql::default();
+    let (values, within) = split_dated(&spec.clauses[d]);
+    push_values_query(
+        &mut sql,
+        "distinct code_system, code",
+        &spec.types[0],
+        values,
+        within,
+        None,
+    );
+    sql.push(" and code is not null");
+    sql
+}
+
+/// `$lastn` over a [`lastn_driver`] clause `d`: for each of `codes`, the newest `max` rows of
+/// that code, read in the lookup index's order (newest effective time first) and checked
+/// against the other clauses until `max` pass.
+pub fn lastn_pick_sql(spec: &SearchSpec, d: usize, codes: &[(String, String)], max: usize) -> Sql {
+    let ty = &spec.types[0];
+    let (values, within) = split_dated(&spec.clauses[d]);
+    let mut sql = Sql::default();
+    let _ = write!(
+        sql.text,
+        "select {VERSION_COLUMNS} from resource r join resource_history h on h.res_type = r.res_type \
+         and h.res_id = r.res_id and h.version_id = r.version_id where r.res_type = "
+    );
+    sql.text(ty).push(" and r.res_id in (");
+    for (i, (system, code)) in codes.iter().enumerate() {
+        if i > 0 {
+            sql.push(" union all ");
+        }
+        sql.push("select res_id from (select s.res_id from (");
+        push_values_query(
+            &mut sql,
+            "res_id, date_hi, code_system, code",
+            ty,
+            values,
+            within,
+            None,
+        );
+        sql.push(") s where s.code_system = ");
+        sql.text(system).push(" and s.code = ");
+        sql.text(code);
+        for (j, clause) in spec.clauses.iter().enumerate() {
+            if j != d {
+                sql.push(" and ");
+                push_probe(&mut sql, "s", ty, clause);
+            }
+        }
+        sql.push(" order by s.date_hi desc nulls last, s.res_id desc limit ");
+        sql.int(max as i64);
+        let _ = write!(sql.text, ") b{i}");
+    }
+    sql.push(") order by h.res_id");
+    sql
+}
+
 /// [`lastn_sql`] for a search driven by a reference clause `d` (the usual `patient=`): the
 /// reference rows carry the envelope of the Observation's `date` values, whose upper end is the
 /// effective time `$lastn` orders by, so only the code (and the other clauses) are probed.

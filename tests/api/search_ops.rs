@@ -309,11 +309,55 @@ async fn lastn(app: TestApp) {
         &["ln-q-hr-09"],
     )
     .await;
+    // Two codings compete in both codes' groups and come back once; a reading without an
+    // effective time ranks after every dated one; the date and subject forms narrow the same.
+    let mut spo2 = o(
+        "ln-spo2-07",
+        "Patient/ln-p",
+        "2708-6",
+        "Oxygen saturation",
+        "07",
+    );
+    spo2["code"]["coding"]
+        .as_array_mut()
+        .expect("codings")
+        .push(json!({"system": "http://loinc.org", "code": "59408-5"}));
+    put(&app, spo2).await;
+    let mut undated = o(
+        "ln-bw-undated",
+        "Patient/ln-p",
+        "29463-7",
+        "Body weight",
+        "01",
+    );
+    undated
+        .as_object_mut()
+        .expect("object")
+        .remove("effectiveDateTime");
+    put(&app, undated).await;
+    check(
+        &app,
+        &format!("{lastn}&max=1"),
+        &["ln-hr-05", "ln-bw-04", "ln-spo2-07"],
+    )
+    .await;
+    check(
+        &app,
+        &format!("{lastn}&code=http://loinc.org|29463-7&max=3"),
+        &["ln-bw-04", "ln-bw-02", "ln-bw-undated"],
+    )
+    .await;
+    check(
+        &app,
+        "Observation/$lastn?subject=Patient/ln-p&category=vital-signs&date=le2026-03-04&max=1",
+        &["ln-hr-03", "ln-bw-04"],
+    )
+    .await;
     // Without a patient: the newest per code over every subject.
     check(
         &app,
         "Observation/$lastn?category=vital-signs&max=1",
-        &["ln-q-hr-09", "ln-bw-04"],
+        &["ln-q-hr-09", "ln-bw-04", "ln-spo2-07"],
     )
     .await;
     check(
