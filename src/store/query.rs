@@ -1049,6 +1049,16 @@ fn push_probe(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause) {
     sql.push(" limit 1 offset 0)");
 }
 
+/// ` and <probe>` for every clause but the driver `d`, on the driver's rows `s`.
+fn push_other_probes(sql: &mut Sql, spec: &SearchSpec, d: usize) {
+    for (i, clause) in spec.clauses.iter().enumerate() {
+        if i != d {
+            sql.push(" and ");
+            push_probe(sql, "s", &spec.types[0], clause);
+        }
+    }
+}
+
 /// [`page_sql_total`] of a search with a [`driver`] clause `d`.
 fn driver_page_sql(spec: &SearchSpec, d: usize, limit: usize, total: bool) -> Sql {
     let ty = &spec.types[0];
@@ -1067,12 +1077,7 @@ fn driver_page_sql(spec: &SearchSpec, d: usize, limit: usize, total: bool) -> Sq
         sql.text(&c.ty).push(", ");
         sql.text(&c.id).push(")");
     }
-    for (i, clause) in spec.clauses.iter().enumerate() {
-        if i != d {
-            sql.push(" and ");
-            push_probe(&mut sql, "s", ty, clause);
-        }
-    }
+    push_other_probes(&mut sql, spec, d);
     sql.push(") select ").push(VERSION_COLUMNS);
     if total {
         sql.push(", (select count(*) from m) as total");
@@ -1374,12 +1379,7 @@ pub fn lastn_pick_sql(spec: &SearchSpec, d: usize, codes: &[(String, String)], m
         sql.push(") s where s.code_system = ");
         sql.text(system).push(" and s.code = ");
         sql.text(code);
-        for (j, clause) in spec.clauses.iter().enumerate() {
-            if j != d {
-                sql.push(" and ");
-                push_probe(&mut sql, "s", ty, clause);
-            }
-        }
+        push_other_probes(&mut sql, spec, d);
         sql.push(" order by s.date_hi desc nulls last, s.res_id desc limit ");
         sql.int(max as i64);
         let _ = write!(sql.text, ") b{i}");
@@ -1415,12 +1415,7 @@ fn driver_lastn_sql(spec: &SearchSpec, d: usize, max: usize) -> Sql {
     sql.push(") s join search_token c on c.res_type = ");
     sql.text(ty)
         .push(" and c.res_id = s.res_id and c.param = 'code' where 1 = 1");
-    for (i, clause) in spec.clauses.iter().enumerate() {
-        if i != d {
-            sql.push(" and ");
-            push_probe(&mut sql, "s", ty, clause);
-        }
-    }
+    push_other_probes(&mut sql, spec, d);
     sql.push(") ranked where n <= ");
     sql.int(max as i64);
     sql.push(") p join resource r on r.res_type = ");
