@@ -133,6 +133,3 @@ create table search_composite (
 );
 create index search_composite_lookup on search_composite (res_type, param, c1_code);
 create index search_composite_owner on search_composite (res_type, res_id, param);
-
--- Search result order by _lastUpdated within a type, and keyset paging.
-create index resource_type_updated on resource (res_type, last_updated, res_id);

@@ -352,15 +352,22 @@ pub fn push_clause(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause) {
             sql.push(")");
         }
         Clause::LastUpdated(ranges) => {
-            sql.push("(");
+            // Through the history's (type, time) index: a current version's row there has the
+            // resource's last_updated, and `resource` itself keeps no time index, so that a
+            // write does not update one more index (and an update of `resource` can be HOT).
+            let _ = write!(
+                sql.text,
+                "({alias}.res_type, {alias}.res_id, {alias}.version_id) in (select res_type, \
+                 res_id, version_id from resource_history where res_type = "
+            );
+            sql.text(ty).push(" and (");
             for (i, r) in ranges.iter().enumerate() {
                 if i > 0 {
                     sql.push(" or ");
                 }
-                let col = format!("{alias}.last_updated");
-                push_date(sql, &col, &col, r);
+                push_date(sql, "last_updated", "last_updated", r);
             }
-            sql.push(")");
+            sql.push("))");
         }
         Clause::Values { .. } => push_values(sql, alias, ty, clause, None),
         Clause::Dated { reference, within } => push_values(sql, alias, ty, reference, Some(within)),
