@@ -1030,16 +1030,69 @@ pub fn driver(spec: &SearchSpec) -> Option<usize> {
 }
 
 /// `select res_id from …` of a [`driver`] clause.
-fn push_driver_select(sql: &mut Sql, ty: &str, clause: &Clause) {
-    match clause {
+fn push_driver_select(sql: &mut Sql, spec: &SearchSpec, d: usize) {
+    let ty = &spec.types[0];
+    match &spec.clauses[d] {
         Clause::Id { ids, .. } => {
             sql.push("select res_id from resource where res_type = ");
             sql.text(ty).push(" and deleted = false and res_id in (");
             push_list(sql, ids);
         }
-        Clause::Dated { reference, within } => push_values_select(sql, ty, reference, Some(within)),
-        c => push_values_select(sql, ty, c, None),
+        c => {
+            let (values, within) = split_dated(c);
+            push_values_select(sql, ty, values, within);
+            push_code_range(sql, spec, d);
+        }
     }
+}
+
+/// Narrows a `subject` driver to the codes a `code` clause asks for: its rows carry the
+/// resource's codes (see `0002_search.sql`), so patient + code is one range of the lookup
+/// index. The `code` clause is still probed as well.
+fn push_code_range(sql: &mut Sql, spec: &SearchSpec, d: usize) {
+    if lastn_driver(spec) != Some(d) {
+        return;
+    }
+    let Some(tokens) = spec.clauses.iter().find_map(|c| match c {
+        Clause::Values {
+            table: Table::Token,
+            param,
+            any_of,
+            negate: false,
+        } if param == "code" => any_of
+            .iter()
+            .map(|p| match p {
+                Pred::Token(t @ TokenMatch { code: Some(_), .. }) => Some(t),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>(),
+        _ => None,
+    }) else {
+        return;
+    };
+    sql.push(" and (");
+    for (i, t) in tokens.iter().enumerate() {
+        if i > 0 {
+            sql.push(" or ");
+        }
+        // A token without a system is stored with the system '' on these rows.
+        let system = match &t.system {
+            Some(None) => Some(Some(String::new())),
+            other => other.clone(),
+        };
+        sql.push("(");
+        push_token(
+            sql,
+            "code_system",
+            "code",
+            &TokenMatch {
+                system,
+                code: t.code.clone(),
+            },
+        );
+        sql.push(")");
+    }
+    sql.push(")");
 }
 
 /// `clause` on the resource `alias.res_id`: positive value clauses as a correlated `exists`
@@ -1072,7 +1125,7 @@ fn driver_page_sql(spec: &SearchSpec, d: usize, limit: usize, total: bool) -> Sq
     let reverse = spec.cursor.as_ref().is_some_and(|c| c.before);
     let mut sql = Sql::default();
     sql.push("with m as materialized (select distinct s.res_id from (");
-    push_driver_select(&mut sql, ty, &spec.clauses[d]);
+    push_driver_select(&mut sql, spec, d);
     sql.push(") s where 1 = 1");
     if let Some(c) = &spec.cursor {
         sql.push(" and (");
@@ -1353,6 +1406,7 @@ pub fn lastn_codes_sql(spec: &SearchSpec, d: usize) -> Sql {
         within,
         None,
     );
+    push_code_range(&mut sql, spec, d);
     sql.push(" and code is not null");
     sql
 }

@@ -464,6 +464,56 @@ async fn patient_driven_pages(app: TestApp) {
         &[],
     )
     .await;
+    // patient + code is read from the subject rows' codes.
+    let all = ["dp-1", "dp-2", "dp-3", "dp-4", "dp-5"];
+    check(
+        &app,
+        "Observation?patient=dp-p&code=http://loinc.org|8867-4",
+        &all,
+    )
+    .await;
+    check(&app, "Observation?patient=dp-p&code=8867-4", &all).await;
+    check(
+        &app,
+        "Observation?patient=dp-p&code=http://loinc.org|0000,8867-4",
+        &all,
+    )
+    .await;
+    check(&app, "Observation?patient=dp-p&code=|8867-4", &[]).await;
+    let mut local = observation("Patient/dp-q", "x", "Local", "2026-03-07T08:00:00Z", 1.0);
+    local["id"] = json!("dp-q-local");
+    local["code"] = json!({"coding": [{"code": "local-x"}]});
+    put(&app, local).await;
+    check(
+        &app,
+        "Observation?patient=dp-q&code=|local-x",
+        &["dp-q-local"],
+    )
+    .await;
+    check(
+        &app,
+        "Observation?patient=dp-q&code=local-x",
+        &["dp-q-local"],
+    )
+    .await;
+    check(
+        &app,
+        "Observation?patient=dp-q&code=http://loinc.org|local-x",
+        &[],
+    )
+    .await;
+    check(
+        &app,
+        "Observation?patient=dp-p&code=http://snomed.info/sct|8867-4",
+        &[],
+    )
+    .await;
+    check(
+        &app,
+        "Observation?patient=dp-p&code=http://loinc.org|8867-4&date=ge2026-03-05",
+        &["dp-1"],
+    )
+    .await;
     // Deleted resources leave the index with their rows.
     app.delete("Observation/dp-3").await;
     check(
