@@ -145,7 +145,11 @@ pub struct HistoryQuery {
 /// The application's store: PostgreSQL in production, SQLite as the embedded default.
 #[derive(Clone)]
 pub enum Store {
-    Pg(PgPool),
+    Pg {
+        pool: PgPool,
+        /// For statements with [`query::Sql::generic`] plans only.
+        generic: PgPool,
+    },
     Sqlite {
         /// Readers run concurrently (WAL mode).
         read: SqlitePool,
@@ -182,15 +186,23 @@ impl Store {
     pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<Store, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url)?;
-            let pool = PgPoolOptions::new()
-                .max_connections(opts.max_connections)
-                // sqlx pings every connection it hands out by default: one extra round trip per
-                // request. A dead connection fails its real query instead and is discarded.
-                .test_before_acquire(false)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect_with(options)
-                .await?;
-            Ok(Store::Pg(pool))
+            let pool_options = || {
+                PgPoolOptions::new()
+                    .max_connections(opts.max_connections)
+                    // sqlx pings every connection it hands out by default: one extra round trip
+                    // per request. A dead connection fails its real query instead and is discarded.
+                    .test_before_acquire(false)
+                    .acquire_timeout(Duration::from_secs(10))
+            };
+            let pool = pool_options().connect_with(options.clone()).await?;
+            // Searches whose plan does not depend on their values (query::Sql::generic) run as
+            // cached statements planned once per connection: planning took as long as running
+            // them. PostgreSQL's `auto` mode kept re-planning them, so these connections force
+            // the generic plan (https://www.postgresql.org/docs/15/runtime-config-query.html#GUC-PLAN-CACHE_MODE).
+            let generic = pool_options()
+                .min_connections(0)
+                .connect_lazy_with(options.options([("plan_cache_mode", "force_generic_plan")]));
+            Ok(Store::Pg { pool, generic })
         } else {
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -235,7 +247,7 @@ impl Store {
     /// Applies the migrations of `migrations/{postgres,sqlite}` that have not run yet.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self {
-            Store::Pg(pool) => sqlx::migrate!("migrations/postgres").run(pool).await?,
+            Store::Pg { pool, .. } => sqlx::migrate!("migrations/postgres").run(pool).await?,
             Store::Sqlite { write, .. } => sqlx::migrate!("migrations/sqlite").run(write).await?,
         }
         Ok(())
@@ -244,14 +256,14 @@ impl Store {
     /// True when the database answers.
     pub async fn ping(&self) -> bool {
         match self {
-            Store::Pg(pool) => sqlx::query("select 1").execute(pool).await.is_ok(),
+            Store::Pg { pool, .. } => sqlx::query("select 1").execute(pool).await.is_ok(),
             Store::Sqlite { read, .. } => sqlx::query("select 1").execute(read).await.is_ok(),
         }
     }
 
     pub fn backend_name(&self) -> &'static str {
         match self {
-            Store::Pg(_) => "postgresql",
+            Store::Pg { .. } => "postgresql",
             Store::Sqlite { .. } => "sqlite",
         }
     }
@@ -259,7 +271,7 @@ impl Store {
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<StoreTx, StoreError> {
         Ok(match self {
-            Store::Pg(pool) => StoreTx::Pg(pool.begin().await?),
+            Store::Pg { pool, .. } => StoreTx::Pg(pool.begin().await?),
             // IMMEDIATE takes the write lock up front, so a transaction never fails half-way
             // when it upgrades from reading to writing. https://www.sqlite.org/lang_transaction.html
             Store::Sqlite { write, .. } => {
@@ -270,7 +282,10 @@ impl Store {
 
     pub async fn close(&self) {
         match self {
-            Store::Pg(pool) => pool.close().await,
+            Store::Pg { pool, generic } => {
+                generic.close().await;
+                pool.close().await
+            }
             Store::Sqlite { read, write, maint } => {
                 read.close().await;
                 write.close().await;
@@ -290,7 +305,7 @@ impl Store {
         id: &ResourceId,
     ) -> Result<Option<Version>, StoreError> {
         match self {
-            Store::Pg(pool) => pg::read(&mut *pool.acquire().await?, ty, id).await,
+            Store::Pg { pool, .. } => pg::read(&mut *pool.acquire().await?, ty, id).await,
             Store::Sqlite { read, .. } => sqlite::read(&mut *read.acquire().await?, ty, id).await,
         }
     }
@@ -302,7 +317,9 @@ impl Store {
         version_id: i64,
     ) -> Result<Option<Version>, StoreError> {
         match self {
-            Store::Pg(pool) => pg::vread(&mut *pool.acquire().await?, ty, id, version_id).await,
+            Store::Pg { pool, .. } => {
+                pg::vread(&mut *pool.acquire().await?, ty, id, version_id).await
+            }
             Store::Sqlite { read, .. } => {
                 sqlite::vread(&mut *read.acquire().await?, ty, id, version_id).await
             }
@@ -316,7 +333,7 @@ impl Store {
         q: &HistoryQuery,
     ) -> Result<(Vec<Version>, i64), StoreError> {
         match self {
-            Store::Pg(pool) => pg::history(&mut *pool.acquire().await?, scope, q).await,
+            Store::Pg { pool, .. } => pg::history(&mut *pool.acquire().await?, scope, q).await,
             Store::Sqlite { read, .. } => {
                 sqlite::history(&mut *read.acquire().await?, scope, q).await
             }
@@ -339,7 +356,10 @@ pub enum Db<'a> {
 macro_rules! on_db {
     ($db:expr, $f:ident, $sql:expr) => {
         match $db {
-            Db::Store(Store::Pg(pool)) => pg::$f(&mut *pool.acquire().await?, $sql).await,
+            Db::Store(Store::Pg { pool, generic }) => {
+                let pool = if $sql.generic { generic } else { pool };
+                pg::$f(&mut *pool.acquire().await?, $sql).await
+            }
             Db::Store(Store::Sqlite { read, .. }) => {
                 sqlite::$f(&mut *read.acquire().await?, $sql).await
             }
@@ -380,7 +400,7 @@ impl Store {
     pub async fn count_current(&self) -> Result<i64, StoreError> {
         let sql = "select count(*) from resource where deleted = false";
         Ok(match self {
-            Store::Pg(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+            Store::Pg { pool, .. } => sqlx::query_scalar(sql).fetch_one(pool).await?,
             Store::Sqlite { read, .. } => sqlx::query_scalar(sql).fetch_one(read).await?,
         })
     }
@@ -664,11 +684,12 @@ macro_rules! backend {
             fn bind_all<'q>(
                 sql: &'q query::Sql,
             ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments> {
-                // Not a cached prepared statement: PostgreSQL then plans each search with its
-                // actual values. A cached statement switches to a generic plan after five runs,
-                // which cannot tell one patient's 1,000 readings from a code's 250,000 and may
-                // drive from the wrong index (https://www.postgresql.org/docs/current/sql-prepare.html#SQL-PREPARE-NOTES).
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.text.as_str())).persistent(false);
+                // Not a cached prepared statement unless the plan cannot depend on the values
+                // (query::Sql::generic): PostgreSQL then plans each search with its actual
+                // values. A cached statement switches to a generic plan after five runs, which
+                // cannot tell one patient's 1,000 readings from a code's 250,000 and may drive
+                // from the wrong index (https://www.postgresql.org/docs/current/sql-prepare.html#SQL-PREPARE-NOTES).
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.text.as_str())).persistent(sql.generic);
                 for b in &sql.binds {
                     q = match b {
                         query::Bind::Text(s) => q.bind(s.as_str()),
@@ -876,7 +897,7 @@ impl Store {
             let mut resource = resource;
             let id = id.unwrap_or_else(ResourceId::generate);
             match &store {
-                Store::Pg(pool) => {
+                Store::Pg { pool, .. } => {
                     let write = make_write(method, resource.as_mut(), if_match);
                     if let Write::Create { .. } = write {
                         // One statement is one transaction: no BEGIN or COMMIT needed.

@@ -228,6 +228,9 @@ pub enum Bind {
 pub struct Sql {
     pub text: String,
     pub binds: Vec<Bind>,
+    /// The plan cannot depend on the bound values (a [`driver`] index range with per-row
+    /// probes), so the statement may be prepared once and planned generically.
+    pub generic: bool,
 }
 
 impl Sql {
@@ -1109,6 +1112,18 @@ fn push_probe(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause) {
     sql.push(" limit 1 offset 0)");
 }
 
+/// True when every clause beside the driver `d` becomes a correlated probe: the plan is then an
+/// index range with per-row checks whatever the values, safe to plan once ([`Sql::generic`]).
+fn probes_only(spec: &SearchSpec, d: usize) -> bool {
+    spec.clauses.iter().enumerate().all(|(i, c)| {
+        i == d
+            || matches!(
+                c,
+                Clause::Values { negate: false, .. } | Clause::Dated { .. }
+            )
+    })
+}
+
 /// ` and <probe>` for every clause but the driver `d`, on the driver's rows `s`.
 fn push_other_probes(sql: &mut Sql, spec: &SearchSpec, d: usize) {
     for (i, clause) in spec.clauses.iter().enumerate() {
@@ -1123,7 +1138,10 @@ fn push_other_probes(sql: &mut Sql, spec: &SearchSpec, d: usize) {
 fn driver_page_sql(spec: &SearchSpec, d: usize, limit: usize, total: bool) -> Sql {
     let ty = &spec.types[0];
     let reverse = spec.cursor.as_ref().is_some_and(|c| c.before);
-    let mut sql = Sql::default();
+    let mut sql = Sql {
+        generic: probes_only(spec, d),
+        ..Sql::default()
+    };
     sql.push("with m as materialized (select distinct s.res_id from (");
     push_driver_select(&mut sql, spec, d);
     sql.push(") s where 1 = 1");
@@ -1396,7 +1414,10 @@ pub fn lastn_driver(spec: &SearchSpec) -> Option<usize> {
 
 /// The (system, code) pairs on the rows of the [`lastn_driver`] clause `d`.
 pub fn lastn_codes_sql(spec: &SearchSpec, d: usize) -> Sql {
-    let mut sql = Sql::default();
+    let mut sql = Sql {
+        generic: probes_only(spec, d),
+        ..Sql::default()
+    };
     let (values, within) = split_dated(&spec.clauses[d]);
     push_values_query(
         &mut sql,
@@ -1417,7 +1438,10 @@ pub fn lastn_codes_sql(spec: &SearchSpec, d: usize) -> Sql {
 pub fn lastn_pick_sql(spec: &SearchSpec, d: usize, codes: &[(String, String)], max: usize) -> Sql {
     let ty = &spec.types[0];
     let (values, within) = split_dated(&spec.clauses[d]);
-    let mut sql = Sql::default();
+    let mut sql = Sql {
+        generic: probes_only(spec, d),
+        ..Sql::default()
+    };
     let _ = write!(
         sql.text,
         "select {VERSION_COLUMNS} from resource r join resource_history h on h.res_type = r.res_type \
@@ -1490,6 +1514,45 @@ fn driver_lastn_sql(spec: &SearchSpec, d: usize, max: usize) -> Sql {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_driver_searches_with_probes_are_planned_generically() {
+        let patient = Clause::Values {
+            table: Table::Reference,
+            param: "subject".into(),
+            any_of: vec![Pred::Reference {
+                target_type: Some("Patient".into()),
+                id: "p1".into(),
+                base: "http://x/fhir".into(),
+            }],
+            negate: false,
+        };
+        let code = |negate| Clause::Values {
+            table: Table::Token,
+            param: "code".into(),
+            any_of: vec![Pred::Token(TokenMatch {
+                system: Some(Some("http://loinc.org".into())),
+                code: Some("8867-4".into()),
+            })],
+            negate,
+        };
+        let spec = |clauses: Vec<Clause>| SearchSpec {
+            types: vec!["Observation".into()],
+            clauses,
+            ..Default::default()
+        };
+        let page = |clauses| page_sql_total(&spec(clauses), 11, true);
+        let driven = page(vec![code(false), patient.clone()]);
+        assert!(driven.generic);
+        // The code narrows the subject rows' index range and is probed as well.
+        assert!(driven.text.contains("code_system = "), "{}", driven.text);
+        assert!(driven.text.contains("exists (select 1 from search_token"));
+        // A negation is an uncorrelated subquery whose best plan depends on its values.
+        assert!(!page(vec![code(true), patient.clone()]).generic);
+        // Without a driver the planner picks the join order from the values.
+        assert!(!page(vec![code(false)]).generic);
+        assert!(lastn_codes_sql(&spec(vec![patient.clone(), code(false)]), 0).generic);
+    }
 
     #[test]
     fn placeholders_follow_binds() {
