@@ -1037,13 +1037,13 @@ fn push_driver_select(sql: &mut Sql, spec: &SearchSpec, d: usize) {
     let ty = &spec.types[0];
     match &spec.clauses[d] {
         Clause::Id { ids, .. } => {
-            sql.push("select res_id from resource where res_type = ");
+            sql.push("select distinct res_id from resource where res_type = ");
             sql.text(ty).push(" and deleted = false and res_id in (");
             push_list(sql, ids);
         }
         c => {
             let (values, within) = split_dated(c);
-            push_values_select(sql, ty, values, within);
+            push_values_query(sql, "distinct res_id", ty, values, within, None);
             push_code_range(sql, spec, d);
         }
     }
@@ -1142,7 +1142,8 @@ fn driver_page_sql(spec: &SearchSpec, d: usize, limit: usize, total: bool) -> Sq
         generic: probes_only(spec, d),
         ..Sql::default()
     };
-    sql.push("with m as materialized (select distinct s.res_id from (");
+    // Each resource once before the probes: a subject row per code repeats it.
+    sql.push("with m as materialized (select s.res_id from (");
     push_driver_select(&mut sql, spec, d);
     sql.push(") s where 1 = 1");
     if let Some(c) = &spec.cursor {
