@@ -37,7 +37,9 @@ pub struct IndexRows {
 }
 
 /// (param, target type, target id, url, envelope of the resource's `date`: lo, hi, and on
-/// `subject` rows one `code` token of the resource: system ('' for none), code)
+/// `subject` rows one `code` token of the resource: system ('' for none), code; last, whether
+/// the envelope is the resource's one `date` value, so a date criterion can be decided on the
+/// row itself (0003_date_exact.sql))
 pub type ReferenceRow = (
     String,
     Option<String>,
@@ -47,6 +49,7 @@ pub type ReferenceRow = (
     Option<i64>,
     Option<String>,
     Option<String>,
+    Option<bool>,
 );
 
 /// (param, value, system, code, canonical value, canonical code)
@@ -164,7 +167,7 @@ pub fn rows(resource: &Value) -> IndexRows {
                 url,
             } => out
                 .references
-                .push((param, target_type, id, url, None, None, None, None)),
+                .push((param, target_type, id, url, None, None, None, None, None)),
             IndexValue::Quantity {
                 value,
                 system,
@@ -211,9 +214,16 @@ pub fn rows(resource: &Value) -> IndexRows {
         },
     );
     if let Some((lo, hi)) = envelope {
+        // Exact when every `date` value is the envelope itself (one value, or repeats of it).
+        let exact = out
+            .dates
+            .iter()
+            .filter(|d| d.0 == "date")
+            .all(|d| d.1 == lo && d.2 == hi);
         for r in &mut out.references {
             r.4 = Some(lo);
             r.5 = Some(hi);
+            r.8 = Some(exact);
         }
     }
     // A `subject` row per code of the resource (0002_search.sql, for `$lastn`).
@@ -526,6 +536,12 @@ mod tests {
                     Some("85354-9")
                 ),
             ]
+        );
+        // One `date` value: the envelope is exact.
+        assert!(
+            rows.references.iter().all(|r| r.8 == Some(true)),
+            "{:?}",
+            rows.references
         );
         // Other references are one row each, without a code.
         let device: Vec<_> = rows.references.iter().filter(|r| r.0 == "device").collect();

@@ -1097,7 +1097,7 @@ const PG_INDEX_TYPES: [&[&str]; 8] = [
     &["text", "text", "text"],
     &["text", "int8", "int8"],
     &[
-        "text", "text", "text", "text", "int8", "int8", "text", "text",
+        "text", "text", "text", "text", "int8", "int8", "text", "text", "bool",
     ],
     &["text", "float8", "text", "text", "float8", "text"],
     &["text", "float8"],
@@ -1115,7 +1115,7 @@ const INDEX_COLUMNS: &[(&str, &str)] = &[
     ("search_date", "param, lo, hi"),
     (
         "search_reference",
-        "param, target_type, target_id, url, date_lo, date_hi, code_system, code",
+        "param, target_type, target_id, url, date_lo, date_hi, code_system, code, date_exact",
     ),
     (
         "search_quantity",
@@ -1247,7 +1247,8 @@ async fn apply_pg(conn: &mut sqlx::PgConnection, row: &VersionRow<'_>) -> Result
             .bind(col(&ix.references, |t| t.4))
             .bind(col(&ix.references, |t| t.5))
             .bind(col(&ix.references, |t| t.6.as_deref()))
-            .bind(col(&ix.references, |t| t.7.as_deref()));
+            .bind(col(&ix.references, |t| t.7.as_deref()))
+            .bind(col(&ix.references, |t| t.8));
     }
     if present[4] {
         q = q

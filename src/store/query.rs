@@ -1043,10 +1043,29 @@ fn push_driver_select(sql: &mut Sql, spec: &SearchSpec, d: usize) {
         }
         c => {
             let (values, within) = split_dated(c);
-            push_values_query(sql, "distinct res_id", ty, values, within, None);
+            let what = if exact_date_clause(spec, d).is_some() {
+                "distinct res_id, date_lo, date_hi, date_exact"
+            } else {
+                "distinct res_id"
+            };
+            push_values_query(sql, what, ty, values, within, None);
             push_code_range(sql, spec, d);
         }
     }
+}
+
+/// The `date` clause of a search whose [`driver`] `d` is a [`Clause::Dated`] reference built
+/// from it ([`with_date_envelopes`]). The driver's rows carry the resource's date envelope and
+/// whether it is exact (`0003_date_exact.sql`); where it is, the clause is decided on the row
+/// instead of by a probe of `search_date`.
+fn exact_date_clause(spec: &SearchSpec, d: usize) -> Option<usize> {
+    let Clause::Dated { within, .. } = &spec.clauses[d] else {
+        return None;
+    };
+    spec.clauses.iter().position(|c| {
+        matches!(c, Clause::Values { table: Table::Date, param, any_of, negate: false }
+            if param == "date" && matches!(any_of.as_slice(), [Pred::Date(r)] if r == within))
+    })
 }
 
 /// Narrows a `subject` driver to the codes a `code` clause asks for: its rows carry the
@@ -1124,12 +1143,28 @@ fn probes_only(spec: &SearchSpec, d: usize) -> bool {
     })
 }
 
-/// ` and <probe>` for every clause but the driver `d`, on the driver's rows `s`.
-fn push_other_probes(sql: &mut Sql, spec: &SearchSpec, d: usize) {
+/// ` and <probe>` for every clause but the driver `d`, on the driver's rows `s`. With `exact`
+/// (an [`exact_date_clause`], whose envelope columns `s` carries), that clause is checked on
+/// `s` where its envelope is exact and probed only elsewhere.
+fn push_other_probes(sql: &mut Sql, spec: &SearchSpec, d: usize, exact: Option<usize>) {
     for (i, clause) in spec.clauses.iter().enumerate() {
-        if i != d {
-            sql.push(" and ");
-            push_probe(sql, "s", &spec.types[0], clause);
+        if i == d {
+            continue;
+        }
+        sql.push(" and ");
+        match clause {
+            Clause::Values { any_of, .. } if exact == Some(i) && any_of.len() == 1 => {
+                let Pred::Date(r) = &any_of[0] else {
+                    push_probe(sql, "s", &spec.types[0], clause);
+                    continue;
+                };
+                sql.push("(case when s.date_exact then ");
+                push_date(sql, "s.date_lo", "s.date_hi", r);
+                sql.push(" else ");
+                push_probe(sql, "s", &spec.types[0], clause);
+                sql.push(" end)");
+            }
+            _ => push_probe(sql, "s", &spec.types[0], clause),
         }
     }
 }
@@ -1156,7 +1191,7 @@ fn driver_page_sql(spec: &SearchSpec, d: usize, limit: usize, total: bool) -> Sq
         sql.text(&c.ty).push(", ");
         sql.text(&c.id).push(")");
     }
-    push_other_probes(&mut sql, spec, d);
+    push_other_probes(&mut sql, spec, d, exact_date_clause(spec, d));
     sql.push(") select ").push(VERSION_COLUMNS);
     if total {
         sql.push(", (select count(*) from m) as total");
@@ -1465,7 +1500,7 @@ pub fn lastn_pick_sql(spec: &SearchSpec, d: usize, codes: &[(String, String)], m
         sql.push(") s where s.code_system = ");
         sql.text(system).push(" and s.code = ");
         sql.text(code);
-        push_other_probes(&mut sql, spec, d);
+        push_other_probes(&mut sql, spec, d, None);
         sql.push(" order by s.date_hi desc nulls last, s.res_id desc limit ");
         sql.int(max as i64);
         let _ = write!(sql.text, ") b{i}");
@@ -1501,7 +1536,7 @@ fn driver_lastn_sql(spec: &SearchSpec, d: usize, max: usize) -> Sql {
     sql.push(") s join search_token c on c.res_type = ");
     sql.text(ty)
         .push(" and c.res_id = s.res_id and c.param = 'code' where 1 = 1");
-    push_other_probes(&mut sql, spec, d);
+    push_other_probes(&mut sql, spec, d, None);
     sql.push(") ranked where n <= ");
     sql.int(max as i64);
     sql.push(") p join resource r on r.res_type = ");

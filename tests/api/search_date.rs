@@ -397,3 +397,97 @@ async fn last_updated_ranges(app: TestApp) {
     .await;
 }
 both!(last_updated_ranges);
+
+/// Patient + date is answered from the subject rows' date envelope. Where a resource has one
+/// `date` value the envelope is that value and decides the criterion; where it has several
+/// (MedicationRequest.dosageInstruction.timing.event) the envelope only narrows, and the values
+/// themselves decide: a month between two events is inside the envelope but matches nothing.
+async fn patient_and_date_exact_and_multi_valued(app: TestApp) {
+    put(&app, patient("pd-1", None)).await;
+    put(&app, patient("pd-2", None)).await;
+    let obs = |id: &str, subject: &str, when: &str| {
+        let mut o = observation(id, Some(("effectiveDateTime", json!(when))));
+        o["subject"] = json!({"reference": format!("Patient/{subject}")});
+        o
+    };
+    for o in [
+        obs("pd-jan", "pd-1", "2026-01-10T09:00:00Z"),
+        obs("pd-feb", "pd-1", "2026-02-10T09:00:00Z"),
+        obs("pd-mar", "pd-1", "2026-03-10T09:00:00Z"),
+        obs("pd-other", "pd-2", "2026-02-10T09:00:00Z"),
+    ] {
+        put(&app, o).await;
+    }
+    let events = |id: &str, subject: &str, days: &[&str]| {
+        json!({"resourceType": "MedicationRequest", "id": id, "status": "active",
+               "intent": "order", "medicationCodeableConcept": {"text": "x"},
+               "subject": {"reference": format!("Patient/{subject}")},
+               "dosageInstruction": [{"timing": {"event": days}}]})
+    };
+    put(
+        &app,
+        events("mr-jan-mar", "pd-1", &["2026-01-10", "2026-03-10"]),
+    )
+    .await;
+    put(&app, events("mr-feb", "pd-1", &["2026-02-10"])).await;
+    put(&app, events("mr-other", "pd-2", &["2026-02-10"])).await;
+
+    check(
+        &app,
+        "Observation?patient=pd-1&date=ge2026-02-01",
+        &["pd-feb", "pd-mar"],
+    )
+    .await;
+    check(&app, "Observation?patient=pd-1&date=2026-02", &["pd-feb"]).await;
+    check(
+        &app,
+        "Observation?patient=pd-1&date=lt2026-02-01",
+        &["pd-jan"],
+    )
+    .await;
+    check(
+        &app,
+        "Observation?subject=Patient/pd-1&date=sa2026-02-10",
+        &["pd-mar"],
+    )
+    .await;
+    check(
+        &app,
+        "Observation?patient=pd-2&date=le2026-02-10",
+        &["pd-other"],
+    )
+    .await;
+
+    // February lies inside mr-jan-mar's envelope (10 January to 10 March) but holds no event.
+    check(
+        &app,
+        "MedicationRequest?patient=pd-1&date=2026-02",
+        &["mr-feb"],
+    )
+    .await;
+    check(
+        &app,
+        "MedicationRequest?patient=pd-1&date=2026-03-10",
+        &["mr-jan-mar"],
+    )
+    .await;
+    check(
+        &app,
+        "MedicationRequest?patient=pd-1&date=ge2026-02-01",
+        &["mr-jan-mar", "mr-feb"],
+    )
+    .await;
+    check(
+        &app,
+        "MedicationRequest?patient=pd-1&date=lt2026-02-01",
+        &["mr-jan-mar"],
+    )
+    .await;
+    check(
+        &app,
+        "MedicationRequest?patient=pd-1&date=ne2026-02-10",
+        &["mr-jan-mar"],
+    )
+    .await;
+}
+both!(patient_and_date_exact_and_multi_valued);
