@@ -28,6 +28,8 @@ PORT=${PORT:-18091}
 DB=${DB:-vb_bench_rpm}
 
 cargo build --release --quiet
+# The server creates this admin client at start; the bench obtains its tokens with it.
+export VB_BENCH_CLIENT_ID=bench VB_BENCH_CLIENT_SECRET="${BENCH_SECRET:=bench-$RANDOM$RANDOM}"
 bin=target/release/vitalbridge
 out=target/bench
 mkdir -p "$out"
@@ -39,7 +41,7 @@ if [ -z "$(psql "$PG_ADMIN" -Atqc "select 1 from pg_database where datname = '$D
   psql "$PG_ADMIN" -qc "create database $DB" >/dev/null
 fi
 
-VB_LOG=warn DATABASE_URL="${PG_ADMIN%/*}/$DB" "$bin" serve --listen "127.0.0.1:$PORT" &
+VB_LOG=warn VB_BOOTSTRAP_CLIENT_ID=bench VB_BOOTSTRAP_CLIENT_SECRET="$BENCH_SECRET" DATABASE_URL="${PG_ADMIN%/*}/$DB" "$bin" serve --listen "127.0.0.1:$PORT" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 # Migrations of a kept database run before the server listens: allow more than bench.sh.

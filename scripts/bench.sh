@@ -17,6 +17,8 @@ PG_ADMIN=${VB_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 PORT=${PORT:-18090}
 
 cargo build --release --quiet
+# The server creates this admin client at start; the bench obtains its tokens with it.
+export VB_BENCH_CLIENT_ID=bench VB_BENCH_CLIENT_SECRET="${BENCH_SECRET:=bench-$RANDOM$RANDOM}"
 bin=target/release/vitalbridge
 out=target/bench
 mkdir -p "$out"
@@ -32,7 +34,7 @@ for backend in $BACKENDS; do
       url="sqlite://$dir/bench.db" ;;
     *) echo "unknown backend $backend" >&2; exit 2 ;;
   esac
-  VB_LOG=warn DATABASE_URL="$url" "$bin" serve --listen "127.0.0.1:$PORT" &
+  VB_LOG=warn VB_BOOTSTRAP_CLIENT_ID=bench VB_BOOTSTRAP_CLIENT_SECRET="$BENCH_SECRET" DATABASE_URL="$url" "$bin" serve --listen "127.0.0.1:$PORT" &
   pid=$!
   trap 'kill $pid 2>/dev/null || true' EXIT
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done

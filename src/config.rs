@@ -16,6 +16,11 @@ pub struct Settings {
     pub body_limit: usize,
     /// Database connections per process (`VB_DB_POOL`).
     pub db_pool: u32,
+    /// The admin client to create at start (`VB_BOOTSTRAP_CLIENT_ID`, `VB_BOOTSTRAP_CLIENT_SECRET`).
+    pub bootstrap_client: Option<crate::auth::BootstrapClient>,
+    /// The issuer's signing key as PKCS#8 PEM (`VB_SIGNING_KEY_FILE`); by default one generated
+    /// at the first start and kept in the database.
+    pub signing_key_pem: Option<String>,
 }
 
 impl Default for Settings {
@@ -26,6 +31,8 @@ impl Default for Settings {
             base_url: None,
             body_limit: 16 * 1024 * 1024,
             db_pool: 16,
+            bootstrap_client: None,
+            signing_key_pem: None,
         }
     }
 }
@@ -58,6 +65,11 @@ impl fmt::Debug for Settings {
             .field("base_url", &self.base_url)
             .field("body_limit", &self.body_limit)
             .field("db_pool", &self.db_pool)
+            .field("bootstrap_client", &self.bootstrap_client)
+            .field(
+                "signing_key_pem",
+                &self.signing_key_pem.as_ref().map(|_| "***"),
+            )
             .finish()
     }
 }
@@ -70,10 +82,16 @@ mod tests {
     fn debug_hides_the_password() {
         let s = Settings {
             database_url: Some("postgres://vb:s3cret@db/vb".into()),
+            bootstrap_client: Some(crate::auth::BootstrapClient {
+                client_id: "admin".into(),
+                secret: "client-s3cret".into(),
+            }),
+            signing_key_pem: Some("-----BEGIN PRIVATE KEY-----key-s3cret".into()),
             ..Default::default()
         };
         let printed = format!("{s:?}");
         assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("admin"), "{printed}");
         assert!(printed.contains("***"));
     }
 }

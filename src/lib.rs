@@ -3,6 +3,7 @@
 //! Rooms (DESIGN.md): `config`, `http`, `fhir`, `validate`, `search`, `store`. Tests and `main`
 //! build the same application through [`Application::build`].
 
+pub mod auth;
 pub mod bench;
 pub mod config;
 pub mod fhir;
@@ -46,12 +47,22 @@ impl Application {
             .migrate()
             .await
             .context("cannot apply the database migrations")?;
+        let signing_key = auth::keys::load(settings.signing_key_pem.as_deref(), &store)
+            .await
+            .context("cannot load the token signing key")?;
+        if let Some(boot) = &settings.bootstrap_client {
+            auth::ensure_bootstrap_client(&store, boot)
+                .await
+                .context("cannot create the bootstrap admin client")?;
+        }
         let listener = TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let state = AppState(Arc::new(Inner {
             store: store.clone(),
             settings,
+            signing_key,
+            verified_tokens: Default::default(),
             started: store::format_instant(store::now_micros()),
         }));
         Ok(Application {

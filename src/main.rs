@@ -41,6 +41,25 @@ enum Command {
         /// Database connections per server process
         #[arg(long, env = "VB_DB_POOL", default_value_t = 16)]
         db_pool: u32,
+        /// Client id of an admin client (client_credentials) created or updated at start
+        #[arg(
+            long,
+            env = "VB_BOOTSTRAP_CLIENT_ID",
+            requires = "bootstrap_client_secret"
+        )]
+        bootstrap_client_id: Option<String>,
+        /// Secret of the bootstrap admin client
+        #[arg(
+            long,
+            env = "VB_BOOTSTRAP_CLIENT_SECRET",
+            hide_env_values = true,
+            requires = "bootstrap_client_id"
+        )]
+        bootstrap_client_secret: Option<String>,
+        /// PKCS#8 PEM file with the RSA key that signs tokens [default: one generated at the
+        /// first start and kept in the database]
+        #[arg(long, env = "VB_SIGNING_KEY_FILE")]
+        signing_key_file: Option<std::path::PathBuf>,
     },
     /// Apply the database migrations and exit
     Migrate {
@@ -98,13 +117,34 @@ async fn run() -> std::process::ExitCode {
             base_url,
             body_limit,
             db_pool,
+            bootstrap_client_id,
+            bootstrap_client_secret,
+            signing_key_file,
         } => {
+            let signing_key_pem = match signing_key_file {
+                Some(path) => match std::fs::read_to_string(&path) {
+                    Ok(pem) => Some(pem),
+                    Err(e) => {
+                        eprintln!("error: cannot read the signing key {}: {e}", path.display());
+                        return std::process::ExitCode::FAILURE;
+                    }
+                },
+                None => None,
+            };
+            let bootstrap_client = match (bootstrap_client_id, bootstrap_client_secret) {
+                (Some(client_id), Some(secret)) => {
+                    Some(vitalbridge::auth::BootstrapClient { client_id, secret })
+                }
+                _ => None,
+            };
             serve(Settings {
                 listen,
                 database_url: db.database_url,
                 base_url,
                 body_limit,
                 db_pool,
+                bootstrap_client,
+                signing_key_pem,
             })
             .await
         }

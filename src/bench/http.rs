@@ -61,6 +61,107 @@ pub fn build_client(
         .context("building the HTTP client")
 }
 
+/// The current bearer token of a `--client-id` run, sent with every request by [`send`] and
+/// [`send_search`]. Tokens live five minutes and a seeding run lasts longer, so a task renews it
+/// (a client's default headers cannot change once it is built).
+static BEARER: std::sync::RwLock<Option<HeaderValue>> = std::sync::RwLock::new(None);
+
+pub fn with_bearer(req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    match BEARER.read().ok().and_then(|b| b.clone()) {
+        Some(v) => req.header(header::AUTHORIZATION, v),
+        None => req,
+    }
+}
+
+/// [`with_bearer`] as a method, for the requests built outside [`send`].
+pub trait Bearer {
+    fn bearer(self) -> Self;
+}
+
+impl Bearer for reqwest::RequestBuilder {
+    fn bearer(self) -> Self {
+        with_bearer(self)
+    }
+}
+
+/// Obtains a token with the client_credentials grant at the token endpoint the server's SMART
+/// configuration names, and keeps renewing it a minute before it expires.
+pub async fn start_token_renewal(
+    http: &reqwest::Client,
+    base: &str,
+    client_id: &str,
+    secret: &str,
+) -> anyhow::Result<()> {
+    let conf: serde_json::Value = http
+        .get(format!("{base}/.well-known/smart-configuration"))
+        .send()
+        .await
+        .context("cannot fetch the SMART configuration")?
+        .error_for_status()?
+        .json()
+        .await
+        .context("the SMART configuration is not JSON")?;
+    let endpoint = conf["token_endpoint"]
+        .as_str()
+        .context("the SMART configuration names no token_endpoint")?
+        .to_owned();
+    let fetch = {
+        let http = http.clone();
+        let (id, secret) = (client_id.to_owned(), secret.to_owned());
+        move || {
+            let (http, endpoint, id, secret) =
+                (http.clone(), endpoint.clone(), id.clone(), secret.clone());
+            async move {
+                let r = http
+                    .post(&endpoint)
+                    .basic_auth(
+                        url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>(),
+                        Some(
+                            url::form_urlencoded::byte_serialize(secret.as_bytes())
+                                .collect::<String>(),
+                        ),
+                    )
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body("grant_type=client_credentials")
+                    .send()
+                    .await
+                    .context("token request failed")?;
+                let status = r.status();
+                let body: serde_json::Value =
+                    r.json().await.context("token response is not JSON")?;
+                if !status.is_success() {
+                    anyhow::bail!(
+                        "the token endpoint refused the client ({status}): {}",
+                        body["error"]
+                    );
+                }
+                let token = body["access_token"].as_str().context("no access_token")?;
+                let mut v = HeaderValue::from_str(&format!("Bearer {token}"))?;
+                v.set_sensitive(true);
+                if let Ok(mut b) = BEARER.write() {
+                    *b = Some(v);
+                }
+                Ok::<u64, anyhow::Error>(body["expires_in"].as_u64().unwrap_or(300))
+            }
+        }
+    };
+    let first = fetch().await?;
+    tokio::spawn(async move {
+        let mut wait = first;
+        loop {
+            tokio::time::sleep(Duration::from_secs(wait.saturating_sub(60).max(10))).await;
+            match fetch().await {
+                Ok(expires_in) => wait = expires_in,
+                Err(e) => {
+                    eprintln!("warning: cannot renew the access token: {e:#}");
+                    wait = 70;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
 /// A failed request: its class for the counters and a detail for the report.
 #[derive(Debug)]
 pub struct Failure {
@@ -97,7 +198,10 @@ pub async fn send(
     req: reqwest::RequestBuilder,
     want_id: Option<&str>,
 ) -> Result<Option<String>, Failure> {
-    let mut resp = req.send().await.map_err(|e| transport_failure(&e))?;
+    let mut resp = with_bearer(req)
+        .send()
+        .await
+        .map_err(|e| transport_failure(&e))?;
     let status = resp.status();
     if !status.is_success() {
         let body = resp.text().await.unwrap_or_default();
@@ -151,7 +255,10 @@ pub async fn send_search(
     req: reqwest::RequestBuilder,
     expect: SearchExpect,
 ) -> Result<usize, Failure> {
-    let resp = req.send().await.map_err(|e| transport_failure(&e))?;
+    let resp = with_bearer(req)
+        .send()
+        .await
+        .map_err(|e| transport_failure(&e))?;
     let status = resp.status();
     if status != reqwest::StatusCode::OK {
         let body = resp.text().await.unwrap_or_default();

@@ -57,6 +57,23 @@ pub struct BenchArgs {
     /// Bearer token sent as Authorization header (optional)
     #[arg(long, env = "VB_BENCH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Client id for the client_credentials grant: the bench obtains its tokens from the
+    /// server's token endpoint (named by its SMART configuration) and renews them before expiry
+    #[arg(
+        long,
+        env = "VB_BENCH_CLIENT_ID",
+        requires = "client_secret",
+        conflicts_with = "token"
+    )]
+    pub client_id: Option<String>,
+    /// Client secret for --client-id
+    #[arg(
+        long,
+        env = "VB_BENCH_CLIENT_SECRET",
+        hide_env_values = true,
+        requires = "client_id"
+    )]
+    pub client_secret: Option<String>,
     /// Concurrent clients (connections)
     #[arg(long, default_value_t = 32)]
     pub clients: usize,
@@ -188,6 +205,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.token.as_deref(),
     )?;
 
+    if let (Some(id), Some(secret)) = (&args.client_id, &args.client_secret) {
+        http::start_token_renewal(&http, &base, id, secret).await?;
+    }
     let server = probe_metadata(&http, &base).await?;
     let timed = scenarios.iter().any(|s| *s != Scenario::RpmSeed);
     print_header(&args, &base, server.as_deref(), ansi, timed);

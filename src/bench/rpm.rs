@@ -33,7 +33,7 @@ use reqwest::{StatusCode, Url, header};
 use serde::Serialize;
 
 use super::fhir::{SearchExpect, id_from_location};
-use super::http::{content_type_fhir, prefer_minimal};
+use super::http::{Bearer as _, content_type_fhir, prefer_minimal};
 use super::scenario::Scenario;
 use super::stats::snippet;
 use super::util::{self, Rng};
@@ -989,6 +989,7 @@ async fn read_marker(ctx: &Ctx) -> anyhow::Result<Option<Marker>> {
     let resp = ctx
         .http
         .get(url.clone())
+        .bearer()
         .send()
         .await
         .with_context(|| format!("GET {url}"))?;
@@ -1015,6 +1016,7 @@ async fn write_marker(ctx: &Ctx, m: &Marker) -> anyhow::Result<()> {
         .header(header::CONTENT_TYPE, content_type_fhir())
         .header("Prefer", prefer_minimal())
         .body(marker_json(m))
+        .bearer()
         .send()
         .await
         .with_context(|| format!("PUT {url}"))?;
@@ -1032,6 +1034,7 @@ async fn exists(ctx: &Ctx, resource_type: &str, id: &str) -> anyhow::Result<bool
     let resp = ctx
         .http
         .get(url.clone())
+        .bearer()
         .send()
         .await
         .with_context(|| format!("GET {url}"))?;
@@ -1159,6 +1162,7 @@ async fn send_bundle(
             .header(header::CONTENT_TYPE, content_type_fhir())
             .header("Prefer", prefer_minimal())
             .body(body.clone())
+            .bearer()
             .send()
             .await
         {

@@ -10,7 +10,9 @@ use reqwest::header::{self, HeaderValue};
 
 use super::Ctx;
 use super::fhir::{ids_from_transaction_response, patient_json, transaction_bundle};
-use super::http::{Failure, content_type_fhir, prefer_minimal, prefer_representation, send};
+use super::http::{
+    Bearer as _, Failure, content_type_fhir, prefer_minimal, prefer_representation, send,
+};
 use super::util::{Clock, Rng};
 use super::workers::random_observation;
 
@@ -154,6 +156,7 @@ impl<'a> Seeder<'a> {
             .post(self.ctx.base_url()?)
             .header(header::CONTENT_TYPE, content_type_fhir())
             .body(bundle)
+            .bearer()
             .send()
             .await
             .context("POST transaction Bundle")?;

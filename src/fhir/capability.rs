@@ -80,7 +80,30 @@ pub fn capability_statement(base: &str, software_version: &str, started: &str) -
                 {"name": "_lastUpdated", "type": "date"},
                 {"name": "_type", "type": "token"}
             ],
+            "security": security(base),
         }]
+    })
+}
+
+/// `rest.security`: a SMART-on-FHIR service with its OAuth endpoints in the `oauth-uris`
+/// extension (https://hl7.org/fhir/smart-app-launch/conformance.html#declaring-support-for-oauth2-endpoints).
+fn security(base: &str) -> Value {
+    let origin = base.strip_suffix("/fhir").unwrap_or(base);
+    json!({
+        "extension": [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [
+                {"url": "token", "valueUri": format!("{origin}/auth/token")}
+            ]
+        }],
+        "service": [{
+            "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                "code": "SMART-on-FHIR"
+            }],
+            "text": "OAuth2 using SMART-on-FHIR profile (see http://docs.smarthealthit.org)"
+        }],
+        "description": "Every interaction but this CapabilityStatement needs a bearer access token from the token endpoint (SMART App Launch 2, Backend Services)."
     })
 }
 

@@ -79,6 +79,13 @@ pub enum ApiError {
     Conflict(String),
     #[error("not supported")]
     NotSupported(String),
+    /// No bearer token, or one that is not valid (401, with `WWW-Authenticate`,
+    /// https://www.rfc-editor.org/rfc/rfc6750#section-3).
+    #[error("unauthorized")]
+    Unauthorized(String),
+    /// A valid token whose scopes do not allow the request (403).
+    #[error("forbidden")]
+    Forbidden(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -105,6 +112,8 @@ impl ApiError {
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NotSupported(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -135,6 +144,8 @@ impl ApiError {
                 &format!("request body exceeds the limit of {limit} bytes"),
             ),
             ApiError::PreconditionFailed(m) | ApiError::Conflict(m) => one("conflict", m),
+            ApiError::Unauthorized(m) => one("login", m),
+            ApiError::Forbidden(m) => one("forbidden", m),
             ApiError::Internal(_) => {
                 let id = crate::http::request_id::current().unwrap_or_default();
                 one(
@@ -177,6 +188,26 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/fhir+json; charset=utf-8"),
         );
+        match &self {
+            // The reason stays in the body; the challenge names only the error class.
+            ApiError::Unauthorized(_) => {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        r#"Bearer realm="vitalbridge", error="invalid_token""#,
+                    ),
+                );
+            }
+            ApiError::Forbidden(_) => {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        r#"Bearer realm="vitalbridge", error="insufficient_scope""#,
+                    ),
+                );
+            }
+            _ => {}
+        }
         resp
     }
 }

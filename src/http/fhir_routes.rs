@@ -82,16 +82,7 @@ impl Ctx {
         let raw_query = raw_query.unwrap_or_default();
         let params = search::decode_query(&raw_query);
         let n = negotiate(&params, headers)?;
-        let base = match &state.settings.base_url {
-            Some(b) => b.trim_end_matches('/').to_owned(),
-            None => {
-                let host = headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or("localhost");
-                format!("http://{host}/fhir")
-            }
-        };
+        let base = crate::auth::routes::fhir_base(state, headers);
         let mut prefer_return = Return::Representation;
         let mut strict = false;
         for pref in headers

@@ -23,6 +23,9 @@ pub struct AppState(pub Arc<Inner>);
 pub struct Inner {
     pub store: Store,
     pub settings: Settings,
+    /// The issuer's key: signs and verifies access tokens.
+    pub signing_key: crate::auth::keys::SigningKey,
+    pub verified_tokens: crate::auth::routes::VerifiedTokens,
     /// Server start time as a FHIR instant (CapabilityStatement.date).
     pub started: String,
 }
@@ -40,7 +43,13 @@ pub fn router(state: AppState) -> Router {
         .nest("/fhir", fhir_routes::router())
         // Batches and transactions are posted to the base, with or without a trailing slash.
         .route("/fhir/", axum::routing::post(fhir_routes::system_bundle))
+        .merge(crate::auth::routes::router())
         .fallback(not_found)
+        // Every endpoint but the public ones needs a bearer token (issue 4, item 9).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::routes::require_token,
+        ))
         .with_state(state)
         // Outermost: the request id and its log span cover everything below, panics included.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(

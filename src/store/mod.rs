@@ -9,6 +9,7 @@
 //! functions once per sqlx driver, so the two backends cannot drift apart (rule 6). The few
 //! dialect differences are spelled out where they occur.
 
+pub mod auth;
 pub mod query;
 mod time_fmt;
 

@@ -50,14 +50,73 @@ pub async fn fresh_database(backend: Backend) -> String {
     }
 }
 
+/// The bootstrap admin client every test server is started with.
+pub const ADMIN_ID: &str = "test-admin";
+pub const ADMIN_SECRET: &str = "test-admin-secret: with spaces & symbols";
+
+/// One signing key for every server of a test run: generating an RSA key per test would
+/// dominate start-up. Production servers generate theirs (see `a_generated_key_is_kept`).
+pub fn test_signing_key() -> String {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| vitalbridge::auth::keys::SigningKey::generate_pem().expect("RSA key"))
+        .clone()
+}
+
+pub fn test_settings(database_url: &str) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".into(),
+        database_url: Some(database_url.to_owned()),
+        db_pool: 8,
+        bootstrap_client: Some(vitalbridge::auth::BootstrapClient {
+            client_id: ADMIN_ID.into(),
+            secret: ADMIN_SECRET.into(),
+        }),
+        signing_key_pem: Some(test_signing_key()),
+        ..Default::default()
+    }
+}
+
+/// An access token for the bootstrap admin, obtained as a backend service does: client
+/// credentials with HTTP Basic authentication at the token endpoint (`origin` is the server's
+/// scheme, host and port).
+pub async fn admin_token(origin: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{origin}/auth/token"))
+        .basic_auth(
+            // RFC 6749 section 2.3.1: form-urlencoded before Basic encoding.
+            url::form_urlencoded::byte_serialize(ADMIN_ID.as_bytes()).collect::<String>(),
+            Some(url::form_urlencoded::byte_serialize(ADMIN_SECRET.as_bytes()).collect::<String>()),
+        )
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .expect("token request");
+    let status = r.status();
+    let body: Value = r.json().await.expect("token response is JSON");
+    assert_eq!(status, 200, "token request refused: {body}");
+    body["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned()
+}
+
+/// A client that sends the admin's bearer token with every request.
+pub async fn admin_client(origin: &str) -> reqwest::Client {
+    let token = admin_token(origin).await;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
 pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let database_url = fresh_database(backend).await;
-    let mut settings = Settings {
-        listen: "127.0.0.1:0".into(),
-        database_url: Some(database_url.clone()),
-        db_pool: 8,
-        ..Default::default()
-    };
+    let mut settings = test_settings(&database_url);
     tweak(&mut settings);
     let app = Application::build(settings)
         .await
@@ -66,7 +125,7 @@ pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> 
     tokio::spawn(app.run_until(std::future::pending()));
     TestApp {
         base: format!("http://{addr}/fhir"),
-        client: reqwest::Client::builder().build().expect("client"),
+        client: admin_client(&format!("http://{addr}")).await,
         backend,
         database_url,
     }
@@ -101,6 +160,11 @@ impl Resp {
 }
 
 impl TestApp {
+    /// Scheme, host and port of the server.
+    pub fn origin(&self) -> String {
+        self.base.trim_end_matches("/fhir").to_owned()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}/{}", self.base, path.trim_start_matches('/'))
     }

@@ -2,6 +2,8 @@
 
 mod common;
 
+mod auth;
+
 mod bundles;
 mod crud;
 mod errors;

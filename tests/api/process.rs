@@ -33,6 +33,8 @@ async fn start_logging(database_url: &str, port: u16, level: &str, log: Stdio) -
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", database_url)
         .env("VB_LOG", level)
+        .env("VB_BOOTSTRAP_CLIENT_ID", crate::common::ADMIN_ID)
+        .env("VB_BOOTSTRAP_CLIENT_SECRET", crate::common::ADMIN_SECRET)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -63,12 +65,12 @@ async fn start_logging(database_url: &str, port: u16, level: &str, log: Stdio) -
 type Ack = (String, i64, f64);
 
 async fn writer(
+    client: reqwest::Client,
     base: String,
     patient_id: String,
     acks: Arc<Mutex<Vec<Ack>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    let client = reqwest::Client::new();
     let mut n = 0u32;
     let mut mine: Option<String> = None;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -114,7 +116,7 @@ async fn kill_during_writes(backend: Backend) {
     let mut patient_id = String::new();
     for round in 0..3 {
         let mut server = start(&db, port).await;
-        let client = reqwest::Client::new();
+        let client = crate::common::admin_client(server.base.trim_end_matches("/fhir")).await;
         if round == 0 {
             let r = client
                 .post(format!("{}/Patient", server.base))
@@ -131,7 +133,10 @@ async fn kill_during_writes(backend: Backend) {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tasks: Vec<_> = (0..8)
             .map(|_| {
+                // One token for the round, obtained before the writers start: the kill must
+                // land among writes, not token requests.
                 tokio::spawn(writer(
+                    client.clone(),
                     server.base.clone(),
                     patient_id.clone(),
                     acks.clone(),
@@ -158,7 +163,7 @@ async fn kill_during_writes(backend: Backend) {
     // After a restart every acknowledged version is there with the value written, and every
     // resource's history is complete: versions 1..=current without gaps.
     let server = start(&db, port).await;
-    let client = reqwest::Client::new();
+    let client = crate::common::admin_client(server.base.trim_end_matches("/fhir")).await;
     for (id, version, value) in &acks {
         let r = client
             .get(format!(
@@ -238,7 +243,7 @@ async fn graceful(backend: Backend) {
         .map(|i| json!({"resource": patient(&format!("Grace{i}")), "request": {"method": "POST", "url": "Patient"}}))
         .collect();
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
-    let client = reqwest::Client::new();
+    let client = crate::common::admin_client(server.base.trim_end_matches("/fhir")).await;
     let url = server.base.replace("/fhir", "/fhir/");
     let in_flight = tokio::spawn(async move {
         client
@@ -329,7 +334,7 @@ async fn logs_carry_request_ids_and_no_patient_data(backend: Backend) {
     let port = free_port();
     // The most verbose level: nothing logged at any level may carry patient data.
     let Server { mut child, base } = start_logging(&db, port, "debug", Stdio::from(log)).await;
-    let client = reqwest::Client::new();
+    let client = crate::common::admin_client(base.trim_end_matches("/fhir")).await;
     let mut p = patient("Zebedee-Secret-Surname");
     p["identifier"] = json!([{"system": "urn:mrn", "value": "MRN-SECRET-4711"}]);
     let r = client

@@ -1,0 +1,473 @@
+//! The authorization server's endpoints and the bearer-token gate in front of everything else.
+//!
+//! - `POST /auth/token`: the token endpoint (https://www.rfc-editor.org/rfc/rfc6749#section-3.2),
+//!   `client_credentials` with a client secret (HTTP Basic or in the form);
+//! - `GET /auth/jwks`: the issuer's public keys;
+//! - `GET /.well-known/openid-configuration` (https://openid.net/specs/openid-connect-discovery-1_0.html);
+//! - `GET /fhir/.well-known/smart-configuration`
+//!   (https://hl7.org/fhir/smart-app-launch/conformance.html#using-well-known).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::token::{self, Grant};
+use super::{Role, scope, secret};
+use crate::http::AppState;
+use crate::http::error::ApiError;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/token", post(token_endpoint))
+        .route("/auth/jwks", get(jwks))
+        .route(
+            "/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
+        .route(
+            "/fhir/.well-known/smart-configuration",
+            get(smart_configuration),
+        )
+}
+
+/// Paths answered without a token (issue 4, item 9): capability and discovery documents,
+/// liveness, the OAuth endpoints themselves and the API docs.
+fn is_public(path: &str) -> bool {
+    matches!(
+        path,
+        "/healthz"
+            | "/fhir/metadata"
+            | "/fhir/.well-known/smart-configuration"
+            | "/.well-known/openid-configuration"
+            | "/openapi.json"
+    ) || path.starts_with("/auth/")
+        || path == "/docs"
+        || path.starts_with("/docs/")
+}
+
+/// The public origin of this server for a request: the configured base URL without its
+/// `/fhir`, or `http://` + the request's `Host`. It is the token issuer.
+pub fn origin(state: &AppState, headers: &HeaderMap) -> String {
+    match &state.settings.base_url {
+        Some(b) => {
+            let b = b.trim_end_matches('/');
+            b.strip_suffix("/fhir").unwrap_or(b).to_owned()
+        }
+        None => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            format!("http://{host}")
+        }
+    }
+}
+
+/// The FHIR base URL for a request: the configured one, or the origin + `/fhir`. Access tokens
+/// name it as their audience.
+pub fn fhir_base(state: &AppState, headers: &HeaderMap) -> String {
+    match &state.settings.base_url {
+        Some(b) => b.trim_end_matches('/').to_owned(),
+        None => format!("{}/fhir", origin(state, headers)),
+    }
+}
+
+/// Lets a request through with its [`super::Principal`] in the extensions when it carries a
+/// valid bearer token, or when its path is public; answers 401 otherwise.
+pub async fn require_token(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if is_public(req.uri().path()) {
+        return next.run(req).await;
+    }
+    match authenticate(&state, req.headers()) {
+        Ok(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<super::Principal>, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthorized("a bearer access token is required".into()))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .ok_or_else(|| {
+            ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into())
+        })?;
+    let (issuer, audience) = (origin(state, headers), fhir_base(state, headers));
+    let now = crate::store::now_micros() / 1_000_000;
+    if let Some(p) = state.verified_tokens.get(token, &issuer, &audience, now) {
+        return Ok(p);
+    }
+    let p = Arc::new(
+        token::verify(&state.signing_key, &issuer, &audience, token)
+            .map_err(|e| ApiError::Unauthorized(e.to_string()))?,
+    );
+    state
+        .verified_tokens
+        .put(token, &issuer, &audience, p.clone(), now);
+    Ok(p)
+}
+
+/// Tokens whose signature and claims were checked, until they expire: an RSA verification costs
+/// more than serving a read, and a client sends the same token for minutes. A token is only
+/// ever answered from here for the issuer and audience it was verified for, and never after its
+/// `exp`.
+#[derive(Default)]
+pub struct VerifiedTokens {
+    map: std::sync::Mutex<std::collections::HashMap<String, Verified>>,
+}
+
+/// (issuer, audience, principal) of a verified token.
+type Verified = (String, String, Arc<super::Principal>);
+
+/// Entries kept at most; beyond it the expired ones go, then all.
+const VERIFIED_TOKENS_MAX: usize = 4096;
+
+impl VerifiedTokens {
+    fn get(
+        &self,
+        token: &str,
+        issuer: &str,
+        audience: &str,
+        now: i64,
+    ) -> Option<Arc<super::Principal>> {
+        let map = self.map.lock().ok()?;
+        let (iss, aud, p) = map.get(token)?;
+        (iss == issuer && aud == audience && now < p.expires_at).then(|| p.clone())
+    }
+
+    fn put(&self, token: &str, issuer: &str, audience: &str, p: Arc<super::Principal>, now: i64) {
+        let Ok(mut map) = self.map.lock() else { return };
+        if map.len() >= VERIFIED_TOKENS_MAX {
+            map.retain(|_, (_, _, p)| now < p.expires_at);
+            if map.len() >= VERIFIED_TOKENS_MAX {
+                map.clear();
+            }
+        }
+        map.insert(
+            token.to_owned(),
+            (issuer.to_owned(), audience.to_owned(), p),
+        );
+    }
+}
+
+/// An OAuth error response (https://www.rfc-editor.org/rfc/rfc6749#section-5.2).
+struct OAuthError {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+    /// The client authenticated with HTTP Basic: a 401 then names the scheme.
+    basic_challenge: bool,
+}
+
+impl OAuthError {
+    fn new(error: &'static str, description: impl Into<String>) -> OAuthError {
+        OAuthError {
+            status: if error == "invalid_client" {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::BAD_REQUEST
+            },
+            error,
+            description: description.into(),
+            basic_challenge: false,
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let mut resp = no_store_json(
+            self.status,
+            &json!({"error": self.error, "error_description": self.description}),
+        );
+        if self.basic_challenge && self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Basic realm="vitalbridge""#),
+            );
+        }
+        resp
+    }
+}
+
+/// A JSON answer that no cache may keep (token responses carry credentials,
+/// https://www.rfc-editor.org/rfc/rfc6749#section-5.1).
+fn no_store_json(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::PRAGMA, "no-cache"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// `client_id:client_secret` of an HTTP Basic header, each form-urlencoded first
+/// (https://www.rfc-editor.org/rfc/rfc6749#section-2.3.1).
+fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, b64) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decode = || {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|_| ())?;
+        let raw = String::from_utf8(raw).map_err(|_| ())?;
+        let (id, secret) = raw.split_once(':').ok_or(())?;
+        let unescape = |s: &str| {
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        Ok((unescape(id), unescape(secret)))
+    };
+    Some(decode())
+}
+
+async fn token_endpoint(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match issue_token(&state, &headers, &body).await {
+        Ok(v) => no_store_json(StatusCode::OK, &v),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn issue_token(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Value, OAuthError> {
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let field = |name: &str| {
+        let mut values = form
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str());
+        match (values.next(), values.next()) {
+            (Some(v), None) => Ok(Some(v)),
+            (None, _) => Ok(None),
+            (Some(_), Some(_)) => Err(OAuthError::new(
+                "invalid_request",
+                format!("`{name}` is repeated"),
+            )),
+        }
+    };
+    let grant_type = field("grant_type")?
+        .ok_or_else(|| OAuthError::new("invalid_request", "`grant_type` is missing"))?;
+    if grant_type != "client_credentials" {
+        return Err(OAuthError::new(
+            "unsupported_grant_type",
+            format!("grant_type `{grant_type}` is not supported"),
+        ));
+    }
+
+    // Client authentication: exactly one method (RFC 6749 section 2.3).
+    let basic = basic_credentials(headers);
+    let posted = field("client_secret")?;
+    let (client_id, client_secret, used_basic) = match (basic, posted) {
+        (Some(_), Some(_)) => {
+            return Err(OAuthError::new(
+                "invalid_request",
+                "the client authenticated with more than one method",
+            ));
+        }
+        (Some(Err(())), None) => {
+            return Err(OAuthError {
+                basic_challenge: true,
+                ..OAuthError::new("invalid_client", "malformed HTTP Basic credentials")
+            });
+        }
+        (Some(Ok((id, secret))), None) => {
+            if let Some(form_id) = field("client_id")?
+                && form_id != id
+            {
+                return Err(OAuthError::new(
+                    "invalid_request",
+                    "client_id differs from the authenticated client",
+                ));
+            }
+            (id, secret, true)
+        }
+        (None, Some(secret)) => {
+            let id = field("client_id")?
+                .ok_or_else(|| OAuthError::new("invalid_request", "`client_id` is missing"))?;
+            (id.to_owned(), secret.to_owned(), false)
+        }
+        (None, None) => {
+            return Err(OAuthError::new(
+                "invalid_client",
+                "client authentication is required",
+            ));
+        }
+    };
+    let unknown = || OAuthError {
+        basic_challenge: used_basic,
+        ..OAuthError::new("invalid_client", "unknown client or wrong secret")
+    };
+    let client = state
+        .store
+        .client(&client_id)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot read the client");
+            OAuthError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                ..OAuthError::new("server_error", "the client could not be read")
+            }
+        })?
+        .ok_or_else(unknown)?;
+    let Some(hash) = client.secret_hash.clone() else {
+        return Err(unknown());
+    };
+    // argon2 is deliberately slow: off the async workers.
+    let ok = tokio::task::spawn_blocking(move || secret::verify(&client_secret, &hash))
+        .await
+        .unwrap_or(false);
+    if !ok {
+        tracing::info!(client_id = %client.client_id, "token refused: wrong client secret");
+        return Err(unknown());
+    }
+
+    // Scopes: the request may only narrow what the client is allowed.
+    let allowed: Vec<&str> = client.scope.split_whitespace().collect();
+    let granted = match field("scope")? {
+        None => client.scope.clone(),
+        Some(requested) => {
+            let requested: Vec<&str> = requested.split_whitespace().collect();
+            if requested.is_empty() {
+                return Err(OAuthError::new("invalid_scope", "`scope` is empty"));
+            }
+            if let Some(s) = requested.iter().find(|s| !scope::covered(s, &allowed)) {
+                return Err(OAuthError::new(
+                    "invalid_scope",
+                    format!("the client may not be granted `{s}`"),
+                ));
+            }
+            requested.join(" ")
+        }
+    };
+    let role = Role::parse(&client.role).ok_or_else(|| OAuthError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        ..OAuthError::new("server_error", "the client's role is not known")
+    })?;
+    let now = crate::store::now_micros() / 1_000_000;
+    let access_token = token::issue(
+        &state.signing_key,
+        &origin(state, headers),
+        &fhir_base(state, headers),
+        &Grant {
+            client_id: &client.client_id,
+            subject: &client.client_id,
+            role,
+            organization: client.organization.as_deref(),
+            scope: &granted,
+        },
+        now,
+    )
+    .map_err(|e| {
+        tracing::error!(error = %e, "cannot sign a token");
+        OAuthError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            ..OAuthError::new("server_error", "the token could not be signed")
+        }
+    })?;
+    tracing::info!(client_id = %client.client_id, role = %role, "access token issued");
+    Ok(json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": token::ACCESS_TOKEN_SECONDS,
+        "scope": granted,
+    }))
+}
+
+/// A discovery document: plain JSON, whatever the request's `Accept` asks.
+fn json_document(doc: &Value) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        doc.to_string(),
+    )
+        .into_response()
+}
+
+async fn jwks(State(state): State<AppState>) -> Response {
+    json_document(&state.signing_key.jwks())
+}
+
+/// The grant types, authentication methods and scopes this server supports; the discovery
+/// documents list the same.
+const GRANT_TYPES: &[&str] = &["client_credentials"];
+const AUTH_METHODS: &[&str] = &["client_secret_basic", "client_secret_post"];
+
+fn scopes_supported() -> Vec<&'static str> {
+    vec![
+        "system/*.cruds",
+        "system/*.rs",
+        "system/*.read",
+        "system/*.*",
+    ]
+}
+
+async fn openid_configuration(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let origin = origin(&state, &headers);
+    let doc = json!({
+        "issuer": origin,
+        "jwks_uri": format!("{origin}/auth/jwks"),
+        "token_endpoint": format!("{origin}/auth/token"),
+        "grant_types_supported": GRANT_TYPES,
+        "token_endpoint_auth_methods_supported": AUTH_METHODS,
+        "scopes_supported": scopes_supported(),
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "subject_types_supported": ["public"],
+        "response_types_supported": ["code"],
+    });
+    json_document(&doc)
+}
+
+/// SMART configuration (https://hl7.org/fhir/smart-app-launch/conformance.html#metadata): JSON
+/// whatever the `Accept` header asks.
+async fn smart_configuration(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let origin = origin(&state, &headers);
+    let doc = json!({
+        "issuer": origin,
+        "jwks_uri": format!("{origin}/auth/jwks"),
+        "token_endpoint": format!("{origin}/auth/token"),
+        "token_endpoint_auth_methods_supported": AUTH_METHODS,
+        "grant_types_supported": GRANT_TYPES,
+        "scopes_supported": scopes_supported(),
+        "response_types_supported": ["code"],
+        "capabilities": ["permission-v1", "permission-v2", "client-confidential-symmetric"],
+        "code_challenge_methods_supported": ["S256"],
+    });
+    json_document(&doc)
+}
