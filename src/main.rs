@@ -227,6 +227,12 @@ async fn reindex(database_url: Option<String>, batch: usize) -> anyhow::Result<(
         "reindexed {done} resources in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    let tidying = std::time::Instant::now();
+    store.tidy_index().await?;
+    println!(
+        "vacuumed and analysed the index tables in {:.1} s",
+        tidying.elapsed().as_secs_f64()
+    );
     store.close().await;
     Ok(())
 }

@@ -428,6 +428,25 @@ impl Store {
         self.reader().versions(&sql).await
     }
 
+    /// After a full reindex: PostgreSQL keeps the deleted copy of every index row until it is
+    /// vacuumed, and index-only scans visit the heap for every row of a page not yet marked
+    /// all-visible (searches ran at three quarters of their speed after reindexing 1M
+    /// resources). Vacuums the index tables and refreshes the planner's statistics; SQLite
+    /// only refreshes its statistics.
+    pub async fn tidy_index(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Pg { pool, .. } => {
+                let tables: Vec<&str> = INDEX_COLUMNS.iter().map(|(t, _)| *t).collect();
+                let sql = format!("vacuum analyze {}", tables.join(", "));
+                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await?;
+            }
+            Store::Sqlite { write, .. } => {
+                sqlx::query("analyze").execute(write).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Rebuilds the search index rows of these versions from their JSON, in one transaction.
     pub async fn reindex(&self, versions: &[Version]) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;

@@ -497,6 +497,7 @@ async fn reindex_rebuilds_lost_rows(backend: Backend) {
     );
     // One Patient and three Observations, in batches of two.
     assert!(stdout.contains("reindexed 4 resources"), "{stdout}");
+    assert!(stdout.contains("vacuumed and analysed"), "{stdout}");
     let after = app.get(&query).await.json();
     assert_eq!(after["total"], 2, "{after}");
     let ids = |b: &Value| {
