@@ -9,6 +9,7 @@
 //!   bearer token into a [`Principal`] for the handlers.
 
 pub mod keys;
+pub mod policy;
 pub mod routes;
 pub mod scope;
 pub mod secret;

@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 use super::parse::{Expect, validate_resource};
 use super::rest::{self, Outcome, parse_if_match};
 use super::types::{ResourceId, ResourceType};
+use crate::auth::policy::{Perm, Policy};
 use crate::http::error::{ApiError, Issue, operation_outcome};
 use crate::search;
 use crate::store::{Store, StoreTx, Version, format_http_date, format_instant};
@@ -51,6 +52,14 @@ enum Target {
     Query(ResourceType, String),
 }
 
+impl Target {
+    fn ty(&self) -> ResourceType {
+        match self {
+            Target::Instance(t, _) | Target::Version(t, _, _) | Target::Query(t, _) => *t,
+        }
+    }
+}
+
 fn entry_error(index: usize, e: ApiError) -> ApiError {
     // Name the entry in every issue, so a client can find the offending one.
     let prefix = |issues: Vec<Issue>| {
@@ -78,6 +87,7 @@ fn entry_error(index: usize, e: ApiError) -> ApiError {
         }
         ApiError::Conflict(m) => ApiError::Conflict(format!("entry {index}: {m}")),
         ApiError::NotSupported(m) => ApiError::NotSupported(format!("entry {index}: {m}")),
+        ApiError::Forbidden(m) => ApiError::Forbidden(format!("entry {index}: {m}")),
         other => other,
     }
 }
@@ -202,12 +212,20 @@ pub async fn process(
     bundle: Value,
     base: &str,
     ret: Return,
+    policy: &Policy,
 ) -> Result<Value, ApiError> {
     let kind = bundle.get("type").and_then(Value::as_str).unwrap_or("");
     let entries = parse_entries(&bundle, base)?;
     match kind {
-        "transaction" => transaction(store, entries, base, ret).await,
-        "batch" => batch(store, entries, base, ret).await,
+        "transaction" => {
+            // All or nothing: an entry the token does not allow refuses the whole Bundle
+            // before anything is written.
+            for e in &entries {
+                allowed(policy, &e.method).map_err(|err| entry_error(e.index, err))?;
+            }
+            transaction(store, entries, base, ret).await
+        }
+        "batch" => batch(store, entries, base, ret, policy).await,
         _ => Err(ApiError::BadRequest(vec![
             Issue::error(
                 "invalid",
@@ -218,17 +236,33 @@ pub async fn process(
     }
 }
 
+/// The scopes an entry's interaction needs (the same as the interaction's own endpoint).
+fn allowed(policy: &Policy, m: &EntryMethod) -> Result<(), ApiError> {
+    let (ty, perms): (ResourceType, &[Perm]) = match m {
+        EntryMethod::Post(ty) => (*ty, &[Perm::Create]),
+        EntryMethod::Put(Target::Query(ty, _)) => (*ty, &[Perm::Update, Perm::Search]),
+        EntryMethod::Put(t) | EntryMethod::Patch(t) => (t.ty(), &[Perm::Update]),
+        EntryMethod::Delete(Target::Query(ty, _)) => (*ty, &[Perm::Delete, Perm::Search]),
+        EntryMethod::Delete(t) => (t.ty(), &[Perm::Delete]),
+        EntryMethod::Get(Target::Query(ty, _)) => (*ty, &[Perm::Search]),
+        EntryMethod::Get(t) => (t.ty(), &[Perm::Read]),
+    };
+    perms.iter().try_for_each(|p| policy.check(ty.as_str(), *p))
+}
+
 async fn batch(
     store: &Store,
     entries: Vec<Entry>,
     base: &str,
     ret: Return,
+    policy: &Policy,
 ) -> Result<Value, ApiError> {
     let mut out = Vec::with_capacity(entries.len());
     for entry in entries {
         // Each entry stands alone: its own transaction, its own success or failure.
         let index = entry.index;
         let result = async {
+            allowed(policy, &entry.method)?;
             let mut tx = store.begin().await?;
             let r = run_entry_with_id(&mut tx, entry, base, None).await?;
             tx.commit().await?;

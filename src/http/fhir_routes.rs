@@ -14,6 +14,8 @@ use super::error::{ApiError, Issue, operation_outcome};
 use super::format::{
     FhirResponse, Format, Negotiated, Payload, encode, negotiate, parse_body, read_body,
 };
+use crate::auth::Principal;
+use crate::auth::policy::{Perm, Policy};
 use crate::fhir::bundle::{self, Return, history_bundle, searchset};
 use crate::fhir::capability::capability_statement;
 use crate::fhir::parse::{Expect, validate_resource};
@@ -57,6 +59,8 @@ pub(super) struct Ctx {
     base: String,
     prefer_return: Return,
     strict: bool,
+    /// What the caller's token allows (none for the public `metadata`).
+    policy: Policy,
 }
 
 /// `Ctx` is extracted from every FHIR request; a request it cannot serve (406) is answered
@@ -68,8 +72,13 @@ impl FromRequestParts<AppState> for Ctx {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        Ctx::new(state, &parts.headers, parts.uri.query().map(str::to_owned))
-            .map_err(IntoResponse::into_response)
+        let mut ctx = Ctx::new(state, &parts.headers, parts.uri.query().map(str::to_owned))
+            .map_err(IntoResponse::into_response)?;
+        // The bearer-token gate (auth::routes::require_token) put the principal here.
+        if let Some(p) = parts.extensions.get::<std::sync::Arc<Principal>>() {
+            ctx.policy = Policy::of(p);
+        }
+        Ok(ctx)
     }
 }
 
@@ -107,6 +116,7 @@ impl Ctx {
             base,
             prefer_return,
             strict,
+            policy: Policy::none(),
         })
     }
 
@@ -237,6 +247,7 @@ async fn read(
 ) -> Response {
     let result = async {
         let ty = parse_type(&ty)?;
+        ctx.policy.check(ty.as_str(), Perm::Read)?;
         let id = parse_id(&id)?;
         let o = rest::found(ty, &id, state.store.read(ty, &id).await?)?;
         // Conditional read: the client's copy is current (http.html#cread).
@@ -269,6 +280,7 @@ async fn vread(
 ) -> Response {
     let result = async {
         let ty = parse_type(&ty)?;
+        ctx.policy.check(ty.as_str(), Perm::Read)?;
         let id = parse_id(&id)?;
         let vid: i64 = vid
             .parse()
@@ -294,6 +306,7 @@ async fn create(
 ) -> Response {
     let result = async {
         let ty = parse_type(&ty)?;
+        ctx.policy.check(ty.as_str(), Perm::Create)?;
         let value = body_json(&state, &headers, body).await?;
         let res = validate_resource(value, Expect::Create(ty))?;
         let if_none_exist = headers
@@ -321,6 +334,7 @@ async fn update(
 ) -> Response {
     let result = async {
         let ty = parse_type(&ty)?;
+        ctx.policy.check(ty.as_str(), Perm::Update)?;
         let id = parse_id(&id)?;
         let if_match = if_match(&headers)?;
         let value = body_json(&state, &headers, body).await?;
@@ -342,6 +356,8 @@ async fn conditional_update(
 ) -> Response {
     let result = async {
         let ty = parse_type(&ty)?;
+        ctx.policy.check(ty.as_str(), Perm::Update)?;
+        ctx.policy.check(ty.as_str(), Perm::Search)?;
         let if_match = if_match(&headers)?;
         let value = body_json(&state, &headers, body).await?;
         let res = validate_resource(value, Expect::ConditionalUpdate(ty))?;
@@ -377,6 +393,7 @@ async fn delete(
 ) -> Response {
     let result = async {
         let ty = parse_type(&ty)?;
+        ctx.policy.check(ty.as_str(), Perm::Delete)?;
         let id = parse_id(&id)?;
         let if_match = if_match(&headers)?;
         let o = rest::write_one(&state.store, ty, Some(id), None, if_match, Method::Delete).await?;
@@ -393,6 +410,8 @@ async fn conditional_delete(
 ) -> Response {
     let result = async {
         let ty = parse_type(&ty)?;
+        ctx.policy.check(ty.as_str(), Perm::Delete)?;
+        ctx.policy.check(ty.as_str(), Perm::Search)?;
         let query = criteria_query(&ctx.raw_query);
         let o = in_tx!(state, |tx| rest::conditional_delete(&mut tx, ty, &query)
             .await?)?;
@@ -411,6 +430,7 @@ async fn patch(
 ) -> Response {
     let result = async {
         let ty = parse_type(&ty)?;
+        ctx.policy.check(ty.as_str(), Perm::Update)?;
         let id = parse_id(&id)?;
         let if_match = if_match(&headers)?;
         let ct = headers
@@ -451,7 +471,14 @@ pub(super) async fn system_bundle(
                 .at("resourceType"),
             ]));
         }
-        let out = bundle::process(&state.store, value, &ctx.base, ctx.prefer_return).await?;
+        let out = bundle::process(
+            &state.store,
+            value,
+            &ctx.base,
+            ctx.prefer_return,
+            &ctx.policy,
+        )
+        .await?;
         Ok(FhirResponse::new(StatusCode::OK, Payload::Value(out)))
     }
     .await;
@@ -501,9 +528,19 @@ async fn run_search(
     check_strict(ctx, &q)?;
     let types: Vec<ResourceType> = match ty {
         Some(t) => vec![t],
-        None if q.types.is_empty() => ResourceType::all().collect(),
+        None if q.types.is_empty() => {
+            ctx.policy.check_all(Perm::Search)?;
+            ResourceType::all().collect()
+        }
         None => q.types.clone(),
     };
+    for t in &types {
+        ctx.policy.check(t.as_str(), Perm::Search)?;
+    }
+    // Included resources are read through the search: the token must allow reading them.
+    if !q.include.is_empty() || !q.revinclude.is_empty() {
+        ctx.policy.check_all(Perm::Read)?;
+    }
     let result = search::engine::run(&mut state.store.reader(), &types, &q).await?;
     let path = ty.map(|t| t.as_str()).unwrap_or("");
     let bundle = searchset(&ctx.base, path, &q, result)?;
@@ -595,6 +632,7 @@ async fn lastn(State(state): State<AppState>, ctx: Ctx) -> Response {
             }
         }
         let ty = parse_type("Observation")?;
+        ctx.policy.check(ty.as_str(), Perm::Search)?;
         let q = search::parse(Some(ty), &rest, &ctx.base);
         check_strict(&ctx, &q)?;
         let versions = search::engine::lastn(&mut state.store.reader(), &q, max).await?;
@@ -630,6 +668,9 @@ async fn everything(
             )));
         }
         let pty = parse_type("Patient")?;
+        // The compartment spans every type.
+        ctx.policy.check(pty.as_str(), Perm::Read)?;
+        ctx.policy.check_all(Perm::Search)?;
         let rid = ResourceId::parse(&id)
             .ok_or_else(|| ApiError::NotFound(format!("Patient/{id} is not known")))?;
         match state.store.read(pty, &rid).await? {
@@ -737,13 +778,17 @@ async fn history(
 }
 
 async fn history_system(State(state): State<AppState>, ctx: Ctx) -> Response {
-    let result = history(&state, &ctx, HistoryScope::System, "/_history").await;
+    let result = match ctx.policy.check_all(Perm::Search) {
+        Ok(()) => history(&state, &ctx, HistoryScope::System, "/_history").await,
+        Err(e) => Err(e),
+    };
     ctx.respond(result)
 }
 
 async fn history_type(State(state): State<AppState>, Path(ty): Path<String>, ctx: Ctx) -> Response {
     let result = async {
         let ty = parse_type(&ty)?;
+        ctx.policy.check(ty.as_str(), Perm::Search)?;
         history(
             &state,
             &ctx,
@@ -763,6 +808,7 @@ async fn history_instance(
 ) -> Response {
     let result = async {
         let ty = parse_type(&ty)?;
+        ctx.policy.check(ty.as_str(), Perm::Read)?;
         let id = parse_id(&id)?;
         if state.store.read(ty, &id).await?.is_none() {
             return Err(ApiError::NotFound(format!("{ty}/{id} is not known")));

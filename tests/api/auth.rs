@@ -527,3 +527,176 @@ async fn key_and_bootstrap_client_survive_restarts_postgres() {
 async fn key_and_bootstrap_client_survive_restarts_sqlite() {
     key_and_bootstrap_client_survive_restarts(Backend::Sqlite).await
 }
+
+/// A token obtained for narrower scopes than its client's does only what those scopes allow
+/// (SMART scopes never widen; 403 with `insufficient_scope` otherwise), in single interactions,
+/// searches, operations and per Bundle entry.
+async fn narrowed_tokens_do_only_what_their_scopes_allow(app: TestApp) {
+    let pid = app.create(&patient("Scoped")).await;
+    let oid = app.create(&crate::common::heart_rate(&pid, 61.0)).await;
+    let token = |scope: &'static str| {
+        let app = &app;
+        async move {
+            let (status, _, body) = token_request(
+                app,
+                &[("grant_type", "client_credentials"), ("scope", scope)],
+                Some((ADMIN_ID, ADMIN_SECRET)),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            body["access_token"].as_str().expect("token").to_owned()
+        }
+    };
+    let narrow = token("system/Patient.rs system/Observation.r").await;
+    let plain = reqwest::Client::new();
+    let send = |req: reqwest::RequestBuilder| app.send(req.bearer_auth(&narrow));
+    let json_body = |v: Value| v.to_string();
+    let cases = vec![
+        (
+            "read Patient",
+            plain.get(app.url(&format!("Patient/{pid}"))),
+            200,
+        ),
+        (
+            "search Patient",
+            plain.get(app.url("Patient?name=Scoped")),
+            200,
+        ),
+        (
+            "system search of Patient",
+            plain.get(format!("{}?_type=Patient", app.base)),
+            200,
+        ),
+        (
+            "read Observation",
+            plain.get(app.url(&format!("Observation/{oid}"))),
+            200,
+        ),
+        (
+            "vread Observation",
+            plain.get(app.url(&format!("Observation/{oid}/_history/1"))),
+            200,
+        ),
+        (
+            "search Observation (no s)",
+            plain.get(app.url("Observation?code=8867-4")),
+            403,
+        ),
+        (
+            "$lastn",
+            plain.get(app.url(&format!("Observation/$lastn?patient={pid}"))),
+            403,
+        ),
+        ("read Device", plain.get(app.url("Device/any")), 403),
+        (
+            "create Patient",
+            plain
+                .post(app.url("Patient"))
+                .header("content-type", "application/fhir+json")
+                .body(json_body(patient("Nope"))),
+            403,
+        ),
+        (
+            "update Patient",
+            plain
+                .put(app.url(&format!("Patient/{pid}")))
+                .header("content-type", "application/fhir+json")
+                .body(json_body(crate::common::with(
+                    patient("Nope"),
+                    "id",
+                    json!(pid),
+                ))),
+            403,
+        ),
+        (
+            "delete Patient",
+            plain.delete(app.url(&format!("Patient/{pid}"))),
+            403,
+        ),
+        (
+            "system search of every type",
+            plain.get(format!("{}?name=Scoped", app.base)),
+            403,
+        ),
+        ("system history", plain.get(app.url("_history")), 403),
+        (
+            "Patient history (type)",
+            plain.get(app.url("Patient/_history")),
+            200,
+        ),
+        (
+            "include",
+            plain.get(app.url("Patient?name=Scoped&_revinclude=Observation:subject")),
+            403,
+        ),
+        (
+            "$everything",
+            plain.get(app.url(&format!("Patient/{pid}/$everything"))),
+            403,
+        ),
+    ];
+    for (what, req, want) in cases {
+        let r = send(req).await;
+        assert_eq!(r.status, want, "{what}: {}", r.text);
+        if want == 403 {
+            assert_eq!(r.outcome_issues()[0]["code"], "forbidden", "{what}");
+            assert!(
+                r.header("www-authenticate")
+                    .unwrap_or_default()
+                    .contains("insufficient_scope"),
+                "{what}"
+            );
+        }
+    }
+
+    // Bundles are checked per entry: a batch answers each entry, a transaction refuses all.
+    let bundle = |kind: &str| {
+        json!({"resourceType": "Bundle", "type": kind, "entry": [
+            {"request": {"method": "GET", "url": format!("Patient/{pid}")}},
+            {"request": {"method": "POST", "url": "Patient"}, "resource": patient("ViaBundle")}
+        ]})
+    };
+    let r = send(
+        plain
+            .post(format!("{}/", app.base))
+            .header("content-type", "application/fhir+json")
+            .body(json_body(bundle("batch"))),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let statuses: Vec<String> = r.json()["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            e["response"]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        statuses[0].starts_with("200") && statuses[1].starts_with("403"),
+        "{statuses:?}"
+    );
+    let r = send(
+        plain
+            .post(format!("{}/", app.base))
+            .header("content-type", "application/fhir+json")
+            .body(json_body(bundle("transaction"))),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert_eq!(r.outcome_issues()[0]["code"], "forbidden");
+    // Nothing was written by the refused requests.
+    let names = app.get("Patient?name=Nope,ViaBundle").await.json();
+    assert_eq!(names["total"], 0, "{names}");
+    let current = app.get(&format!("Patient/{pid}")).await;
+    assert_eq!(current.json()["meta"]["versionId"], "1");
+
+    // Granular scopes cannot narrow searches yet: refused, not widened.
+    let granular = token("system/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs").await;
+    let r = get_with(&app, "Observation?code=8867-4", Some(&granular)).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+}
+both!(narrowed_tokens_do_only_what_their_scopes_allow);
