@@ -19,7 +19,8 @@ struct Cli {
 struct DbArgs {
     /// postgres://… for PostgreSQL, sqlite://… for the embedded store
     /// [default: an SQLite file under ./data/]
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    // Global, so that `client add … --database-url …` reads naturally after the subcommand.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     database_url: Option<String>,
 }
 
@@ -77,6 +78,33 @@ enum Command {
     },
     /// Drive a running FHIR server with concurrent clients and report throughput and latency
     Bench(bench::BenchArgs),
+    /// Manage the OAuth clients of the built-in authorization server
+    Client {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Register an admin client for the client_credentials grant and print its secret once
+    /// (clients of the other roles come with their organizations' tenancy)
+    Add {
+        /// The client id
+        client_id: String,
+        /// Scopes it may be granted, space separated
+        #[arg(long, default_value = vitalbridge::auth::ADMIN_SCOPE)]
+        scope: String,
+        /// A name for people
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the registered clients (never their secrets)
+    List,
+    /// Remove a client; tokens it holds expire within five minutes
+    Remove { client_id: String },
 }
 
 fn init_tracing() {
@@ -151,6 +179,7 @@ async fn run() -> std::process::ExitCode {
         Command::Migrate { db } => migrate(db.database_url).await,
         Command::Reindex { db, batch } => reindex(db.database_url, batch).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Client { db, command } => client(db.database_url, command).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -175,21 +204,19 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn migrate(database_url: Option<String>) -> anyhow::Result<()> {
-    let settings = Settings {
-        database_url,
-        ..Default::default()
-    };
-    let store =
-        vitalbridge::store::Store::connect(settings.database_url(), &Default::default()).await?;
-    store.migrate().await?;
-    println!(
-        "migrations applied to {}",
-        redact_url(settings.database_url())
+    let shown = redact_url(
+        database_url
+            .as_deref()
+            .unwrap_or(vitalbridge::config::DEFAULT_SQLITE_URL),
     );
+    let store = open_store(database_url).await?;
+    store.close().await;
+    println!("migrations applied to {shown}");
     Ok(())
 }
 
-async fn reindex(database_url: Option<String>, batch: usize) -> anyhow::Result<()> {
+/// The store of a command-line tool (the default SQLite file without a URL), migrated.
+async fn open_store(database_url: Option<String>) -> anyhow::Result<vitalbridge::store::Store> {
     let settings = Settings {
         database_url,
         ..Default::default()
@@ -197,6 +224,11 @@ async fn reindex(database_url: Option<String>, batch: usize) -> anyhow::Result<(
     let store =
         vitalbridge::store::Store::connect(settings.database_url(), &Default::default()).await?;
     store.migrate().await?;
+    Ok(store)
+}
+
+async fn reindex(database_url: Option<String>, batch: usize) -> anyhow::Result<()> {
+    let store = open_store(database_url).await?;
     vitalbridge::search::preload();
     let total = store.count_current().await?;
     let bar = indicatif::ProgressBar::new(total.max(0) as u64);
@@ -233,6 +265,75 @@ async fn reindex(database_url: Option<String>, batch: usize) -> anyhow::Result<(
         "vacuumed and analysed the index tables in {:.1} s",
         tidying.elapsed().as_secs_f64()
     );
+    store.close().await;
+    Ok(())
+}
+
+async fn client(database_url: Option<String>, command: ClientCommand) -> anyhow::Result<()> {
+    use vitalbridge::auth;
+    let store = open_store(database_url).await?;
+    match command {
+        ClientCommand::Add {
+            client_id,
+            scope,
+            name,
+        } => {
+            if client_id.is_empty() || client_id.chars().any(|c| c.is_whitespace() || c == ':') {
+                anyhow::bail!("a client id must be non-empty, without spaces or ':'");
+            }
+            let allowed: Vec<&str> = auth::ADMIN_SCOPE.split_whitespace().collect();
+            if let Some(bad) = scope
+                .split_whitespace()
+                .find(|s| !auth::scope::covered(s, &allowed))
+            {
+                anyhow::bail!("`{bad}` is not a system scope this server grants");
+            }
+            if store.client(&client_id).await?.is_some() {
+                anyhow::bail!("a client `{client_id}` exists already; remove it first");
+            }
+            // 32 random bytes, URL-safe: the secret is shown once and stored only as a hash.
+            let secret = {
+                use base64::Engine as _;
+                use rand::RngCore as _;
+                let mut bytes = [0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut bytes);
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+            };
+            store
+                .put_client(&vitalbridge::store::auth::ClientRecord {
+                    client_id: client_id.clone(),
+                    secret_hash: Some(auth::secret::hash(&secret)?),
+                    role: auth::Role::Admin.as_str().into(),
+                    organization: None,
+                    scope: scope.split_whitespace().collect::<Vec<_>>().join(" "),
+                    name,
+                    jwks: None,
+                    jwks_url: None,
+                    redirect_uris: "[]".into(),
+                })
+                .await?;
+            println!("client_id: {client_id}");
+            println!("client_secret: {secret}");
+            eprintln!("the secret is shown only now; keep it in a secret store");
+        }
+        ClientCommand::List => {
+            for c in store.clients().await? {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    c.client_id,
+                    c.role,
+                    c.scope,
+                    c.name.unwrap_or_default()
+                );
+            }
+        }
+        ClientCommand::Remove { client_id } => {
+            if !store.delete_client(&client_id).await? {
+                anyhow::bail!("no client `{client_id}`");
+            }
+            println!("removed {client_id}");
+        }
+    }
     store.close().await;
     Ok(())
 }

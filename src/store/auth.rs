@@ -68,6 +68,21 @@ impl Store {
         )
     }
 
+    /// Every client, by id.
+    pub async fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        let sql = format!("select {CLIENT_COLUMNS} from auth_client order by client_id");
+        Ok(
+            on_pool!(self, write, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?),
+        )
+    }
+
+    /// Removes a client; false when there was none with that id.
+    pub async fn delete_client(&self, client_id: &str) -> Result<bool, StoreError> {
+        let sql = "delete from auth_client where client_id = $1";
+        let n = on_pool!(self, write, pool => sqlx::query(sql).bind(client_id).execute(pool).await?.rows_affected());
+        Ok(n > 0)
+    }
+
     /// Creates the client, or replaces every field of the one with its id.
     pub async fn put_client(&self, c: &ClientRecord) -> Result<(), StoreError> {
         let sql = format!(

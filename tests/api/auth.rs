@@ -700,3 +700,100 @@ async fn narrowed_tokens_do_only_what_their_scopes_allow(app: TestApp) {
     assert_eq!(r.status, 403, "{}", r.text);
 }
 both!(narrowed_tokens_do_only_what_their_scopes_allow);
+
+/// `vitalbridge client add|list|remove`: an operator registers a client, the secret is printed
+/// once and works at the token endpoint, never appears in the listing, and stops working once
+/// the client is removed.
+async fn client_cli(backend: Backend) {
+    let db = crate::common::fresh_database(backend).await;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
+            .arg("client")
+            .args(args)
+            .args(["--database-url", &db])
+            .output()
+            .expect("runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = cli(&[
+        "add",
+        "ehr-1",
+        "--scope",
+        "system/Patient.rs",
+        "--name",
+        "Clinic EHR",
+    ]);
+    assert!(ok, "{stderr}");
+    let secret = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("client_secret: "))
+        .expect("the secret is printed")
+        .to_owned();
+    assert!(secret.len() >= 40, "{secret}");
+    let (ok, listing, _) = cli(&["list"]);
+    assert!(ok);
+    assert!(
+        listing.contains("ehr-1\tadmin\tsystem/Patient.rs\tClinic EHR"),
+        "{listing}"
+    );
+    assert!(!listing.contains(&secret));
+    for (args, why) in [
+        (vec!["add", "ehr-1"], "exists already"),
+        (
+            vec!["add", "ehr-2", "--scope", "user/*.cruds"],
+            "not a system scope",
+        ),
+        (vec!["add", "bad id"], "without spaces"),
+        (vec!["remove", "nobody"], "no client"),
+    ] {
+        let (ok, _, stderr) = cli(&args);
+        assert!(!ok, "{args:?}");
+        assert!(
+            stderr.starts_with("error:") && stderr.contains(why),
+            "{args:?}: {stderr}"
+        );
+    }
+
+    let app = vitalbridge::Application::build(test_settings(&db))
+        .await
+        .expect("builds");
+    let origin = format!("http://{}", app.local_addr().expect("addr"));
+    tokio::spawn(app.run_until(std::future::pending()));
+    let token = |secret: String| {
+        let origin = origin.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{origin}/auth/token"))
+                .basic_auth("ehr-1", Some(secret))
+                .form(&[("grant_type", "client_credentials")])
+                .send()
+                .await
+                .expect("token");
+            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
+        }
+    };
+    let (status, body) = token(secret.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["scope"], "system/Patient.rs");
+    let (ok, _, stderr) = cli(&["remove", "ehr-1"]);
+    assert!(ok, "{stderr}");
+    let (status, body) = token(secret).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_cli_postgres() {
+    client_cli(Backend::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_cli_sqlite() {
+    client_cli(Backend::Sqlite).await
+}
