@@ -39,7 +39,8 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Paths answered without a token (issue 4, item 9): capability and discovery documents,
-/// liveness, the OAuth endpoints themselves and the API docs.
+/// liveness, the OAuth endpoints themselves and the API docs. Exact paths, not prefixes, so
+/// that an endpoint added later under `/auth/` is not public by accident.
 fn is_public(path: &str) -> bool {
     matches!(
         path,
@@ -47,9 +48,10 @@ fn is_public(path: &str) -> bool {
             | "/fhir/metadata"
             | "/fhir/.well-known/smart-configuration"
             | "/.well-known/openid-configuration"
+            | "/auth/token"
+            | "/auth/jwks"
             | "/openapi.json"
-    ) || path.starts_with("/auth/")
-        || path == "/docs"
+    ) || path == "/docs"
         || path.starts_with("/docs/")
 }
 

@@ -179,6 +179,11 @@ async fn every_fhir_interaction_needs_a_token(app: TestApp) {
                 .get(app.url(&format!("Patient/{id}")))
                 .basic_auth(ADMIN_ID, Some(ADMIN_SECRET)),
         ),
+        // Only the named OAuth endpoints are public, not everything under /auth/.
+        (
+            "other /auth/ path",
+            plain.get(format!("{}/auth/clients", app.origin())),
+        ),
     ] {
         let r = app.send(req).await;
         assert_eq!(r.status, 401, "{what} without a token: {}", r.text);
