@@ -212,6 +212,17 @@ impl IntoResponse for OAuthError {
     }
 }
 
+/// An argon2 hash of a random secret nobody knows, for [`issue_token`]'s unknown clients.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        secret::hash(&uuid::Uuid::new_v4().to_string()).unwrap_or_else(|_| {
+            // Unreachable with the default parameters; a malformed hash never verifies.
+            String::new()
+        })
+    })
+}
+
 /// A JSON answer that no cache may keep (token responses carry credentials,
 /// https://www.rfc-editor.org/rfc/rfc6749#section-5.1).
 fn no_store_json(status: StatusCode, body: &Value) -> Response {
@@ -241,13 +252,15 @@ fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>
             .map_err(|_| ())?;
         let raw = String::from_utf8(raw).map_err(|_| ())?;
         let (id, secret) = raw.split_once(':').ok_or(())?;
+        // application/x-www-form-urlencoded: `+` is a space, then percent-escapes; a raw `&`
+        // or `=` is part of the value.
         let unescape = |s: &str| {
-            url::form_urlencoded::parse(format!("x={s}").as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default()
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8()
+                .map(|v| v.into_owned())
+                .map_err(|_| ())
         };
-        Ok((unescape(id), unescape(secret)))
+        Ok((unescape(id)?, unescape(secret)?))
     };
     Some(decode())
 }
@@ -337,25 +350,26 @@ async fn issue_token(
         basic_challenge: used_basic,
         ..OAuthError::new("invalid_client", "unknown client or wrong secret")
     };
-    let client = state
-        .store
-        .client(&client_id)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot read the client");
-            OAuthError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                ..OAuthError::new("server_error", "the client could not be read")
-            }
-        })?
-        .ok_or_else(unknown)?;
-    let Some(hash) = client.secret_hash.clone() else {
-        return Err(unknown());
-    };
+    let client = state.store.client(&client_id).await.map_err(|e| {
+        tracing::error!(error = %e, "cannot read the client");
+        OAuthError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            ..OAuthError::new("server_error", "the client could not be read")
+        }
+    })?;
+    // An unknown client, or one without a secret, is checked against a hash all the same, so
+    // the answer's timing does not tell which client ids exist.
+    let hash = client
+        .as_ref()
+        .and_then(|c| c.secret_hash.clone())
+        .unwrap_or_else(|| dummy_hash().to_owned());
     // argon2 is deliberately slow: off the async workers.
     let ok = tokio::task::spawn_blocking(move || secret::verify(&client_secret, &hash))
         .await
         .unwrap_or(false);
+    let Some(client) = client.filter(|c| c.secret_hash.is_some()) else {
+        return Err(unknown());
+    };
     if !ok {
         tracing::info!(client_id = %client.client_id, "token refused: wrong client secret");
         return Err(unknown());

@@ -221,7 +221,7 @@ pub async fn process(
             // All or nothing: an entry the token does not allow refuses the whole Bundle
             // before anything is written.
             for e in &entries {
-                allowed(policy, &e.method).map_err(|err| entry_error(e.index, err))?;
+                allowed(policy, e).map_err(|err| entry_error(e.index, err))?;
             }
             transaction(store, entries, base, ret).await
         }
@@ -237,11 +237,27 @@ pub async fn process(
 }
 
 /// The scopes an entry's interaction needs (the same as the interaction's own endpoint).
-fn allowed(policy: &Policy, m: &EntryMethod) -> Result<(), ApiError> {
+fn allowed(policy: &Policy, e: &Entry) -> Result<(), ApiError> {
+    let m = &e.method;
+    // A conditional create answers with the existing match: it searches and reads.
+    if let (EntryMethod::Post(ty), Some(_)) = (m, &e.if_none_exist) {
+        policy.check(ty.as_str(), Perm::Search)?;
+        policy.check(ty.as_str(), Perm::Read)?;
+    }
+    // A search entry that includes other resources reads them (as `run_search` requires).
+    if let EntryMethod::Get(Target::Query(_, q)) = m
+        && search::decode_query(q)
+            .iter()
+            .any(|(k, _)| k.starts_with("_include") || k.starts_with("_revinclude"))
+    {
+        policy.check_all(Perm::Read)?;
+    }
     let (ty, perms): (ResourceType, &[Perm]) = match m {
         EntryMethod::Post(ty) => (*ty, &[Perm::Create]),
         EntryMethod::Put(Target::Query(ty, _)) => (*ty, &[Perm::Update, Perm::Search]),
-        EntryMethod::Put(t) | EntryMethod::Patch(t) => (t.ty(), &[Perm::Update]),
+        EntryMethod::Put(t) => (t.ty(), &[Perm::Update]),
+        // A patch answers with (and can probe) the whole resource.
+        EntryMethod::Patch(t) => (t.ty(), &[Perm::Update, Perm::Read]),
         EntryMethod::Delete(Target::Query(ty, _)) => (*ty, &[Perm::Delete, Perm::Search]),
         EntryMethod::Delete(t) => (t.ty(), &[Perm::Delete]),
         EntryMethod::Get(Target::Query(ty, _)) => (*ty, &[Perm::Search]),
@@ -262,7 +278,7 @@ async fn batch(
         // Each entry stands alone: its own transaction, its own success or failure.
         let index = entry.index;
         let result = async {
-            allowed(policy, &entry.method)?;
+            allowed(policy, &entry)?;
             let mut tx = store.begin().await?;
             let r = run_entry_with_id(&mut tx, entry, base, None).await?;
             tx.commit().await?;

@@ -314,6 +314,11 @@ async fn create(
             .map(|v| v.to_str().map(|s| s.trim_start_matches('?').to_owned()))
             .transpose()
             .map_err(|_| ApiError::bad_request("invalid", "If-None-Exist is not valid text"))?;
+        if if_none_exist.is_some() {
+            // A conditional create answers with the existing match: it searches and reads.
+            ctx.policy.check(ty.as_str(), Perm::Search)?;
+            ctx.policy.check(ty.as_str(), Perm::Read)?;
+        }
         let o = match if_none_exist {
             Some(q) => in_tx!(state, |tx| rest::create(&mut tx, res, None, Some(&q))
                 .await?)?,
@@ -431,6 +436,8 @@ async fn patch(
     let result = async {
         let ty = parse_type(&ty)?;
         ctx.policy.check(ty.as_str(), Perm::Update)?;
+        // A patch answers with (and can probe) the whole resource.
+        ctx.policy.check(ty.as_str(), Perm::Read)?;
         let id = parse_id(&id)?;
         let if_match = if_match(&headers)?;
         let ct = headers

@@ -240,6 +240,29 @@ async fn client_credentials_grant(app: TestApp) {
     assert_eq!(claims["iss"], app.origin());
     assert_eq!(get_with(&app, "Patient", Some(token)).await.status, 200);
 
+    // Credentials sent without the form-encoding step still decode whole: a raw `&` or space
+    // is part of the secret, not the end of it.
+    let raw =
+        base64::engine::general_purpose::STANDARD.encode(format!("{ADMIN_ID}:{ADMIN_SECRET}"));
+    let r = reqwest::Client::new()
+        .post(format!("{}/auth/token", app.origin()))
+        .header("authorization", format!("Basic {raw}"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(r.status(), 200);
+    let cut = base64::engine::general_purpose::STANDARD
+        .encode(format!("{ADMIN_ID}:test-admin-secret: with spaces "));
+    let r = reqwest::Client::new()
+        .post(format!("{}/auth/token", app.origin()))
+        .header("authorization", format!("Basic {cut}"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(r.status(), 401, "a secret cut at `&` is another secret");
+
     // client_secret_post, with a narrower scope.
     let (status, _, body) = token_request(
         &app,
@@ -698,6 +721,52 @@ async fn narrowed_tokens_do_only_what_their_scopes_allow(app: TestApp) {
     assert_eq!(names["total"], 0, "{names}");
     let current = app.get(&format!("Patient/{pid}")).await;
     assert_eq!(current.json()["meta"]["versionId"], "1");
+
+    // Interactions that answer with stored resources need read as well: a conditional create
+    // (it returns the existing match), a patch (it returns, and can probe, the resource) and a
+    // Bundle search that includes other types.
+    let writer = token("system/Patient.cu system/Patient.s").await;
+    let r = app
+        .send(
+            plain
+                .post(app.url("Patient"))
+                .bearer_auth(&writer)
+                .header("content-type", "application/fhir+json")
+                .header("if-none-exist", "name=Scoped")
+                .body(json_body(patient("Probe"))),
+        )
+        .await;
+    assert_eq!(r.status, 403, "conditional create without read: {}", r.text);
+    assert!(!r.text.contains(&pid), "{}", r.text);
+    let r = app
+        .send(
+            plain
+                .patch(app.url(&format!("Patient/{pid}")))
+                .bearer_auth(&writer)
+                .header("content-type", "application/json-patch+json")
+                .body("[]"),
+        )
+        .await;
+    assert_eq!(r.status, 403, "patch without read: {}", r.text);
+    let searcher = token("system/Patient.rs system/Observation.rs").await;
+    let included = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient?name=Scoped&_revinclude=Device:patient"}}
+    ]});
+    let r = app
+        .send(
+            plain
+                .post(format!("{}/", app.base))
+                .bearer_auth(&searcher)
+                .header("content-type", "application/fhir+json")
+                .body(json_body(included)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let status = r.json()["entry"][0]["response"]["status"].clone();
+    assert!(
+        status.as_str().unwrap_or_default().starts_with("403"),
+        "{status}"
+    );
 
     // Granular scopes cannot narrow searches yet: refused, not widened.
     let granular = token("system/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs").await;
