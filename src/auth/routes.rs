@@ -454,36 +454,35 @@ fn scopes_supported() -> Vec<&'static str> {
     ]
 }
 
-async fn openid_configuration(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let origin = origin(&state, &headers);
-    let doc = json!({
+/// What both discovery documents say of the issuer: its endpoints, grants and scopes.
+fn issuer_metadata(origin: &str) -> Value {
+    json!({
         "issuer": origin,
         "jwks_uri": format!("{origin}/auth/jwks"),
         "token_endpoint": format!("{origin}/auth/token"),
         "grant_types_supported": GRANT_TYPES,
         "token_endpoint_auth_methods_supported": AUTH_METHODS,
         "scopes_supported": scopes_supported(),
-        "id_token_signing_alg_values_supported": ["RS256"],
-        "subject_types_supported": ["public"],
         "response_types_supported": ["code"],
-    });
+    })
+}
+
+async fn openid_configuration(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let mut doc = issuer_metadata(&origin(&state, &headers));
+    doc["id_token_signing_alg_values_supported"] = json!(["RS256"]);
+    doc["subject_types_supported"] = json!(["public"]);
     json_document(&doc)
 }
 
 /// SMART configuration (https://hl7.org/fhir/smart-app-launch/conformance.html#metadata): JSON
 /// whatever the `Accept` header asks.
 async fn smart_configuration(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let origin = origin(&state, &headers);
-    let doc = json!({
-        "issuer": origin,
-        "jwks_uri": format!("{origin}/auth/jwks"),
-        "token_endpoint": format!("{origin}/auth/token"),
-        "token_endpoint_auth_methods_supported": AUTH_METHODS,
-        "grant_types_supported": GRANT_TYPES,
-        "scopes_supported": scopes_supported(),
-        "response_types_supported": ["code"],
-        "capabilities": ["permission-v1", "permission-v2", "client-confidential-symmetric"],
-        "code_challenge_methods_supported": ["S256"],
-    });
+    let mut doc = issuer_metadata(&origin(&state, &headers));
+    doc["capabilities"] = json!([
+        "permission-v1",
+        "permission-v2",
+        "client-confidential-symmetric"
+    ]);
+    doc["code_challenge_methods_supported"] = json!(["S256"]);
     json_document(&doc)
 }
