@@ -39,7 +39,7 @@ pub struct IndexRows {
 /// (param, target type, target id, url, envelope of the resource's `date`: lo, hi, and on
 /// `subject` rows one `code` token of the resource: system ('' for none), code; last, whether
 /// the envelope is the resource's one `date` value, so a date criterion can be decided on the
-/// row itself (0003_date_exact.sql))
+/// row itself (0003_date_exact.sql); the resource's [`category_key`] (0005_reference_carries.sql))
 pub type ReferenceRow = (
     String,
     Option<String>,
@@ -50,6 +50,7 @@ pub type ReferenceRow = (
     Option<String>,
     Option<String>,
     Option<bool>,
+    Option<String>,
 );
 
 /// (param, value, system, code, canonical value, canonical code)
@@ -165,9 +166,18 @@ pub fn rows(resource: &Value) -> IndexRows {
                 target_type,
                 id,
                 url,
-            } => out
-                .references
-                .push((param, target_type, id, url, None, None, None, None, None)),
+            } => out.references.push((
+                param,
+                target_type,
+                id,
+                url,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            )),
             IndexValue::Quantity {
                 value,
                 system,
@@ -226,6 +236,16 @@ pub fn rows(resource: &Value) -> IndexRows {
             r.8 = Some(exact);
         }
     }
+    // The resource's categories on each reference row (0005_reference_carries.sql).
+    let categories = category_key(
+        out.tokens
+            .iter()
+            .filter(|t| t.0 == "category")
+            .map(|t| (t.1.as_deref(), t.2.as_str())),
+    );
+    for r in &mut out.references {
+        r.9.clone_from(&categories);
+    }
     // A `subject` row per code of the resource (0002_search.sql, for `$lastn`).
     let codes: Vec<(String, String)> = out
         .tokens
@@ -252,6 +272,60 @@ pub fn rows(resource: &Value) -> IndexRows {
     dedup(&mut out.uris);
     composites(resource, &mut out.composites);
     out
+}
+
+/// Opens and closes each token of a [`category_key`]; FHIR strings cannot hold control
+/// characters (https://hl7.org/fhir/R4/datatypes.html#string), so neither can a system or code.
+const TOKEN_EDGE: char = '\u{1f}';
+/// Separates a token's system from its code in a [`category_key`].
+const SYSTEM_END: char = '\u{1e}';
+
+/// The `category` tokens (system, code) of a resource as one string, each token written
+/// `EDGE system END code EDGE`, so that a token criterion becomes a substring test
+/// ([`category_needle`]) on the reference rows that carry it. `None` when a token holds a
+/// separator (the criterion is then probed in `search_token`, which is always right).
+pub fn category_key<'a>(
+    tokens: impl Iterator<Item = (Option<&'a str>, &'a str)>,
+) -> Option<String> {
+    let mut key = String::new();
+    for (system, code) in tokens {
+        let system = system.unwrap_or_default();
+        if [system, code]
+            .iter()
+            .any(|s| s.contains([TOKEN_EDGE, SYSTEM_END]))
+        {
+            return None;
+        }
+        key.push(TOKEN_EDGE);
+        key.push_str(system);
+        key.push(SYSTEM_END);
+        key.push_str(code);
+        key.push(TOKEN_EDGE);
+    }
+    Some(key)
+}
+
+/// The substring of a [`category_key`] that holds exactly when a token search matches one of its
+/// tokens: `system` as in a token search (`None` any system, `Some(None)` none, as `|code`),
+/// `code` `None` for `system|`. `None` when no substring decides it (neither is given, or a
+/// separator is in a value).
+pub fn category_needle(system: Option<Option<&str>>, code: Option<&str>) -> Option<String> {
+    if [system.flatten(), code]
+        .iter()
+        .flatten()
+        .any(|s| s.contains([TOKEN_EDGE, SYSTEM_END]))
+    {
+        return None;
+    }
+    Some(match (system, code) {
+        (None, Some(code)) => format!("{SYSTEM_END}{code}{TOKEN_EDGE}"),
+        (Some(system), Some(code)) => format!(
+            "{TOKEN_EDGE}{}{SYSTEM_END}{code}{TOKEN_EDGE}",
+            system.unwrap_or_default()
+        ),
+        (Some(Some(system)), None) => format!("{TOKEN_EDGE}{system}{SYSTEM_END}"),
+        (Some(None) | None, None) => return None,
+    })
 }
 
 fn dedup<T: PartialEq + Clone>(v: &mut Vec<T>) {
@@ -550,5 +624,39 @@ mod tests {
             (device[0].6.as_deref(), device[0].7.as_deref()),
             (None, None)
         );
+    }
+
+    #[test]
+    fn category_needles_match_whole_tokens_only() {
+        let key = category_key(
+            [
+                (Some("http://cat"), "vital-signs"),
+                (None, "home"),
+                (Some("urn:x"), ""),
+            ]
+            .into_iter(),
+        )
+        .expect("key");
+        let holds = |system: Option<Option<&str>>, code: Option<&str>| {
+            key.contains(&category_needle(system, code).expect("needle"))
+        };
+        assert!(holds(None, Some("vital-signs")));
+        assert!(holds(Some(Some("http://cat")), Some("vital-signs")));
+        assert!(holds(Some(Some("http://cat")), None));
+        assert!(holds(Some(None), Some("home")));
+        assert!(holds(None, Some("home")));
+        assert!(holds(Some(Some("urn:x")), None));
+        assert!(!holds(None, Some("vital")));
+        assert!(!holds(None, Some("signs")));
+        assert!(!holds(Some(None), Some("vital-signs")));
+        assert!(!holds(Some(Some("http://ca")), None));
+        assert!(!holds(Some(Some("http://cat")), Some("home")));
+        // Neither part given, or a separator inside a value: no substring decides.
+        assert_eq!(category_needle(None, None), None);
+        assert_eq!(category_needle(Some(None), None), None);
+        assert_eq!(category_needle(None, Some("a\u{1f}b")), None);
+        assert_eq!(category_key([(None, "a\u{1e}b")].into_iter()), None);
+        // No categories: an empty key, on which every needle fails.
+        assert_eq!(category_key(std::iter::empty()), Some(String::new()));
     }
 }

@@ -1117,7 +1117,7 @@ const PG_INDEX_TYPES: [&[&str]; 8] = [
     &["text", "text", "text"],
     &["text", "int8", "int8"],
     &[
-        "text", "text", "text", "text", "int8", "int8", "text", "text", "bool",
+        "text", "text", "text", "text", "int8", "int8", "text", "text", "bool", "text",
     ],
     &["text", "float8", "text", "text", "float8", "text"],
     &["text", "float8"],
@@ -1135,7 +1135,8 @@ const INDEX_COLUMNS: &[(&str, &str)] = &[
     ("search_date", "param, lo, hi"),
     (
         "search_reference",
-        "param, target_type, target_id, url, date_lo, date_hi, code_system, code, date_exact",
+        "param, target_type, target_id, url, date_lo, date_hi, code_system, code, date_exact, \
+         categories",
     ),
     (
         "search_quantity",
@@ -1148,6 +1149,18 @@ const INDEX_COLUMNS: &[(&str, &str)] = &[
         "param, c1_system, c1_code, c2_system, c2_code, c2_lo, c2_hi, c2_cvalue, c2_ccode, c3",
     ),
 ];
+
+/// The column (with its leading comma) and value under which an index table's rows carry the
+/// version they index, `$3` in both writers: only `search_reference`, whose rows drive the
+/// patient searches and so let the page read `resource_history` without a `resource` lookup
+/// per match (0005_reference_carries.sql).
+fn version_column(table: &str) -> (&'static str, &'static str) {
+    if table == "search_reference" {
+        (", version_id", ", $3")
+    } else {
+        ("", "")
+    }
+}
 
 /// Writes a version in ONE statement: a data-modifying CTE, so a write costs one round trip
 /// besides BEGIN and COMMIT (https://www.postgresql.org/docs/current/queries-with.html#QUERIES-WITH-MODIFYING).
@@ -1214,10 +1227,11 @@ async fn apply_pg(conn: &mut sqlx::PgConnection, row: &VersionRow<'_>) -> Result
             .map(|(k, t)| format!("${}::{t}[]", n + k))
             .collect();
         n += types.len();
+        let (version_column, version) = version_column(table);
         let _ = write!(
             sql,
-            "i{i} as (insert into {table} (res_type, res_id, {columns}) select $1, $2, {} \
-             from unnest({}) as x({})), ",
+            "i{i} as (insert into {table} (res_type, res_id, {columns}{version_column}) \
+             select $1, $2, {}{version} from unnest({}) as x({})), ",
             names.join(", "),
             arrays.join(", "),
             names.join(", ")
@@ -1268,7 +1282,8 @@ async fn apply_pg(conn: &mut sqlx::PgConnection, row: &VersionRow<'_>) -> Result
             .bind(col(&ix.references, |t| t.5))
             .bind(col(&ix.references, |t| t.6.as_deref()))
             .bind(col(&ix.references, |t| t.7.as_deref()))
-            .bind(col(&ix.references, |t| t.8));
+            .bind(col(&ix.references, |t| t.8))
+            .bind(col(&ix.references, |t| t.9.as_deref()));
     }
     if present[4] {
         q = q
@@ -1418,13 +1433,15 @@ async fn apply_sqlite(
         if *empty {
             continue;
         }
+        let (version_column, version) = version_column(table);
         let _ = write!(
             sql,
-            "insert into {table} (res_type, res_id, {columns}) select $1, $2"
+            "insert into {table} (res_type, res_id, {columns}{version_column}) select $1, $2"
         );
         for c in 0..columns.split(',').count() {
             let _ = write!(sql, ", json_extract(value, '$[{c}]')");
         }
+        sql.push_str(version);
         let _ = write!(sql, " from json_each(${n});");
         n += 1;
     }

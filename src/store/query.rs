@@ -1032,26 +1032,84 @@ pub fn driver(spec: &SearchSpec) -> Option<usize> {
         .map(|(_, i)| i)
 }
 
-/// `select res_id from …` of a [`driver`] clause.
-fn push_driver_select(sql: &mut Sql, spec: &SearchSpec, d: usize) {
+/// What the rows `s` of a reference [`driver`] carry that lets another clause be decided on
+/// the row rather than probed (see [`push_other_probes`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct OnRow {
+    /// The [`exact_date_clause`]: `s` has `date_lo`, `date_hi` and `date_exact`.
+    exact_date: Option<usize>,
+    /// `s` has `categories` (0005_reference_carries.sql), for [`category_needles`] clauses.
+    categories: bool,
+}
+
+impl OnRow {
+    /// What the driver `d` should select for the other clauses of `spec`.
+    fn of(spec: &SearchSpec, d: usize) -> Self {
+        OnRow {
+            exact_date: exact_date_clause(spec, d),
+            categories: spec
+                .clauses
+                .iter()
+                .enumerate()
+                .any(|(i, c)| i != d && category_needles(c).is_some()),
+        }
+    }
+
+    /// The columns after `res_id` that this needs, each with a leading comma.
+    fn columns(self) -> &'static str {
+        match (self.exact_date.is_some(), self.categories) {
+            (true, true) => ", date_lo, date_hi, date_exact, categories",
+            (true, false) => ", date_lo, date_hi, date_exact",
+            (false, true) => ", categories",
+            (false, false) => "",
+        }
+    }
+}
+
+/// `select res_id, version_id, … from …` of a [`driver`] clause, with the columns `on_row`
+/// needs. `version_id` is null on reference rows written before 0005_reference_carries.sql.
+fn push_driver_select(sql: &mut Sql, spec: &SearchSpec, d: usize, on_row: OnRow) {
     let ty = &spec.types[0];
     match &spec.clauses[d] {
         Clause::Id { ids, .. } => {
-            sql.push("select distinct res_id from resource where res_type = ");
+            sql.push("select distinct res_id, version_id from resource where res_type = ");
             sql.text(ty).push(" and deleted = false and res_id in (");
             push_list(sql, ids);
         }
         c => {
             let (values, within) = split_dated(c);
-            let what = if exact_date_clause(spec, d).is_some() {
-                "distinct res_id, date_lo, date_hi, date_exact"
-            } else {
-                "distinct res_id"
-            };
-            push_values_query(sql, what, ty, values, within, None);
+            let what = format!("distinct res_id, version_id{}", on_row.columns());
+            push_values_query(sql, &what, ty, values, within, None);
             push_code_range(sql, spec, d);
         }
     }
+}
+
+/// The substrings of a reference row's `categories` of which one must be present for `clause`
+/// to hold, when it is a plain `category` token search ([`crate::search::index::category_needle`]).
+fn category_needles(clause: &Clause) -> Option<Vec<String>> {
+    let Clause::Values {
+        table: Table::Token,
+        param,
+        any_of,
+        negate: false,
+    } = clause
+    else {
+        return None;
+    };
+    if param != "category" || any_of.is_empty() {
+        return None;
+    }
+    any_of
+        .iter()
+        .map(|p| match p {
+            Pred::Token(t) => crate::search::index::category_needle(
+                t.system.as_ref().map(Option::as_deref),
+                t.code.as_deref(),
+            ),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The `date` clause of a search whose [`driver`] `d` is a [`Clause::Dated`] reference built
@@ -1143,29 +1201,47 @@ fn probes_only(spec: &SearchSpec, d: usize) -> bool {
     })
 }
 
-/// ` and <probe>` for every clause but the driver `d`, on the driver's rows `s`. With `exact`
-/// (an [`exact_date_clause`], whose envelope columns `s` carries), that clause is checked on
-/// `s` where its envelope is exact and probed only elsewhere.
-fn push_other_probes(sql: &mut Sql, spec: &SearchSpec, d: usize, exact: Option<usize>) {
+/// ` and <probe>` for every clause but the driver `d`, on the driver's rows `s`. The clauses
+/// `on_row` says `s` has the columns for are decided on `s` where its columns are filled (an
+/// exact date envelope, known categories) and probed only elsewhere.
+fn push_other_probes(sql: &mut Sql, spec: &SearchSpec, d: usize, on_row: OnRow) {
+    let ty = &spec.types[0];
     for (i, clause) in spec.clauses.iter().enumerate() {
         if i == d {
             continue;
         }
         sql.push(" and ");
-        match clause {
-            Clause::Values { any_of, .. } if exact == Some(i) && any_of.len() == 1 => {
-                let Pred::Date(r) = &any_of[0] else {
-                    push_probe(sql, "s", &spec.types[0], clause);
-                    continue;
-                };
-                sql.push("(case when s.date_exact then ");
-                push_date(sql, "s.date_lo", "s.date_hi", r);
-                sql.push(" else ");
-                push_probe(sql, "s", &spec.types[0], clause);
-                sql.push(" end)");
+        let date = match clause {
+            Clause::Values { any_of, .. } if on_row.exact_date == Some(i) => {
+                match any_of.as_slice() {
+                    [Pred::Date(r)] => Some(r),
+                    _ => None,
+                }
             }
-            _ => push_probe(sql, "s", &spec.types[0], clause),
+            _ => None,
+        };
+        let needles = category_needles(clause).filter(|_| on_row.categories);
+        if let Some(r) = date {
+            sql.push("(case when s.date_exact then ");
+            push_date(sql, "s.date_lo", "s.date_hi", r);
+        } else if let Some(needles) = needles {
+            sql.push("(case when s.categories is not null then (");
+            for (k, needle) in needles.iter().enumerate() {
+                if k > 0 {
+                    sql.push(" or ");
+                }
+                // `instr` is SQLite's; the PostgreSQL migration defines it.
+                sql.push("instr(s.categories, ");
+                sql.text(needle).push(") > 0");
+            }
+            sql.push(")");
+        } else {
+            push_probe(sql, "s", ty, clause);
+            continue;
         }
+        sql.push(" else ");
+        push_probe(sql, "s", ty, clause);
+        sql.push(" end)");
     }
 }
 
@@ -1178,8 +1254,9 @@ fn driver_page_sql(spec: &SearchSpec, d: usize, limit: usize, total: bool) -> Sq
         ..Sql::default()
     };
     // Each resource once before the probes: a subject row per code repeats it.
-    sql.push("with m as materialized (select s.res_id from (");
-    push_driver_select(&mut sql, spec, d);
+    let on_row = OnRow::of(spec, d);
+    sql.push("with m as materialized (select s.res_id, s.version_id from (");
+    push_driver_select(&mut sql, spec, d, on_row);
     sql.push(") s where 1 = 1");
     if let Some(c) = &spec.cursor {
         sql.push(" and (");
@@ -1191,7 +1268,7 @@ fn driver_page_sql(spec: &SearchSpec, d: usize, limit: usize, total: bool) -> Sq
         sql.text(&c.ty).push(", ");
         sql.text(&c.id).push(")");
     }
-    push_other_probes(&mut sql, spec, d, exact_date_clause(spec, d));
+    push_other_probes(&mut sql, spec, d, on_row);
     sql.push(") select ").push(VERSION_COLUMNS);
     if total {
         sql.push(", (select count(*) from m) as total");
@@ -1206,17 +1283,22 @@ fn driver_page_sql(spec: &SearchSpec, d: usize, limit: usize, total: bool) -> Sq
     };
     if spec.sort.is_empty() {
         // One type: the default order is by id; the page is cut before any resource is read.
+        // The driver's rows name the current version; older rows (null) look it up, and only
+        // for the page's rows: the select list is evaluated after the limit.
         let dir = if reverse { "desc" } else { "asc" };
+        sql.push(
+            " from (select m.res_id, coalesce(m.version_id, (select r.version_id from resource r \
+             where r.res_type = ",
+        );
+        sql.text(ty);
         let _ = write!(
             sql.text,
-            " from (select res_id from m order by res_id {dir}"
+            " and r.res_id = m.res_id)) as version_id from m order by m.res_id {dir}"
         );
         page_end(&mut sql);
-        sql.push(") p join resource r on r.res_type = ");
-        sql.text(ty).push(
-            " and r.res_id = p.res_id join resource_history h on h.res_type = r.res_type \
-             and h.res_id = r.res_id and h.version_id = r.version_id order by ",
-        );
+        sql.push(") p join resource_history h on h.res_type = ");
+        sql.text(ty)
+            .push(" and h.res_id = p.res_id and h.version_id = p.version_id order by ");
         let _ = write!(sql.text, "p.res_id {dir}");
         return sql;
     }
@@ -1489,9 +1571,13 @@ pub fn lastn_pick_sql(spec: &SearchSpec, d: usize, codes: &[(String, String)], m
             sql.push(" union all ");
         }
         sql.push("select res_id from (select s.res_id from (");
+        let on_row = OnRow {
+            exact_date: None,
+            ..OnRow::of(spec, d)
+        };
         push_values_query(
             &mut sql,
-            "res_id, date_hi, code_system, code",
+            &format!("res_id, date_hi, code_system, code{}", on_row.columns()),
             ty,
             values,
             within,
@@ -1500,7 +1586,7 @@ pub fn lastn_pick_sql(spec: &SearchSpec, d: usize, codes: &[(String, String)], m
         sql.push(") s where s.code_system = ");
         sql.text(system).push(" and s.code = ");
         sql.text(code);
-        push_other_probes(&mut sql, spec, d, None);
+        push_other_probes(&mut sql, spec, d, on_row);
         sql.push(" order by s.date_hi desc nulls last, s.res_id desc limit ");
         sql.int(max as i64);
         let _ = write!(sql.text, ") b{i}");
@@ -1522,21 +1608,23 @@ fn driver_lastn_sql(spec: &SearchSpec, d: usize, max: usize) -> Sql {
          s.res_id desc) as n from ("
     );
     // One row per resource: a resource referencing the patient twice ranks once.
-    match &spec.clauses[d] {
-        Clause::Dated { reference, within } => push_values_query(
-            &mut sql,
-            "distinct res_id, date_hi",
-            ty,
-            reference,
-            Some(within),
-            None,
-        ),
-        c => push_values_query(&mut sql, "distinct res_id, date_hi", ty, c, None, None),
-    }
+    let on_row = OnRow {
+        exact_date: None,
+        ..OnRow::of(spec, d)
+    };
+    let (values, within) = split_dated(&spec.clauses[d]);
+    push_values_query(
+        &mut sql,
+        &format!("distinct res_id, date_hi{}", on_row.columns()),
+        ty,
+        values,
+        within,
+        None,
+    );
     sql.push(") s join search_token c on c.res_type = ");
     sql.text(ty)
         .push(" and c.res_id = s.res_id and c.param = 'code' where 1 = 1");
-    push_other_probes(&mut sql, spec, d, None);
+    push_other_probes(&mut sql, spec, d, on_row);
     sql.push(") ranked where n <= ");
     sql.int(max as i64);
     sql.push(") p join resource r on r.res_type = ");

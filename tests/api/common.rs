@@ -13,6 +13,7 @@ pub enum Backend {
     Sqlite,
 }
 
+#[derive(Clone)]
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
@@ -160,6 +161,32 @@ impl Resp {
 }
 
 impl TestApp {
+    /// Runs `statement` on the server's database behind its back, to set up what only an older
+    /// build or a failure could leave there.
+    pub async fn sql(&self, statement: &str) {
+        let done = match self.backend {
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.database_url)
+                    .await
+                    .expect("connect");
+                sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+                    .execute(&mut c)
+                    .await
+                    .map(|_| ())
+            }
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.database_url)
+                    .await
+                    .expect("connect");
+                sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+                    .execute(&mut c)
+                    .await
+                    .map(|_| ())
+            }
+        };
+        done.unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+
     /// Scheme, host and port of the server.
     pub fn origin(&self) -> String {
         self.base.trim_end_matches("/fhir").to_owned()

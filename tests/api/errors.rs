@@ -327,27 +327,7 @@ async fn body_limit_postgres() {
 async fn server_errors_hide_internals(app: TestApp) {
     // 5xx bodies carry the request id and nothing of the cause. Provoke one by dropping a table
     // under the running server.
-    let url = app.database_url.clone();
-    match app.backend {
-        crate::common::Backend::Postgres => {
-            use sqlx::Connection;
-            let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
-            sqlx::query("drop table change_log")
-                .execute(&mut c)
-                .await
-                .expect("drop");
-        }
-        crate::common::Backend::Sqlite => {
-            use sqlx::Connection;
-            let mut c = sqlx::SqliteConnection::connect(&url)
-                .await
-                .expect("connect");
-            sqlx::query("drop table change_log")
-                .execute(&mut c)
-                .await
-                .expect("drop");
-        }
-    }
+    app.sql("drop table change_log").await;
     let r = app.post("Patient", &patient("Err")).await;
     assert_eq!(r.status, 500, "{}", r.text);
     let issue = &r.outcome_issues()[0];

@@ -448,3 +448,170 @@ async fn include_iterate(app: TestApp) {
     .await;
 }
 both!(include_iterate);
+
+/// Patient + category (the US Core vital-signs search) is decided on the subject rows, which
+/// carry the Observation's categories and current version (0005_reference_carries.sql). Every
+/// form of token search must give what the `search_token` probe gives: on fresh rows, after an
+/// update changed the category, and on rows an older build wrote without those columns.
+async fn patient_and_category_on_reference_rows(app: TestApp) {
+    const CAT: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
+    for id in ["pc-1", "pc-2"] {
+        put(&app, json!({"resourceType": "Patient", "id": id})).await;
+    }
+    let o = |id: &str, subject: &str, code: &str, when: &str, categories: Value| {
+        let mut o = obs(id, code, Some(r(&format!("Patient/{subject}"))));
+        o["effectiveDateTime"] = json!(when);
+        if categories != json!([]) {
+            o["category"] = categories;
+        }
+        o
+    };
+    let vital = json!({"coding": [{"system": CAT, "code": "vital-signs"}]});
+    for resource in [
+        o(
+            "pc-vital",
+            "pc-1",
+            "8867-4",
+            "2026-01-10T09:00:00Z",
+            json!([vital]),
+        ),
+        o(
+            "pc-lab",
+            "pc-1",
+            "8867-4",
+            "2026-02-10T09:00:00Z",
+            json!([{"coding": [{"system": CAT, "code": "laboratory"}]}]),
+        ),
+        // Two categories, one of them without a system.
+        o(
+            "pc-two",
+            "pc-1",
+            "29463-7",
+            "2026-03-10T09:00:00Z",
+            json!([vital, {"coding": [{"code": "home"}]}]),
+        ),
+        o(
+            "pc-none",
+            "pc-1",
+            "29463-7",
+            "2026-03-11T09:00:00Z",
+            json!([]),
+        ),
+        // A coding with a system and no code.
+        o(
+            "pc-sys",
+            "pc-1",
+            "8867-4",
+            "2026-03-12T09:00:00Z",
+            json!([{"coding": [{"system": "urn:vb:cat"}]}]),
+        ),
+        o(
+            "pc-other",
+            "pc-2",
+            "8867-4",
+            "2026-03-10T09:00:00Z",
+            json!([vital]),
+        ),
+    ] {
+        put(&app, resource).await;
+    }
+    let cases: &[(&str, &[&str])] = &[
+        ("category=vital-signs", &["pc-vital", "pc-two"]),
+        (
+            &format!("category={CAT}|vital-signs"),
+            &["pc-vital", "pc-two"],
+        ),
+        (
+            &format!("category={CAT}|"),
+            &["pc-vital", "pc-lab", "pc-two"],
+        ),
+        ("category=|home", &["pc-two"]),
+        ("category=|vital-signs", &[]),
+        ("category=urn:other|home", &[]),
+        // A coding without a code is no code of the system (search_token has no row for it).
+        ("category=urn:vb:cat|", &[]),
+        // Parts of a code, or of a system, are not the code.
+        ("category=vital", &[]),
+        ("category=signs", &[]),
+        ("category=http://terminology.hl7.org|vital-signs", &[]),
+        ("category=laboratory,home", &["pc-lab", "pc-two"]),
+        ("category=vital-signs&category=home", &["pc-two"]),
+        ("category:not=vital-signs", &["pc-lab", "pc-none", "pc-sys"]),
+        ("category=vital-signs&date=ge2026-02", &["pc-two"]),
+        ("category=vital-signs&code=8867-4", &["pc-vital"]),
+    ];
+    for (query, expected) in cases {
+        check(&app, &format!("Observation?patient=pc-1&{query}"), expected).await;
+    }
+    let lastn = bundle(
+        &app,
+        "Observation/$lastn?patient=pc-1&category=vital-signs&max=1",
+    )
+    .await;
+    let mut ids = match_ids(&lastn);
+    ids.sort();
+    assert_eq!(ids, ["pc-two", "pc-vital"], "{lastn}");
+
+    // An update moves pc-lab into vital signs: its rows are rewritten, and the search returns
+    // the version it now is.
+    let mut lab = app.get("Observation/pc-lab").await.json();
+    lab["category"] = json!([vital]);
+    lab["status"] = json!("amended");
+    put(&app, lab).await;
+    let b = bundle(&app, "Observation?patient=pc-1&category=vital-signs").await;
+    let found: Vec<(&str, &str, &str)> = b["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            let r = &e["resource"];
+            (
+                r["id"].as_str().expect("id"),
+                r["meta"]["versionId"].as_str().expect("versionId"),
+                r["status"].as_str().expect("status"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("pc-lab", "2", "amended"),
+            ("pc-two", "1", "final"),
+            ("pc-vital", "1", "final")
+        ],
+        "{b}"
+    );
+    check(&app, "Observation?patient=pc-1&category=laboratory", &[]).await;
+
+    // After the update, on rows as written, then on rows as a build before 0005 wrote them
+    // (the criteria are then probed): the same results.
+    let after: &[(&str, &[&str])] = &[
+        ("category=vital-signs", &["pc-lab", "pc-two", "pc-vital"]),
+        (
+            &format!("category={CAT}|vital-signs"),
+            &["pc-lab", "pc-two", "pc-vital"],
+        ),
+        ("category=laboratory", &[]),
+        ("category=|home", &["pc-two"]),
+        ("category=vital", &[]),
+        ("category:not=vital-signs", &["pc-none", "pc-sys"]),
+        ("category=vital-signs&date=ge2026-02", &["pc-lab", "pc-two"]),
+        ("category=vital-signs&code=8867-4", &["pc-lab", "pc-vital"]),
+    ];
+    for (query, expected) in after {
+        check(&app, &format!("Observation?patient=pc-1&{query}"), expected).await;
+    }
+    app.sql("update search_reference set categories = null, version_id = null")
+        .await;
+    for (query, expected) in after {
+        check(&app, &format!("Observation?patient=pc-1&{query}"), expected).await;
+    }
+    let b = bundle(
+        &app,
+        "Observation?patient=pc-1&category=laboratory,vital-signs",
+    )
+    .await;
+    assert_eq!(b["entry"][0]["resource"]["id"], "pc-lab", "{b}");
+    assert_eq!(b["entry"][0]["resource"]["meta"]["versionId"], "2", "{b}");
+}
+both!(patient_and_category_on_reference_rows);
