@@ -89,12 +89,17 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ClientCommand {
-    /// Register an admin client for the client_credentials grant and print its secret once
-    /// (clients of the other roles come with their organizations' tenancy)
+    /// Register a client for the client_credentials grant and print its secret once
     Add {
         /// The client id
         client_id: String,
-        /// Scopes it may be granted, space separated
+        /// The role it acts with: admin, distributor, distributor-user, customer, customer-user
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// The id of the Organization it acts for (every role but admin)
+        #[arg(long)]
+        organization: Option<String>,
+        /// Scopes it may be granted, space separated (the role narrows them)
         #[arg(long, default_value = vitalbridge::auth::ADMIN_SCOPE)]
         scope: String,
         /// A name for people
@@ -275,53 +280,37 @@ async fn client(database_url: Option<String>, command: ClientCommand) -> anyhow:
     match command {
         ClientCommand::Add {
             client_id,
+            role,
+            organization,
             scope,
             name,
         } => {
-            if client_id.is_empty() || client_id.chars().any(|c| c.is_whitespace() || c == ':') {
-                anyhow::bail!("a client id must be non-empty, without spaces or ':'");
-            }
-            let allowed: Vec<&str> = auth::ADMIN_SCOPE.split_whitespace().collect();
-            if let Some(bad) = scope
-                .split_whitespace()
-                .find(|s| !auth::scope::covered(s, &allowed))
-            {
-                anyhow::bail!("`{bad}` is not a system scope this server grants");
-            }
-            if store.client(&client_id).await?.is_some() {
-                anyhow::bail!("a client `{client_id}` exists already; remove it first");
-            }
-            // 32 random bytes, URL-safe: the secret is shown once and stored only as a hash.
-            let secret = {
-                use base64::Engine as _;
-                use rand::RngCore as _;
-                let mut bytes = [0u8; 32];
-                rand::rngs::OsRng.fill_bytes(&mut bytes);
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+            let role = auth::Role::parse(&role).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown role `{role}`: admin, distributor, distributor-user, customer or customer-user"
+                )
+            })?;
+            let new = auth::clients::NewClient {
+                client_id: Some(client_id),
+                role,
+                organization,
+                scope: Some(scope),
+                name,
             };
-            store
-                .put_client(&vitalbridge::store::auth::ClientRecord {
-                    client_id: client_id.clone(),
-                    secret_hash: Some(auth::secret::hash(&secret)?),
-                    role: auth::Role::Admin.as_str().into(),
-                    organization: None,
-                    scope: scope.split_whitespace().collect::<Vec<_>>().join(" "),
-                    name,
-                    jwks: None,
-                    jwks_url: None,
-                    redirect_uris: "[]".into(),
-                })
-                .await?;
-            println!("client_id: {client_id}");
+            let (client, secret) = auth::clients::register(&store, new)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("client_id: {}", client.client_id);
             println!("client_secret: {secret}");
             eprintln!("the secret is shown only now; keep it in a secret store");
         }
         ClientCommand::List => {
             for c in store.clients().await? {
                 println!(
-                    "{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}",
                     c.client_id,
                     c.role,
+                    c.organization.unwrap_or_default(),
                     c.scope,
                     c.name.unwrap_or_default()
                 );

@@ -8,11 +8,13 @@
 //! - [`routes`]: the token endpoint, the discovery documents and the middleware that turns a
 //!   bearer token into a [`Principal`] for the handlers.
 
+pub mod clients;
 pub mod keys;
 pub mod policy;
 pub mod routes;
 pub mod scope;
 pub mod secret;
+pub mod tenancy;
 pub mod token;
 
 use std::fmt;

@@ -1,15 +1,25 @@
 //! The access policy (DESIGN.md rule 4): what one request may do, built once from its token and
 //! consulted by every interaction, Bundle entry and operation.
 //!
-//! Today it applies the token's SMART scopes by resource type and interaction
-//! (https://hl7.org/fhir/smart-app-launch/scopes-and-launch-context.html). Roles and tenancy
-//! (DESIGN.md "Tenancy") are to narrow it further. Until the patient compartment and granular
-//! scopes narrow searches, `patient/…` scopes and scopes with a query permit nothing: a token is
-//! refused rather than widened.
+//! Three things narrow a request, and none can widen what another allows:
+//! - the token's SMART scopes, by resource type and interaction
+//!   (https://hl7.org/fhir/smart-app-launch/scopes-and-launch-context.html);
+//! - the role's grants on each kind of resource ([`tenancy::grants`]);
+//! - tenancy: a principal other than an admin sees only what the organizations it may see own
+//!   ([`tenancy`]); everything else is answered as if it did not exist.
+//!
+//! Until the patient compartment and granular scopes narrow searches, `patient/…` scopes and
+//! scopes with a query permit nothing: a token is refused rather than widened.
 
-use super::Principal;
-use super::scope::ResourceScope;
+use serde_json::Value;
+
+use super::scope::{Perms, ResourceScope};
+use super::tenancy::{self, Area};
+use super::{Principal, Role};
 use crate::http::error::ApiError;
+use crate::search::SearchQuery;
+use crate::store::Version;
+use crate::store::query::Clause;
 
 /// The SMART v2 permissions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,16 +41,54 @@ impl Perm {
             Perm::Search => 's',
         }
     }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Perm::Create => "create",
+            Perm::Read => "read",
+            Perm::Update => "update",
+            Perm::Delete => "delete",
+            Perm::Search => "search",
+        }
+    }
+
+    fn of(self, p: Perms) -> bool {
+        match self {
+            Perm::Create => p.c,
+            Perm::Read => p.r,
+            Perm::Update => p.u,
+            Perm::Delete => p.d,
+            Perm::Search => p.s,
+        }
+    }
 }
 
 /// What a request may do.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     scopes: Vec<ResourceScope>,
+    role: Role,
+    /// The organizations whose resources it sees, its own first; `None` for all (admins).
+    orgs: Option<Vec<String>>,
+    /// The request's FHIR base URL: absolute references under it are local.
+    base: String,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            scopes: Vec::new(),
+            role: Role::Patient,
+            orgs: Some(Vec::new()),
+            base: String::new(),
+        }
+    }
 }
 
 impl Policy {
-    pub fn of(principal: &Principal) -> Policy {
+    /// The policy of `principal`'s requests at the FHIR base `base`. A distributor's customers
+    /// are added by [`Policy::with_customers`].
+    pub fn of(principal: &Principal, base: &str) -> Policy {
         Policy {
             scopes: principal
                 .scopes
@@ -49,6 +97,12 @@ impl Policy {
                 // Not yet enforceable as narrowings: refused rather than widened.
                 .filter(|s| s.context != "patient" && s.query.is_none())
                 .collect(),
+            role: principal.role,
+            orgs: match principal.role {
+                Role::Admin => None,
+                _ => Some(principal.organization.iter().cloned().collect()),
+            },
+            base: base.to_owned(),
         }
     }
 
@@ -57,18 +111,53 @@ impl Policy {
         Policy::default()
     }
 
-    /// True when some scope grants `perm` on resources of type `ty`.
-    pub fn permits(&self, ty: &str, perm: Perm) -> bool {
-        self.scopes.iter().any(|s| {
-            (s.resource == "*" || s.resource == ty)
-                && match perm {
-                    Perm::Create => s.perms.c,
-                    Perm::Read => s.perms.r,
-                    Perm::Update => s.perms.u,
-                    Perm::Delete => s.perms.d,
-                    Perm::Search => s.perms.s,
+    /// True when the role needs its customers' organizations ([`Policy::with_customers`]).
+    pub fn sees_customers(&self) -> bool {
+        matches!(self.role, Role::Distributor | Role::DistributorUser)
+    }
+
+    /// The principal's own organization, if it has one and is not an admin.
+    pub fn own_org(&self) -> Option<&str> {
+        self.orgs.as_ref()?.first().map(String::as_str)
+    }
+
+    /// Adds the organizations of a distributor's customers.
+    pub fn with_customers(mut self, customers: Vec<String>) -> Policy {
+        if let Some(orgs) = self.orgs.as_mut() {
+            for c in customers {
+                if !orgs.contains(&c) {
+                    orgs.push(c);
                 }
-        })
+            }
+        }
+        self
+    }
+
+    /// True for admins: every organization's resources.
+    pub fn all_tenants(&self) -> bool {
+        self.orgs.is_none()
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// True when a scope and the role both grant `perm` on resources of type `ty`.
+    pub fn permits(&self, ty: &str, perm: Perm) -> bool {
+        self.scope_permits(ty, perm) && self.role_permits(ty, perm)
+    }
+
+    fn scope_permits(&self, ty: &str, perm: Perm) -> bool {
+        self.scopes
+            .iter()
+            .any(|s| (s.resource == "*" || s.resource == ty) && perm.of(s.perms))
+    }
+
+    fn role_permits(&self, ty: &str, perm: Perm) -> bool {
+        if ty == "*" {
+            return self.role == Role::Admin;
+        }
+        perm.of(tenancy::grants(self.role, tenancy::area(ty)))
     }
 
     /// True when some scope grants `perm` on every type (system-wide search and history).
@@ -76,39 +165,213 @@ impl Policy {
         self.scopes.iter().any(|s| s.resource == "*") && self.permits("*", perm)
     }
 
-    /// [`Policy::permits`], or 403 naming the missing scope.
+    /// [`Policy::permits`], or 403 naming what is missing.
     pub fn check(&self, ty: &str, perm: Perm) -> Result<(), ApiError> {
-        if self.permits(ty, perm) {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden(format!(
+        if !self.scope_permits(ty, perm) {
+            return Err(ApiError::Forbidden(format!(
                 "the access token's scopes do not allow this: it needs a scope such as system/{ty}.{}",
                 perm.letter()
-            )))
+            )));
         }
+        if !self.role_permits(ty, perm) {
+            let what = if ty == "*" {
+                "resources of every type".to_owned()
+            } else {
+                format!("{ty} resources")
+            };
+            return Err(ApiError::Forbidden(format!(
+                "the role {} may not {} {what}",
+                self.role,
+                perm.verb()
+            )));
+        }
+        Ok(())
     }
 
     /// [`Policy::check`] for every type.
     pub fn check_all(&self, perm: Perm) -> Result<(), ApiError> {
         self.check("*", perm)
     }
+
+    /// Included resources are read through the search: an `_include` naming its target type
+    /// or a `_revinclude` naming its source type needs read on that type (403 otherwise);
+    /// what a wildcard brings in is filtered by [`Policy::may_include`].
+    pub fn check_includes(&self, q: &SearchQuery) -> Result<(), ApiError> {
+        for inc in &q.include {
+            if let Some(t) = &inc.target {
+                self.check(t, Perm::Read)?;
+            }
+        }
+        for inc in q.revinclude.iter().filter(|i| i.source != "*") {
+            self.check(&inc.source, Perm::Read)?;
+        }
+        Ok(())
+    }
+
+    /// True when an included version may be shown: readable type, within the tenancy.
+    pub fn may_include(&self, v: &Version) -> bool {
+        self.permits(&v.ty, Perm::Read) && self.sees_version(v)
+    }
+
+    /// The types a search without `_type` (system search, `$everything`) covers: every type
+    /// the caller may search.
+    pub fn searchable_types(&self) -> Vec<crate::fhir::types::ResourceType> {
+        crate::fhir::types::ResourceType::all()
+            .filter(|t| self.permits(t.as_str(), Perm::Search))
+            .collect()
+    }
+
+    /// True when the organizations it sees include `org`.
+    fn sees_org(&self, org: Option<&str>) -> bool {
+        match (&self.orgs, org) {
+            (None, _) => true,
+            (Some(orgs), Some(o)) => orgs.iter().any(|x| x == o),
+            (Some(_), None) => false,
+        }
+    }
+
+    /// True when the resource `ty/id` with this stored JSON is within its tenancy. Deleted
+    /// versions carry no owner: see [`Policy::sees_version`].
+    pub fn sees(&self, ty: &str, id: &str, content: &str) -> bool {
+        if self.all_tenants() {
+            return true;
+        }
+        match tenancy::area(ty) {
+            Area::Shared => true,
+            Area::Organization => self.sees_org(Some(id)),
+            _ => self.sees_org(tenancy::owner_in_json(content).as_deref()),
+        }
+    }
+
+    /// [`Policy::sees`] for a stored version; a delete is seen by admins only (callers that
+    /// need a delete's owner look at the version before it).
+    pub fn sees_version(&self, v: &Version) -> bool {
+        match &v.content {
+            Some(c) => self.sees(&v.ty, &v.id, c),
+            None => self.all_tenants(),
+        }
+    }
+
+    /// The clause that keeps a search within its tenancy, `None` for admins.
+    pub fn owner_clause(&self) -> Option<Clause> {
+        self.orgs
+            .as_ref()
+            .map(|orgs| Clause::Owned { orgs: orgs.clone() })
+    }
+
+    /// The owners a type or system history is narrowed to ([`crate::store::HistoryQuery`]);
+    /// `None` when the caller sees all of it. An instance's history is checked on the resource.
+    pub fn history_owners(&self, scope: &crate::store::HistoryScope<'_>) -> Option<Vec<String>> {
+        use crate::store::HistoryScope;
+        match scope {
+            HistoryScope::Type(ty) if tenancy::area(ty.as_str()) == Area::Shared => None,
+            HistoryScope::Instance(..) => None,
+            _ => self.orgs.clone(),
+        }
+    }
+
+    /// `q` narrowed to the tenancy: the matches, and the resources chains and `_has` look at,
+    /// so that neither the page nor `_total` counts what the caller may not see.
+    pub fn narrow(&self, q: &SearchQuery) -> SearchQuery {
+        let mut q = q.clone();
+        if let Some(owned) = self.owner_clause() {
+            for c in q.clauses.iter_mut() {
+                narrow_inner(c, &owned);
+            }
+            q.clauses.push(owned);
+        }
+        q
+    }
+
+    /// Checks a resource about to be written and stamps its owner (see [`tenancy`]).
+    /// `linked_owner` is the owner of the resource it is about, when the caller may see it;
+    /// `current` is the version it replaces, if any.
+    pub fn admit(
+        &self,
+        ty: &str,
+        resource: &mut Value,
+        linked_owner: Option<String>,
+        current: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        let base = self.base.as_str();
+        let named = tenancy::named_org(ty, resource, base);
+        if tenancy::area(ty) == Area::Organization {
+            tenancy::set_owner(resource, None);
+            if self.all_tenants() {
+                return Ok(());
+            }
+            // Organizations form the tenant tree: a distributor adds customers under itself,
+            // and nobody moves an organization to another branch.
+            let allowed = match current {
+                Some(cur) => named == tenancy::named_org(ty, cur, base),
+                None => named.is_some() && named.as_deref() == self.own_org(),
+            };
+            return if allowed {
+                Ok(())
+            } else {
+                Err(ApiError::Forbidden(
+                    "an organization can only be created under your own, and its partOf cannot change"
+                        .into(),
+                ))
+            };
+        }
+        let derived = named.or(linked_owner);
+        let owner = derived
+            .or_else(|| tenancy::owner_of(resource))
+            .or_else(|| current.and_then(tenancy::owner_of))
+            .or_else(|| self.own_org().map(str::to_owned));
+        if !self.sees_org(owner.as_deref()) {
+            return Err(ApiError::Forbidden(format!(
+                "this {ty} would belong to an organization outside yours"
+            )));
+        }
+        tenancy::set_owner(resource, owner.as_deref());
+        Ok(())
+    }
+}
+
+/// Narrows the resources a chain or `_has` looks at, at every level.
+fn narrow_inner(clause: &mut Clause, owned: &Clause) {
+    match clause {
+        Clause::Chain { targets, .. } => {
+            for (_, inner) in targets.iter_mut() {
+                narrow_inner(inner, owned);
+                let taken = std::mem::replace(inner.as_mut(), Clause::Nothing);
+                **inner = Clause::All(vec![taken, owned.clone()]);
+            }
+        }
+        Clause::Has { inner, .. } => {
+            narrow_inner(inner, owned);
+            let taken = std::mem::replace(inner.as_mut(), Clause::Nothing);
+            **inner = Clause::All(vec![taken, owned.clone()]);
+        }
+        Clause::Any(list) | Clause::All(list) => {
+            list.iter_mut().for_each(|c| narrow_inner(c, owned));
+        }
+        Clause::Dated { reference, .. } => narrow_inner(reference, owned),
+        _ => {}
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Role;
+    use serde_json::json;
 
-    fn policy(scopes: &[&str]) -> Policy {
-        Policy::of(&Principal {
+    fn principal(role: Role, org: Option<&str>, scopes: &[&str]) -> Principal {
+        Principal {
             client_id: "c".into(),
             subject: "c".into(),
-            role: Role::Admin,
-            organization: None,
+            role,
+            organization: org.map(str::to_owned),
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
             token_id: "t".into(),
             expires_at: 0,
-        })
+        }
+    }
+
+    fn policy(scopes: &[&str]) -> Policy {
+        Policy::of(&principal(Role::Admin, None, scopes), "http://vb.test/fhir")
     }
 
     #[test]
@@ -138,5 +401,145 @@ mod tests {
         assert!(!p.permits("Observation", Perm::Read));
         assert!(!p.permits("Observation", Perm::Search));
         assert!(!Policy::none().permits("Patient", Perm::Read));
+    }
+
+    #[test]
+    fn roles_narrow_scopes_and_scopes_narrow_roles() {
+        let base = "http://vb.test/fhir";
+        let dist = Policy::of(
+            &principal(Role::Distributor, Some("d1"), &["system/*.cruds"]),
+            base,
+        );
+        assert!(
+            !dist.permits("Observation", Perm::Read),
+            "role narrows the scope"
+        );
+        assert!(dist.permits("Device", Perm::Create));
+        assert!(
+            !dist.permits_all(Perm::Search),
+            "only admins search every type"
+        );
+        let e = dist.check("Patient", Perm::Read).expect_err("denied");
+        assert!(format!("{e:?}").contains("distributor"), "{e:?}");
+        let clinic = Policy::of(
+            &principal(Role::Customer, Some("c1"), &["system/Observation.rs"]),
+            base,
+        );
+        assert!(clinic.permits("Observation", Perm::Search));
+        assert!(
+            !clinic.permits("Observation", Perm::Create),
+            "scope narrows the role"
+        );
+    }
+
+    #[test]
+    fn tenancy_decides_what_is_seen_and_who_owns_writes() {
+        let base = "http://vb.test/fhir";
+        let dist = Policy::of(
+            &principal(Role::Distributor, Some("d1"), &["system/*.cruds"]),
+            base,
+        )
+        .with_customers(vec!["c1".into()]);
+        let mine = json!({"resourceType": "Device", "meta": {"tag": [{"system": tenancy::OWNER_SYSTEM, "code": "c1"}]}});
+        let theirs = json!({"resourceType": "Device", "meta": {"tag": [{"system": tenancy::OWNER_SYSTEM, "code": "c2"}]}});
+        assert!(dist.sees("Device", "x", &mine.to_string()));
+        assert!(!dist.sees("Device", "x", &theirs.to_string()));
+        assert!(!dist.sees("Device", "x", r#"{"resourceType":"Device"}"#));
+        assert!(dist.sees("Organization", "c1", "{}"));
+        assert!(!dist.sees("Organization", "c2", "{}"));
+        assert!(dist.sees("ValueSet", "v", "{}"), "definitions are shared");
+
+        // A device for a customer of the distributor; not for another distributor's.
+        let mut d = json!({"resourceType": "Device", "owner": {"reference": "Organization/c1"}});
+        dist.admit("Device", &mut d, None, None)
+            .expect("own customer");
+        assert_eq!(tenancy::owner_of(&d).as_deref(), Some("c1"));
+        let mut d = json!({"resourceType": "Device", "owner": {"reference": "Organization/c2"}});
+        assert!(dist.admit("Device", &mut d, None, None).is_err());
+        // Without an organization field it belongs to the writer's organization; a forged tag
+        // does not move it out.
+        let mut d = json!({"resourceType": "Device"});
+        dist.admit("Device", &mut d, None, None).expect("own");
+        assert_eq!(tenancy::owner_of(&d).as_deref(), Some("d1"));
+        let mut forged = theirs.clone();
+        assert!(dist.admit("Device", &mut forged, None, None).is_err());
+        // An update keeps the current owner when the body names none.
+        let mut d = json!({"resourceType": "Device"});
+        dist.admit("Device", &mut d, None, Some(&mine))
+            .expect("update");
+        assert_eq!(tenancy::owner_of(&d).as_deref(), Some("c1"));
+
+        // An Observation takes its patient's owner.
+        let clinic = Policy::of(
+            &principal(Role::Customer, Some("c1"), &["system/*.cruds"]),
+            base,
+        );
+        let mut o = json!({"resourceType": "Observation", "subject": {"reference": "Patient/p"}});
+        clinic
+            .admit("Observation", &mut o, Some("c1".into()), None)
+            .expect("own patient");
+        assert_eq!(tenancy::owner_of(&o).as_deref(), Some("c1"));
+        let mut o = json!({"resourceType": "Observation"});
+        assert!(
+            clinic
+                .admit("Observation", &mut o, Some("c2".into()), None)
+                .is_err()
+        );
+
+        // Organizations: a distributor adds customers under itself only.
+        let mut org =
+            json!({"resourceType": "Organization", "partOf": {"reference": "Organization/d1"}});
+        dist.admit("Organization", &mut org, None, None)
+            .expect("customer");
+        let mut org =
+            json!({"resourceType": "Organization", "partOf": {"reference": "Organization/d2"}});
+        assert!(dist.admit("Organization", &mut org, None, None).is_err());
+        let cur =
+            json!({"resourceType": "Organization", "partOf": {"reference": "Organization/d1"}});
+        let mut moved = json!({"resourceType": "Organization"});
+        assert!(
+            dist.admit("Organization", &mut moved, None, Some(&cur))
+                .is_err()
+        );
+
+        // Admins own nothing themselves: the owner comes from the content.
+        let admin = policy(&["system/*.cruds"]);
+        let mut o = json!({"resourceType": "Observation"});
+        admin
+            .admit("Observation", &mut o, Some("c9".into()), None)
+            .expect("admin");
+        assert_eq!(tenancy::owner_of(&o).as_deref(), Some("c9"));
+        let mut b = json!({"resourceType": "Basic"});
+        admin.admit("Basic", &mut b, None, None).expect("admin");
+        assert_eq!(tenancy::owner_of(&b), None);
+    }
+
+    #[test]
+    fn narrowing_reaches_into_chains() {
+        let clinic = Policy::of(
+            &principal(Role::Customer, Some("c1"), &["system/*.cruds"]),
+            "",
+        );
+        let q = SearchQuery {
+            clauses: vec![Clause::Chain {
+                param: "subject".into(),
+                targets: vec![("Patient".into(), Box::new(Clause::Nothing))],
+                base: String::new(),
+            }],
+            ..Default::default()
+        };
+        let n = clinic.narrow(&q);
+        assert_eq!(n.clauses.len(), 2);
+        let owned = Clause::Owned {
+            orgs: vec!["c1".into()],
+        };
+        assert_eq!(n.clauses[1], owned);
+        match &n.clauses[0] {
+            Clause::Chain { targets, .. } => {
+                assert_eq!(*targets[0].1, Clause::All(vec![Clause::Nothing, owned]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(policy(&["system/*.cruds"]).narrow(&q).clauses, q.clauses);
     }
 }

@@ -223,7 +223,7 @@ pub async fn process(
             for e in &entries {
                 allowed(policy, e).map_err(|err| entry_error(e.index, err))?;
             }
-            transaction(store, entries, base, ret).await
+            transaction(store, entries, base, ret, policy).await
         }
         "batch" => batch(store, entries, base, ret, policy).await,
         _ => Err(ApiError::BadRequest(vec![
@@ -245,12 +245,8 @@ fn allowed(policy: &Policy, e: &Entry) -> Result<(), ApiError> {
         policy.check(ty.as_str(), Perm::Read)?;
     }
     // A search entry that includes other resources reads them (as `run_search` requires).
-    if let EntryMethod::Get(Target::Query(_, q)) = m
-        && search::decode_query(q)
-            .iter()
-            .any(|(k, _)| k.starts_with("_include") || k.starts_with("_revinclude"))
-    {
-        policy.check_all(Perm::Read)?;
+    if let EntryMethod::Get(Target::Query(ty, q)) = m {
+        policy.check_includes(&search::parse(Some(*ty), &search::decode_query(q), ""))?;
     }
     let (ty, perms): (ResourceType, &[Perm]) = match m {
         EntryMethod::Post(ty) => (*ty, &[Perm::Create]),
@@ -280,7 +276,7 @@ async fn batch(
         let result = async {
             allowed(policy, &entry)?;
             let mut tx = store.begin().await?;
-            let r = run_entry_with_id(&mut tx, entry, base, None).await?;
+            let r = run_entry_with_id(&mut tx, entry, base, None, policy).await?;
             tx.commit().await?;
             Ok::<_, ApiError>(r)
         }
@@ -300,6 +296,7 @@ async fn transaction(
     mut entries: Vec<Entry>,
     base: &str,
     ret: Return,
+    policy: &Policy,
 ) -> Result<Value, ApiError> {
     // Validate every resource up front: nothing is written when any entry is malformed.
     for e in entries.iter_mut() {
@@ -318,7 +315,7 @@ async fn transaction(
             EntryMethod::Post(ty) => {
                 let existing = match &e.if_none_exist {
                     Some(q) => {
-                        let found = rest::conditional_matches(&mut tx, *ty, q)
+                        let found = rest::conditional_matches(&mut tx, *ty, q, policy)
                             .await
                             .map_err(|err| entry_error(e.index, err))?;
                         match found.as_slice() {
@@ -349,7 +346,7 @@ async fn transaction(
             }
             EntryMethod::Put(Target::Instance(ty, id)) => (*ty, id.as_str().to_owned()),
             EntryMethod::Put(Target::Query(ty, q)) => {
-                let found = rest::conditional_matches(&mut tx, *ty, q)
+                let found = rest::conditional_matches(&mut tx, *ty, q, policy)
                     .await
                     .map_err(|err| entry_error(e.index, err))?;
                 match found.as_slice() {
@@ -400,7 +397,7 @@ async fn transaction(
                 let ty = ResourceType::parse(ty).ok_or_else(|| {
                     bad_entry(e.index, "conditional reference to an unknown type")
                 })?;
-                let found = rest::conditional_matches(&mut tx, ty, q)
+                let found = rest::conditional_matches(&mut tx, ty, q, policy)
                     .await
                     .map_err(|err| entry_error(e.index, err))?;
                 let target = match found.as_slice() {
@@ -444,12 +441,12 @@ async fn transaction(
                 }
                 m => m,
             };
-            let r = run_entry_with_id(&mut tx, entry, base, Some(id))
+            let r = run_entry_with_id(&mut tx, entry, base, Some(id), policy)
                 .await
                 .map_err(|e| entry_error(i, e))?;
             slots[i] = Some(r);
         } else {
-            let r = run_entry_with_id(&mut tx, entry, base, None)
+            let r = run_entry_with_id(&mut tx, entry, base, None, policy)
                 .await
                 .map_err(|e| entry_error(i, e))?;
             slots[i] = Some(r);
@@ -499,6 +496,7 @@ async fn run_entry_with_id(
     entry: Entry,
     base: &str,
     id: Option<ResourceId>,
+    policy: &Policy,
 ) -> Result<EntryResult, ApiError> {
     let if_match = entry.if_match.as_deref().map(parse_if_match).transpose()?;
     let resource = entry.resource;
@@ -514,7 +512,7 @@ async fn run_entry_with_id(
             } else {
                 None
             };
-            EntryResult::Written(rest::create(tx, res, id.as_ref(), if_none_exist).await?)
+            EntryResult::Written(rest::create(tx, res, id.as_ref(), if_none_exist, policy).await?)
         }
         EntryMethod::Put(Target::Instance(ty, id)) => {
             let mut body = need(resource)?;
@@ -525,34 +523,33 @@ async fn run_entry_with_id(
                 m.insert("id".into(), Value::String(id.as_str().to_owned()));
             }
             let res = validate_resource(body, Expect::Update(ty, &id))?;
-            EntryResult::Written(rest::update(tx, res, &id, if_match).await?)
+            EntryResult::Written(rest::update(tx, res, &id, if_match, policy).await?)
         }
         EntryMethod::Put(Target::Query(ty, q)) => {
             let res = validate_resource(need(resource)?, Expect::ConditionalUpdate(ty))?;
-            EntryResult::Written(rest::conditional_update(tx, res, &q, if_match).await?)
+            EntryResult::Written(rest::conditional_update(tx, res, &q, if_match, policy).await?)
         }
         EntryMethod::Patch(Target::Instance(ty, id)) => {
             // FHIR carries a JSON Patch in a Binary resource in Bundles (http.html#patch).
             let patch = binary_patch(need(resource)?)?;
-            EntryResult::Written(rest::patch(tx, ty, &id, patch, if_match).await?)
+            EntryResult::Written(rest::patch(tx, ty, &id, patch, if_match, policy).await?)
         }
         EntryMethod::Delete(Target::Instance(ty, id)) => {
-            EntryResult::Written(rest::delete(tx, ty, &id, if_match).await?)
+            EntryResult::Written(rest::delete(tx, ty, &id, if_match, policy).await?)
         }
         EntryMethod::Delete(Target::Query(ty, q)) => {
-            EntryResult::Written(rest::conditional_delete(tx, ty, &q).await?)
+            EntryResult::Written(rest::conditional_delete(tx, ty, &q, policy).await?)
         }
         EntryMethod::Get(Target::Instance(ty, id)) => {
-            EntryResult::Written(rest::read_in(tx, ty, &id).await?)
+            EntryResult::Written(rest::read_in(tx, ty, &id, policy).await?)
         }
-        EntryMethod::Get(Target::Version(ty, id, vid)) => {
-            let v = tx.vread(ty, &id, vid).await?;
-            EntryResult::Written(rest::found_version(ty, &id, vid, v)?)
-        }
+        EntryMethod::Get(Target::Version(ty, id, vid)) => EntryResult::Written(
+            rest::vread_as(&mut rest::Lookup::Tx(tx), policy, ty, &id, vid).await?,
+        ),
         EntryMethod::Get(Target::Query(ty, q)) => {
             let params = search::decode_query(&q);
             let sq = search::parse(Some(ty), &params, base);
-            let result = search::engine::run(&mut tx.reader(), &[ty], &sq).await?;
+            let result = search::engine::run_as(&mut tx.reader(), &[ty], &sq, policy).await?;
             EntryResult::Bundle(searchset(base, ty.as_str(), &sq, result)?.into_value()?)
         }
         _ => {

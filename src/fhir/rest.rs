@@ -6,9 +6,169 @@ use serde_json::Value;
 
 use super::parse::{Expect, ValidResource, check_structure, validate_resource};
 use super::types::{ResourceId, ResourceType};
+use crate::auth::policy::Policy;
+use crate::auth::tenancy;
 use crate::http::error::{ApiError, Issue};
 use crate::search;
-use crate::store::{Method, Store, StoreTx, Version, Write, Written};
+use crate::store::{Method, Store, StoreError, StoreTx, Version, Write, Written};
+
+/// Where an interaction reads what it checks: inside its transaction (Bundles see their own
+/// writes), or the committed store.
+pub enum Lookup<'a> {
+    Tx(&'a mut StoreTx),
+    Store(&'a Store),
+}
+
+impl Lookup<'_> {
+    async fn read(
+        &mut self,
+        ty: ResourceType,
+        id: &ResourceId,
+    ) -> Result<Option<Version>, StoreError> {
+        match self {
+            Lookup::Tx(tx) => tx.read(ty, id).await,
+            Lookup::Store(store) => store.read(ty, id).await,
+        }
+    }
+
+    async fn vread(
+        &mut self,
+        ty: ResourceType,
+        id: &ResourceId,
+        vid: i64,
+    ) -> Result<Option<Version>, StoreError> {
+        match self {
+            Lookup::Tx(tx) => tx.vread(ty, id, vid).await,
+            Lookup::Store(store) => store.vread(ty, id, vid).await,
+        }
+    }
+}
+
+fn not_known(ty: ResourceType, id: &str) -> ApiError {
+    ApiError::NotFound(format!("{ty}/{id} is not known"))
+}
+
+/// True when `policy` lets the caller see version `v`. A delete has no owner of its own: it
+/// belongs to whoever owned the version it ended.
+pub async fn sees_version(
+    look: &mut Lookup<'_>,
+    policy: &Policy,
+    v: &Version,
+) -> Result<bool, ApiError> {
+    if policy.sees_version(v) {
+        return Ok(true);
+    }
+    if !v.is_deleted() || v.version_id <= 1 {
+        return Ok(false);
+    }
+    let (Some(ty), Some(id)) = (ResourceType::parse(&v.ty), ResourceId::parse(&v.id)) else {
+        return Ok(false);
+    };
+    Ok(look
+        .vread(ty, &id, v.version_id - 1)
+        .await?
+        .is_some_and(|prev| policy.sees_version(&prev)))
+}
+
+/// The current version of `ty/id` when there is one and the caller may see it. Another
+/// tenant's resource is answered like a missing one (404), so that its existence does not
+/// leak (issue 4, "Roles and tenancy").
+pub async fn current_for(
+    look: &mut Lookup<'_>,
+    policy: &Policy,
+    ty: ResourceType,
+    id: &ResourceId,
+) -> Result<Option<Version>, ApiError> {
+    match look.read(ty, id).await? {
+        Some(v) if !sees_version(look, policy, &v).await? => Err(not_known(ty, id.as_str())),
+        other => Ok(other),
+    }
+}
+
+/// The owner of the resource `reference` names, when the caller may see it.
+async fn linked_owner(
+    look: &mut Lookup<'_>,
+    policy: &Policy,
+    (ty, id): (String, String),
+) -> Result<Option<String>, ApiError> {
+    let (Some(t), Some(rid)) = (ResourceType::parse(&ty), ResourceId::parse(&id)) else {
+        return Ok(None);
+    };
+    let Some(content) = look.read(t, &rid).await?.and_then(|v| v.content) else {
+        return Ok(None);
+    };
+    if !policy.sees(&ty, &id, &content) {
+        return Ok(None);
+    }
+    Ok(if ty == "Organization" {
+        Some(id)
+    } else {
+        tenancy::owner_in_json(&content)
+    })
+}
+
+/// Checks a resource about to be written as `ty/id` (`id` `None`: a new one) against the
+/// caller's tenancy and stamps its owner ([`Policy::admit`]).
+async fn admit(
+    look: &mut Lookup<'_>,
+    policy: &Policy,
+    ty: ResourceType,
+    id: Option<&ResourceId>,
+    resource: &mut Value,
+) -> Result<(), ApiError> {
+    let base = policy.base();
+    let named = tenancy::named_org(ty.as_str(), resource, base);
+    // Admins need the current version only to keep an owner nothing in the body gives.
+    let need_current = !policy.all_tenants()
+        || (named.is_none()
+            && tenancy::linked(ty.as_str(), resource, base).is_none()
+            && tenancy::owner_of(resource).is_none());
+    let current = match id {
+        Some(id) if need_current => current_for(look, policy, ty, id)
+            .await?
+            .and_then(|v| v.content)
+            .map(|c| serde_json::from_str::<Value>(&c))
+            .transpose()
+            .map_err(ApiError::internal)?,
+        _ => None,
+    };
+    let linked = match (&named, tenancy::linked(ty.as_str(), resource, base)) {
+        (None, Some(target)) => linked_owner(look, policy, target).await?,
+        _ => None,
+    };
+    policy.admit(ty.as_str(), resource, linked, current.as_ref())
+}
+
+/// A delete by `policy` of `ty/id` may go ahead: false when the resource belongs to another
+/// tenant, which is then answered as if it were missing.
+async fn may_delete(
+    look: &mut Lookup<'_>,
+    policy: &Policy,
+    ty: ResourceType,
+    id: &ResourceId,
+) -> Result<bool, ApiError> {
+    if policy.all_tenants() {
+        return Ok(true);
+    }
+    match current_for(look, policy, ty, id).await {
+        Ok(_) => Ok(true),
+        Err(ApiError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// What deleting a missing resource answers (http.html#delete).
+fn nothing_deleted(ty: ResourceType) -> Outcome {
+    Outcome {
+        status: StatusCode::NO_CONTENT,
+        ty,
+        id: String::new(),
+        version_id: 0,
+        last_updated: 0,
+        content: None,
+        location: false,
+    }
+}
 
 /// The result of one interaction, before it becomes an HTTP response or a Bundle entry.
 #[derive(Debug, Clone)]
@@ -94,6 +254,7 @@ pub async fn conditional_matches(
     tx: &mut StoreTx,
     ty: ResourceType,
     query: &str,
+    policy: &Policy,
 ) -> Result<Vec<Version>, ApiError> {
     let mut q = conditional_criteria(ty, query)?;
     let mut key_params = search::decode_query(query);
@@ -105,7 +266,9 @@ pub async fn conditional_matches(
     q.revinclude.clear();
     q.cursor = None;
     q.offset = 0;
-    Ok(search::engine::run(&mut tx.reader(), &[ty], &q)
+    // Only what the caller may see can match: another tenant's resource neither blocks a
+    // conditional create nor is updated or deleted by one.
+    Ok(search::engine::run_as(&mut tx.reader(), &[ty], &q, policy)
         .await?
         .matches)
 }
@@ -116,9 +279,10 @@ pub async fn create(
     mut res: ValidResource,
     assigned_id: Option<&ResourceId>,
     if_none_exist: Option<&str>,
+    policy: &Policy,
 ) -> Result<Outcome, ApiError> {
     if let Some(query) = if_none_exist {
-        let found = conditional_matches(tx, res.ty, query).await?;
+        let found = conditional_matches(tx, res.ty, query, policy).await?;
         match found.len() {
             0 => {}
             1 => {
@@ -135,6 +299,7 @@ pub async fn create(
             }
         }
     }
+    admit(&mut Lookup::Tx(tx), policy, res.ty, None, &mut res.value).await?;
     let w = tx
         .write(
             res.ty,
@@ -156,10 +321,21 @@ pub async fn write_one(
     resource: Option<ValidResource>,
     if_match: Option<i64>,
     method: Method,
+    policy: &Policy,
 ) -> Result<Outcome, ApiError> {
-    let w = store
-        .write_one(ty, id, resource.map(|r| r.value), if_match, method)
-        .await?;
+    let mut look = Lookup::Store(store);
+    let mut value = resource.map(|r| r.value);
+    match (value.as_mut(), &id) {
+        (Some(v), _) => admit(&mut look, policy, ty, id.as_ref(), v).await?,
+        (None, Some(i)) if !may_delete(&mut look, policy, ty, i).await? => {
+            return Ok(nothing_deleted(ty));
+        }
+        _ => {}
+    }
+    // The check and the write are two statements: an owner change committed between them is
+    // not seen. Owners change only by an update of the resource itself, which `If-Match`
+    // serialises for clients that need it.
+    let w = store.write_one(ty, id, value, if_match, method).await?;
     let status = match method {
         Method::Delete => StatusCode::NO_CONTENT,
         _ if w.created => StatusCode::CREATED,
@@ -174,7 +350,16 @@ pub async fn update(
     mut res: ValidResource,
     id: &ResourceId,
     if_match: Option<i64>,
+    policy: &Policy,
 ) -> Result<Outcome, ApiError> {
+    admit(
+        &mut Lookup::Tx(tx),
+        policy,
+        res.ty,
+        Some(id),
+        &mut res.value,
+    )
+    .await?;
     let w = tx
         .write(
             res.ty,
@@ -200,8 +385,9 @@ pub async fn conditional_update(
     res: ValidResource,
     query: &str,
     if_match: Option<i64>,
+    policy: &Policy,
 ) -> Result<Outcome, ApiError> {
-    let found = conditional_matches(tx, res.ty, query).await?;
+    let found = conditional_matches(tx, res.ty, query, policy).await?;
     let body_id = res
         .value
         .get("id")
@@ -215,10 +401,11 @@ pub async fn conditional_update(
                         Issue::error("value", "invalid id").at(format!("{}.id", res.ty)),
                     ])
                 })?;
-                update(tx, res, &id, if_match).await
+                update(tx, res, &id, if_match, policy).await
             }
             None => {
                 let mut res = res;
+                admit(&mut Lookup::Tx(tx), policy, res.ty, None, &mut res.value).await?;
                 let w = tx
                     .write(
                         res.ty,
@@ -245,7 +432,7 @@ pub async fn conditional_update(
             }
             let id = ResourceId::parse(&one.id)
                 .ok_or_else(|| ApiError::internal(anyhow::anyhow!("stored id invalid")))?;
-            update(tx, res, &id, if_match).await
+            update(tx, res, &id, if_match, policy).await
         }
         _ => Err(ApiError::PreconditionFailed(
             "the criteria match more than one resource".into(),
@@ -259,7 +446,11 @@ pub async fn delete(
     ty: ResourceType,
     id: &ResourceId,
     if_match: Option<i64>,
+    policy: &Policy,
 ) -> Result<Outcome, ApiError> {
+    if !may_delete(&mut Lookup::Tx(tx), policy, ty, id).await? {
+        return Ok(nothing_deleted(ty));
+    }
     let w = tx.write(ty, Some(id), Write::Delete { if_match }).await?;
     Ok(Outcome::from_written(w, StatusCode::NO_CONTENT))
 }
@@ -269,22 +460,15 @@ pub async fn conditional_delete(
     tx: &mut StoreTx,
     ty: ResourceType,
     query: &str,
+    policy: &Policy,
 ) -> Result<Outcome, ApiError> {
-    let found = conditional_matches(tx, ty, query).await?;
+    let found = conditional_matches(tx, ty, query, policy).await?;
     match found.as_slice() {
-        [] => Ok(Outcome {
-            status: StatusCode::NO_CONTENT,
-            ty,
-            id: String::new(),
-            version_id: 0,
-            last_updated: 0,
-            content: None,
-            location: false,
-        }),
+        [] => Ok(nothing_deleted(ty)),
         [one] => {
             let id = ResourceId::parse(&one.id)
                 .ok_or_else(|| ApiError::internal(anyhow::anyhow!("stored id invalid")))?;
-            delete(tx, ty, &id, None).await
+            delete(tx, ty, &id, None, policy).await
         }
         _ => Err(ApiError::PreconditionFailed(
             "the criteria match more than one resource".into(),
@@ -299,6 +483,7 @@ pub async fn patch(
     id: &ResourceId,
     patch_doc: Value,
     if_match: Option<i64>,
+    policy: &Policy,
 ) -> Result<Outcome, ApiError> {
     let patch: json_patch::Patch = serde_json::from_value(patch_doc).map_err(|e| {
         ApiError::bad_request("structure", format!("not a JSON Patch document: {e}"))
@@ -306,10 +491,15 @@ pub async fn patch(
     // Lock first: the patch applies to the version this transaction will replace.
     let locked = tx.lock_resource(ty, id).await?;
     let current = tx.read(ty, id).await?;
+    if let Some(v) = &current
+        && !sees_version(&mut Lookup::Tx(tx), policy, v).await?
+    {
+        return Err(not_known(ty, id.as_str()));
+    }
     let current = match (locked, current) {
         (Some(_), Some(v)) if !v.is_deleted() => v,
         (_, Some(_)) => return Err(ApiError::Gone(format!("{ty}/{id} was deleted"))),
-        _ => return Err(ApiError::NotFound(format!("{ty}/{id} is not known"))),
+        _ => return Err(not_known(ty, id.as_str())),
     };
     if let Some(expected) = if_match
         && expected != current.version_id
@@ -332,6 +522,7 @@ pub async fn patch(
         ApiError::BadRequest(issues) => ApiError::Unprocessable(issues),
         other => other,
     })?;
+    admit(&mut Lookup::Tx(tx), policy, ty, Some(id), &mut res.value).await?;
     let w = tx
         .write(
             ty,
@@ -351,9 +542,39 @@ pub async fn read_in(
     tx: &mut StoreTx,
     ty: ResourceType,
     id: &ResourceId,
+    policy: &Policy,
 ) -> Result<Outcome, ApiError> {
-    let v = tx.read(ty, id).await?;
+    read_as(&mut Lookup::Tx(tx), policy, ty, id).await
+}
+
+/// read (http.html#read) of what the caller may see: 200, 404 or 410.
+pub async fn read_as(
+    look: &mut Lookup<'_>,
+    policy: &Policy,
+    ty: ResourceType,
+    id: &ResourceId,
+) -> Result<Outcome, ApiError> {
+    let v = current_for(look, policy, ty, id).await?;
     found(ty, id, v)
+}
+
+/// vread (http.html#vread) of what the caller may see.
+pub async fn vread_as(
+    look: &mut Lookup<'_>,
+    policy: &Policy,
+    ty: ResourceType,
+    id: &ResourceId,
+    vid: i64,
+) -> Result<Outcome, ApiError> {
+    let v = look.vread(ty, id, vid).await?;
+    if let Some(v) = &v
+        && !sees_version(look, policy, v).await?
+    {
+        return Err(ApiError::NotFound(format!(
+            "{ty}/{id} has no version {vid}"
+        )));
+    }
+    found_version(ty, id, vid, v)
 }
 
 /// Maps a looked-up current version to 200, 404 or 410.

@@ -19,7 +19,7 @@ use crate::auth::policy::{Perm, Policy};
 use crate::fhir::bundle::{self, Return, history_bundle, searchset};
 use crate::fhir::capability::capability_statement;
 use crate::fhir::parse::{Expect, validate_resource};
-use crate::fhir::rest::{self, Outcome, parse_if_match};
+use crate::fhir::rest::{self, Lookup, Outcome, parse_if_match};
 use crate::fhir::types::{ResourceId, ResourceType};
 use crate::search;
 use crate::store::{
@@ -76,7 +76,18 @@ impl FromRequestParts<AppState> for Ctx {
             .map_err(IntoResponse::into_response)?;
         // The bearer-token gate (auth::routes::require_token) put the principal here.
         if let Some(p) = parts.extensions.get::<std::sync::Arc<Principal>>() {
-            ctx.policy = Policy::of(p);
+            let mut policy = Policy::of(p, &ctx.base);
+            if policy.sees_customers()
+                && let Some(own) = policy.own_org().map(str::to_owned)
+            {
+                let customers = state
+                    .store
+                    .customer_orgs(&own, &ctx.base)
+                    .await
+                    .map_err(|e| error_response(e.into(), ctx.n))?;
+                policy = policy.with_customers(customers);
+            }
+            ctx.policy = policy;
         }
         Ok(ctx)
     }
@@ -249,7 +260,7 @@ async fn read(
         let ty = parse_type(&ty)?;
         ctx.policy.check(ty.as_str(), Perm::Read)?;
         let id = parse_id(&id)?;
-        let o = rest::found(ty, &id, state.store.read(ty, &id).await?)?;
+        let o = rest::read_as(&mut Lookup::Store(&state.store), &ctx.policy, ty, &id).await?;
         // Conditional read: the client's copy is current (http.html#cread).
         if headers
             .get(header::IF_NONE_MATCH)
@@ -285,7 +296,7 @@ async fn vread(
         let vid: i64 = vid
             .parse()
             .map_err(|_| ApiError::NotFound(format!("{ty}/{id} has no such version")))?;
-        let o = rest::found_version(ty, &id, vid, state.store.vread(ty, &id, vid).await?)?;
+        let o = rest::vread_as(&mut Lookup::Store(&state.store), &ctx.policy, ty, &id, vid).await?;
         let content = o.content.clone().unwrap_or_default();
         Ok(versioned(
             FhirResponse::new(StatusCode::OK, Payload::Stored(content)),
@@ -320,9 +331,26 @@ async fn create(
             ctx.policy.check(ty.as_str(), Perm::Read)?;
         }
         let o = match if_none_exist {
-            Some(q) => in_tx!(state, |tx| rest::create(&mut tx, res, None, Some(&q))
-                .await?)?,
-            None => rest::write_one(&state.store, ty, None, Some(res), None, Method::Post).await?,
+            Some(q) => in_tx!(state, |tx| rest::create(
+                &mut tx,
+                res,
+                None,
+                Some(&q),
+                &ctx.policy
+            )
+            .await?)?,
+            None => {
+                rest::write_one(
+                    &state.store,
+                    ty,
+                    None,
+                    Some(res),
+                    None,
+                    Method::Post,
+                    &ctx.policy,
+                )
+                .await?
+            }
         };
         Ok(ctx.write_response(o))
     }
@@ -344,8 +372,16 @@ async fn update(
         let if_match = if_match(&headers)?;
         let value = body_json(&state, &headers, body).await?;
         let res = validate_resource(value, Expect::Update(ty, &id))?;
-        let o =
-            rest::write_one(&state.store, ty, Some(id), Some(res), if_match, Method::Put).await?;
+        let o = rest::write_one(
+            &state.store,
+            ty,
+            Some(id),
+            Some(res),
+            if_match,
+            Method::Put,
+            &ctx.policy,
+        )
+        .await?;
         Ok(ctx.write_response(o))
     }
     .await;
@@ -368,7 +404,11 @@ async fn conditional_update(
         let res = validate_resource(value, Expect::ConditionalUpdate(ty))?;
         let query = criteria_query(&ctx.raw_query);
         let o = in_tx!(state, |tx| rest::conditional_update(
-            &mut tx, res, &query, if_match
+            &mut tx,
+            res,
+            &query,
+            if_match,
+            &ctx.policy
         )
         .await?)?;
         Ok(ctx.write_response(o))
@@ -401,7 +441,16 @@ async fn delete(
         ctx.policy.check(ty.as_str(), Perm::Delete)?;
         let id = parse_id(&id)?;
         let if_match = if_match(&headers)?;
-        let o = rest::write_one(&state.store, ty, Some(id), None, if_match, Method::Delete).await?;
+        let o = rest::write_one(
+            &state.store,
+            ty,
+            Some(id),
+            None,
+            if_match,
+            Method::Delete,
+            &ctx.policy,
+        )
+        .await?;
         Ok(ctx.write_response(o))
     }
     .await;
@@ -418,8 +467,13 @@ async fn conditional_delete(
         ctx.policy.check(ty.as_str(), Perm::Delete)?;
         ctx.policy.check(ty.as_str(), Perm::Search)?;
         let query = criteria_query(&ctx.raw_query);
-        let o = in_tx!(state, |tx| rest::conditional_delete(&mut tx, ty, &query)
-            .await?)?;
+        let o = in_tx!(state, |tx| rest::conditional_delete(
+            &mut tx,
+            ty,
+            &query,
+            &ctx.policy
+        )
+        .await?)?;
         Ok(ctx.write_response(o))
     }
     .await;
@@ -453,8 +507,15 @@ async fn patch(
         let bytes = read_body(body, state.settings.body_limit).await?;
         let doc: Value = serde_json::from_slice(&bytes)
             .map_err(|_| ApiError::bad_request("structure", "the body is not valid JSON"))?;
-        let o = in_tx!(state, |tx| rest::patch(&mut tx, ty, &id, doc, if_match)
-            .await?)?;
+        let o = in_tx!(state, |tx| rest::patch(
+            &mut tx,
+            ty,
+            &id,
+            doc,
+            if_match,
+            &ctx.policy
+        )
+        .await?)?;
         Ok(ctx.write_response(o))
     }
     .await;
@@ -535,20 +596,21 @@ async fn run_search(
     check_strict(ctx, &q)?;
     let types: Vec<ResourceType> = match ty {
         Some(t) => vec![t],
+        // Every type the caller may search; none at all is refused.
         None if q.types.is_empty() => {
-            ctx.policy.check_all(Perm::Search)?;
-            ResourceType::all().collect()
+            let types = ctx.policy.searchable_types();
+            if types.is_empty() {
+                ctx.policy.check_all(Perm::Search)?;
+            }
+            types
         }
         None => q.types.clone(),
     };
     for t in &types {
         ctx.policy.check(t.as_str(), Perm::Search)?;
     }
-    // Included resources are read through the search: the token must allow reading them.
-    if !q.include.is_empty() || !q.revinclude.is_empty() {
-        ctx.policy.check_all(Perm::Read)?;
-    }
-    let result = search::engine::run(&mut state.store.reader(), &types, &q).await?;
+    ctx.policy.check_includes(&q)?;
+    let result = search::engine::run_as(&mut state.store.reader(), &types, &q, &ctx.policy).await?;
     let path = ty.map(|t| t.as_str()).unwrap_or("");
     let bundle = searchset(&ctx.base, path, &q, result)?;
     Ok(FhirResponse::new(
@@ -642,7 +704,8 @@ async fn lastn(State(state): State<AppState>, ctx: Ctx) -> Response {
         ctx.policy.check(ty.as_str(), Perm::Search)?;
         let q = search::parse(Some(ty), &rest, &ctx.base);
         check_strict(&ctx, &q)?;
-        let versions = search::engine::lastn(&mut state.store.reader(), &q, max).await?;
+        let versions =
+            search::engine::lastn(&mut state.store.reader(), &ctx.policy.narrow(&q), max).await?;
         let result = search::engine::SearchResult {
             total: Some(versions.len() as i64),
             matches: versions,
@@ -675,12 +738,10 @@ async fn everything(
             )));
         }
         let pty = parse_type("Patient")?;
-        // The compartment spans every type.
         ctx.policy.check(pty.as_str(), Perm::Read)?;
-        ctx.policy.check_all(Perm::Search)?;
         let rid = ResourceId::parse(&id)
             .ok_or_else(|| ApiError::NotFound(format!("Patient/{id} is not known")))?;
-        match state.store.read(pty, &rid).await? {
+        match rest::current_for(&mut Lookup::Store(&state.store), &ctx.policy, pty, &rid).await? {
             Some(v) if !v.is_deleted() => {}
             _ => return Err(ApiError::NotFound(format!("Patient/{id} is not known"))),
         }
@@ -707,12 +768,17 @@ async fn everything(
             id: id.clone(),
         });
         if types.is_empty() {
-            types = ResourceType::all().collect();
+            // Everything about the patient the caller may see (patient-operation-everything).
+            types = ctx.policy.searchable_types();
         } else {
+            for t in &types {
+                ctx.policy.check(t.as_str(), Perm::Search)?;
+            }
             let list: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
             q.used.push(("_type".into(), list.join(",")));
         }
-        let result = search::engine::run(&mut state.store.reader(), &types, &q).await?;
+        let result =
+            search::engine::run_as(&mut state.store.reader(), &types, &q, &ctx.policy).await?;
         let bundle = searchset(&ctx.base, &format!("Patient/{id}/$everything"), &q, result)?;
         Ok(FhirResponse::new(
             StatusCode::OK,
@@ -731,6 +797,7 @@ async fn history(
 ) -> Result<FhirResponse, ApiError> {
     let mut q = HistoryQuery {
         count: search::DEFAULT_COUNT,
+        owners: ctx.policy.history_owners(&scope),
         ..Default::default()
     };
     let mut pin = None;
@@ -817,7 +884,10 @@ async fn history_instance(
         let ty = parse_type(&ty)?;
         ctx.policy.check(ty.as_str(), Perm::Read)?;
         let id = parse_id(&id)?;
-        if state.store.read(ty, &id).await?.is_none() {
+        if rest::current_for(&mut Lookup::Store(&state.store), &ctx.policy, ty, &id)
+            .await?
+            .is_none()
+        {
             return Err(ApiError::NotFound(format!("{ty}/{id} is not known")));
         }
         history(

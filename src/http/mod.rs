@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         // Batches and transactions are posted to the base, with or without a trailing slash.
         .route("/fhir/", axum::routing::post(fhir_routes::system_bundle))
         .merge(crate::auth::routes::router())
+        .merge(crate::auth::clients::router())
         .fallback(not_found)
         // Every endpoint but the public ones needs a bearer token (issue 4, item 9).
         .layer(axum::middleware::from_fn_with_state(

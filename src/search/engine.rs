@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{DEFAULT_COUNT, Include, SearchQuery, Total, registry};
+use crate::auth::policy::Policy;
 use crate::fhir::types::ResourceType;
 use crate::store::query::{self, Cursor, SearchSpec};
 use crate::store::{Db, StoreError, Version};
@@ -112,6 +113,23 @@ pub async fn run(
     if !q.include.is_empty() || !q.revinclude.is_empty() {
         result.included = includes(db, &result.matches, q).await?;
     }
+    Ok(result)
+}
+
+/// [`run`] within what `policy` lets the caller see: the matches and `_total` through the
+/// search itself ([`Policy::narrow`]), included resources by their type and owner.
+pub async fn run_as(
+    db: &mut Db<'_>,
+    types: &[ResourceType],
+    q: &SearchQuery,
+    policy: &Policy,
+) -> Result<SearchResult, StoreError> {
+    let mut result = if policy.all_tenants() {
+        run(db, types, q).await?
+    } else {
+        run(db, types, &policy.narrow(q)).await?
+    };
+    result.included.retain(|v| policy.may_include(v));
     Ok(result)
 }
 

@@ -110,4 +110,15 @@ impl Store {
             .map(|_| ())?);
         Ok(())
     }
+
+    /// The Organizations whose `partOf` names `org` on this server (a distributor's customers,
+    /// DESIGN.md "Tenancy"), from the search index of their current versions.
+    pub async fn customer_orgs(&self, org: &str, base: &str) -> Result<Vec<String>, StoreError> {
+        let sql = "select res_id from search_reference where res_type = 'Organization' \
+                   and param = 'partof' and target_type = 'Organization' and target_id = $1 \
+                   and (url not like '%://%' or url = $2) order by res_id";
+        let absolute = format!("{}/Organization/{org}", base.trim_end_matches('/'));
+        let rows: Vec<(String,)> = on_pool!(self, read, pool => sqlx::query_as(sql).bind(org).bind(&absolute).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
 }

@@ -141,6 +141,9 @@ pub struct HistoryQuery {
     pub at_start: Option<i64>,
     pub count: usize,
     pub offset: usize,
+    /// Only resources these organizations own now (the caller's tenancy, `auth::tenancy`);
+    /// `None` for all. Organizations are owned by themselves.
+    pub owners: Option<Vec<String>>,
 }
 
 /// The application's store: PostgreSQL in production, SQLite as the embedded default.
@@ -667,6 +670,28 @@ macro_rules! backend {
                 }
                 if let Some(until) = q.until {
                     qb.push(" and last_updated <= ").push_bind(until);
+                }
+                if let Some(orgs) = &q.owners {
+                    qb.push(" and ((res_type = 'Organization' and res_id in (");
+                    let mut list = qb.separated(", ");
+                    for o in orgs {
+                        list.push_bind(o.clone());
+                    }
+                    if orgs.is_empty() {
+                        list.push("null");
+                    }
+                    qb.push(")) or exists (select 1 from search_token o where o.res_type = resource_history.res_type \
+                              and o.res_id = resource_history.res_id and o.param = '_tag' and o.system = ")
+                        .push_bind(crate::auth::tenancy::OWNER_SYSTEM)
+                        .push(" and o.code in (");
+                    let mut list = qb.separated(", ");
+                    for o in orgs {
+                        list.push_bind(o.clone());
+                    }
+                    if orgs.is_empty() {
+                        list.push("null");
+                    }
+                    qb.push(")))");
                 }
                 if let Some(start) = q.at_start {
                     qb.push(

@@ -197,6 +197,10 @@ pub enum Clause {
     All(Vec<Clause>),
     /// Matches nothing (e.g. a reference to a type the parameter cannot point to).
     Nothing,
+    /// Resources owned by one of these organizations (the caller's tenancy,
+    /// `auth::tenancy`): an Organization by its id, definitions always, anything else by its
+    /// owner tag.
+    Owned { orgs: Vec<String> },
 }
 
 /// A sort key (`_sort`): a parameter's table and code, or `_id` / `_lastUpdated`.
@@ -327,6 +331,7 @@ pub fn push_clause(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause) {
             }
             sql.push(")");
         }
+        Clause::Owned { orgs } => push_owned(sql, alias, ty, orgs),
         Clause::Compartment { ty: cty, id } => {
             sql.push("((").push(alias).push(".res_type = ");
             sql.text(cty).push(" and ").push(alias).push(".res_id = ");
@@ -435,6 +440,32 @@ pub fn push_clause(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause) {
             sql.text(source_type).push(" and s.deleted = false and ");
             push_clause(sql, "s", source_type, inner);
             sql.push("))");
+        }
+    }
+}
+
+/// [`Clause::Owned`]: a correlated probe of the resource's own `_tag` rows, so that a search
+/// driven by another index checks only its candidates.
+fn push_owned(sql: &mut Sql, alias: &str, ty: &str, orgs: &[String]) {
+    use crate::auth::tenancy::{Area, OWNER_SYSTEM, area};
+    match area(ty) {
+        Area::Shared => {
+            sql.push("1 = 1");
+        }
+        _ if orgs.is_empty() => {
+            sql.push("1 = 0");
+        }
+        Area::Organization => {
+            sql.push(alias).push(".res_id in (");
+            push_list(sql, orgs);
+        }
+        _ => {
+            sql.push("exists (select 1 from search_token o where o.res_type = ");
+            sql.text(ty).push(" and o.res_id = ").push(alias);
+            sql.push(".res_id and o.param = '_tag' and o.system = ");
+            sql.text(OWNER_SYSTEM).push(" and o.code in (");
+            push_list(sql, orgs);
+            sql.push(")");
         }
     }
 }

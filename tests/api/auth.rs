@@ -642,9 +642,9 @@ async fn narrowed_tokens_do_only_what_their_scopes_allow(app: TestApp) {
             403,
         ),
         (
-            "system search of every type",
-            plain.get(format!("{}?name=Scoped", app.base)),
-            403,
+            "system search of every type it may search",
+            plain.get(format!("{}?_id={pid}", app.base)),
+            200,
         ),
         ("system history", plain.get(app.url("_history")), 403),
         (
@@ -653,14 +653,24 @@ async fn narrowed_tokens_do_only_what_their_scopes_allow(app: TestApp) {
             200,
         ),
         (
-            "include",
+            "include of a readable type",
             plain.get(app.url("Patient?name=Scoped&_revinclude=Observation:subject")),
+            200,
+        ),
+        (
+            "include of a type it may not read",
+            plain.get(app.url("Patient?name=Scoped&_revinclude=Device:patient")),
+            403,
+        ),
+        (
+            "$everything of a type it may not search",
+            plain.get(app.url(&format!("Patient/{pid}/$everything?_type=Observation"))),
             403,
         ),
         (
             "$everything",
             plain.get(app.url(&format!("Patient/{pid}/$everything"))),
-            403,
+            200,
         ),
     ];
     for (what, req, want) in cases {
@@ -811,7 +821,21 @@ async fn client_cli(backend: Backend) {
     let (ok, listing, _) = cli(&["list"]);
     assert!(ok);
     assert!(
-        listing.contains("ehr-1\tadmin\tsystem/Patient.rs\tClinic EHR"),
+        listing.contains("ehr-1\tadmin\t\tsystem/Patient.rs\tClinic EHR"),
+        "{listing}"
+    );
+    let (ok, _, stderr) = cli(&[
+        "add",
+        "clinic-1",
+        "--role",
+        "customer",
+        "--organization",
+        "org-1",
+    ]);
+    assert!(ok, "{stderr}");
+    let (_, listing, _) = cli(&["list"]);
+    assert!(
+        listing.contains("clinic-1\tcustomer\torg-1\tsystem/*.cruds"),
         "{listing}"
     );
     assert!(!listing.contains(&secret));
@@ -822,6 +846,15 @@ async fn client_cli(backend: Backend) {
             "not a system scope",
         ),
         (vec!["add", "bad id"], "without spaces"),
+        (
+            vec!["add", "clinic-2", "--role", "customer"],
+            "need the organization",
+        ),
+        (
+            vec!["add", "clinic-2", "--role", "admin", "--organization", "o"],
+            "belong to no organization",
+        ),
+        (vec!["add", "clinic-2", "--role", "owner"], "unknown role"),
         (vec!["remove", "nobody"], "no client"),
     ] {
         let (ok, _, stderr) = cli(&args);

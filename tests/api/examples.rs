@@ -58,11 +58,18 @@ fn parseable_examples() -> Vec<Value> {
     out
 }
 
-/// The resource without what the server sets (meta.versionId, meta.lastUpdated).
+/// The resource without what the server sets (meta.versionId, meta.lastUpdated, and the owner
+/// tag of the tenancy, README "Access").
 fn without_server_meta(mut v: Value) -> Value {
     if let Some(meta) = v.get_mut("meta").and_then(Value::as_object_mut) {
         meta.remove("versionId");
         meta.remove("lastUpdated");
+        if let Some(tags) = meta.get_mut("tag").and_then(Value::as_array_mut) {
+            tags.retain(|t| t["system"] != vitalbridge::auth::tenancy::OWNER_SYSTEM);
+            if tags.is_empty() {
+                meta.remove("tag");
+            }
+        }
         if meta.is_empty() {
             v.as_object_mut().map(|m| m.remove("meta"));
         }

@@ -18,3 +18,4 @@ mod search_params;
 mod search_quantity;
 mod search_reference;
 mod search_results;
+mod tenancy;

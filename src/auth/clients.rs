@@ -1,0 +1,235 @@
+//! OAuth clients of the built-in authorization server, registered by an operator (the CLI,
+//! `vitalbridge client add`) or an admin (`POST /auth/clients`): one code path for both.
+//!
+//! - `POST /auth/clients` `{"client_id"?, "role", "organization"?, "scope"?, "name"?}`: 201 with
+//!   the generated `client_secret`, shown only in this answer;
+//! - `GET /auth/clients`: the clients, never their secrets;
+//! - `DELETE /auth/clients/{client_id}`: 204, or 404 when there is none.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{ADMIN_SCOPE, Principal, Role, scope, secret};
+use crate::fhir::types::ResourceId;
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::store::Store;
+use crate::store::auth::ClientRecord;
+
+/// A client to register.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewClient {
+    /// Chosen by the server when absent.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    pub role: Role,
+    /// Required for every role but admin (DESIGN.md "Tenancy").
+    #[serde(default)]
+    pub organization: Option<String>,
+    /// Scopes it may be granted, space separated; by default every system scope (the role
+    /// narrows them).
+    #[serde(default)]
+    pub scope: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A registered client as shown: never its secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientView {
+    pub client_id: String,
+    pub role: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+    pub scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl From<ClientRecord> for ClientView {
+    fn from(c: ClientRecord) -> Self {
+        ClientView {
+            client_id: c.client_id,
+            role: c.role,
+            organization: c.organization,
+            scope: c.scope,
+            name: c.name,
+        }
+    }
+}
+
+/// Why a client cannot be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("a client `{0}` exists already; remove it first")]
+    Exists(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// 32 random bytes, URL-safe.
+fn new_secret() -> String {
+    use base64::Engine as _;
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Checks and stores a new client with a fresh secret; returns it with the secret, which is
+/// stored only as an argon2 hash.
+pub async fn register(
+    store: &Store,
+    new: NewClient,
+) -> Result<(ClientView, String), RegisterError> {
+    let invalid = |m: &str| Err(RegisterError::Invalid(m.to_owned()));
+    let client_id = new
+        .client_id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    if client_id.is_empty()
+        || client_id.len() > 128
+        || client_id
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ':')
+    {
+        return invalid("a client id must be 1 to 128 characters, without spaces or ':'");
+    }
+    match (new.role, &new.organization) {
+        (Role::Admin, Some(_)) => return invalid("admin clients belong to no organization"),
+        (Role::Patient, _) => {
+            return invalid(
+                "patient-facing apps sign in with the authorization code flow, not a client secret",
+            );
+        }
+        (Role::Admin, None) => {}
+        (_, None) => return invalid("clients of this role need the organization they act for"),
+        (_, Some(org)) if ResourceId::parse(org).is_none() => {
+            return invalid("organization must be the id of an Organization resource");
+        }
+        _ => {}
+    }
+    let scope = new.scope.unwrap_or_else(|| ADMIN_SCOPE.to_owned());
+    let allowed: Vec<&str> = ADMIN_SCOPE.split_whitespace().collect();
+    if let Some(bad) = scope
+        .split_whitespace()
+        .find(|s| !scope::covered(s, &allowed))
+    {
+        return Err(RegisterError::Invalid(format!(
+            "`{bad}` is not a system scope this server grants"
+        )));
+    }
+    if scope.split_whitespace().next().is_none() {
+        return invalid("scope names no scope");
+    }
+    let map = |e: crate::store::StoreError| RegisterError::Other(e.into());
+    if store.client(&client_id).await.map_err(map)?.is_some() {
+        return Err(RegisterError::Exists(client_id));
+    }
+    let secret = new_secret();
+    let record = ClientRecord {
+        client_id,
+        secret_hash: Some(secret::hash(&secret)?),
+        role: new.role.as_str().into(),
+        organization: new.organization,
+        scope: scope.split_whitespace().collect::<Vec<_>>().join(" "),
+        name: new.name,
+        jwks: None,
+        jwks_url: None,
+        redirect_uris: "[]".into(),
+    };
+    store.put_client(&record).await.map_err(map)?;
+    Ok((record.into(), secret))
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/clients", get(list).post(create))
+        .route("/auth/clients/{client_id}", delete(remove))
+}
+
+/// Client management is for admins (issue 4: "clients, users and their roles managed through
+/// the API (admin)").
+fn admin_only(p: &Principal) -> Result<(), ApiError> {
+    if p.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "only admins manage OAuth clients".into(),
+        ))
+    }
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Extension(p): Extension<Arc<Principal>>,
+    body: Result<Json<NewClient>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let result = async {
+        admin_only(&p)?;
+        let Json(new) = body.map_err(|e| ApiError::bad_request("structure", e.body_text()))?;
+        match register(&state.store, new).await {
+            Ok((view, secret)) => {
+                let mut body = serde_json::to_value(&view).map_err(ApiError::internal)?;
+                body["client_secret"] = json!(secret);
+                Ok((
+                    StatusCode::CREATED,
+                    [
+                        (header::CACHE_CONTROL, "no-store"),
+                        (header::PRAGMA, "no-cache"),
+                    ],
+                    Json(body),
+                )
+                    .into_response())
+            }
+            Err(RegisterError::Invalid(m)) => Err(ApiError::bad_request("invalid", m)),
+            Err(e @ RegisterError::Exists(_)) => Err(ApiError::Conflict(e.to_string())),
+            Err(RegisterError::Other(e)) => Err(ApiError::internal(e)),
+        }
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn list(State(state): State<AppState>, Extension(p): Extension<Arc<Principal>>) -> Response {
+    let result = async {
+        admin_only(&p)?;
+        let clients: Vec<ClientView> = state
+            .store
+            .clients()
+            .await?
+            .into_iter()
+            .map(ClientView::from)
+            .collect();
+        Ok::<_, ApiError>(Json(json!({ "clients": clients })).into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Extension(p): Extension<Arc<Principal>>,
+    Path(client_id): Path<String>,
+) -> Response {
+    let result = async {
+        admin_only(&p)?;
+        if state.store.delete_client(&client_id).await? {
+            Ok(StatusCode::NO_CONTENT.into_response())
+        } else {
+            Err(ApiError::NotFound("no such client".into()))
+        }
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
