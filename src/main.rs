@@ -105,6 +105,13 @@ enum ClientCommand {
         /// A name for people
         #[arg(long)]
         name: Option<String>,
+        /// A JWKS file of the client's public keys: it authenticates with private_key_jwt
+        /// (SMART Backend Services) and gets no secret
+        #[arg(long, conflicts_with = "jwks_url")]
+        jwks_file: Option<std::path::PathBuf>,
+        /// The URL the client publishes its JWKS at (private_key_jwt, no secret)
+        #[arg(long)]
+        jwks_url: Option<String>,
     },
     /// List the registered clients (never their secrets)
     List,
@@ -284,7 +291,20 @@ async fn client(database_url: Option<String>, command: ClientCommand) -> anyhow:
             organization,
             scope,
             name,
+            jwks_file,
+            jwks_url,
         } => {
+            let jwks = match jwks_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                    Some(
+                        serde_json::from_str(&text)
+                            .map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", path.display()))?,
+                    )
+                }
+                None => None,
+            };
             let role = auth::Role::parse(&role).ok_or_else(|| {
                 anyhow::anyhow!(
                     "unknown role `{role}`: admin, distributor, distributor-user, customer or customer-user"
@@ -296,13 +316,20 @@ async fn client(database_url: Option<String>, command: ClientCommand) -> anyhow:
                 organization,
                 scope: Some(scope),
                 name,
+                jwks,
+                jwks_url,
             };
             let (client, secret) = auth::clients::register(&store, new)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("client_id: {}", client.client_id);
-            println!("client_secret: {secret}");
-            eprintln!("the secret is shown only now; keep it in a secret store");
+            match secret {
+                Some(secret) => {
+                    println!("client_secret: {secret}");
+                    eprintln!("the secret is shown only now; keep it in a secret store");
+                }
+                None => println!("token_endpoint_auth_method: private_key_jwt"),
+            }
         }
         ClientCommand::List => {
             for c in store.clients().await? {

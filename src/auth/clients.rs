@@ -41,6 +41,12 @@ pub struct NewClient {
     pub scope: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
+    /// The public keys of a `private_key_jwt` client (SMART Backend Services), as a JWKS...
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    /// ... or the URL it publishes them at. Such a client gets no secret.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
 }
 
 /// A registered client as shown: never its secret.
@@ -53,16 +59,26 @@ pub struct ClientView {
     pub scope: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// `client_secret_basic` or `private_key_jwt`.
+    pub token_endpoint_auth_method: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
 }
 
 impl From<ClientRecord> for ClientView {
     fn from(c: ClientRecord) -> Self {
         ClientView {
+            token_endpoint_auth_method: if c.secret_hash.is_some() {
+                "client_secret_basic"
+            } else {
+                "private_key_jwt"
+            },
             client_id: c.client_id,
             role: c.role,
             organization: c.organization,
             scope: c.scope,
             name: c.name,
+            jwks_url: c.jwks_url,
         }
     }
 }
@@ -87,12 +103,12 @@ fn new_secret() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Checks and stores a new client with a fresh secret; returns it with the secret, which is
-/// stored only as an argon2 hash.
+/// Checks and stores a new client; returns it with its fresh secret (stored only as an argon2
+/// hash), or without one for a client that authenticates with its keys.
 pub async fn register(
     store: &Store,
     new: NewClient,
-) -> Result<(ClientView, String), RegisterError> {
+) -> Result<(ClientView, Option<String>), RegisterError> {
     let invalid = |m: &str| Err(RegisterError::Invalid(m.to_owned()));
     let client_id = new
         .client_id
@@ -132,20 +148,38 @@ pub async fn register(
     if scope.split_whitespace().next().is_none() {
         return invalid("scope names no scope");
     }
+    let jwks = match (&new.jwks, &new.jwks_url) {
+        (Some(_), Some(_)) => return invalid("give jwks or jwks_url, not both"),
+        (Some(v), None) => {
+            let text = v.to_string();
+            super::assertion::parse_jwks(&text).map_err(RegisterError::Invalid)?;
+            Some(text)
+        }
+        (None, Some(u)) => {
+            match url::Url::parse(u) {
+                Ok(parsed) if matches!(parsed.scheme(), "https" | "http") => {}
+                _ => return invalid("jwks_url must be an http(s) URL"),
+            }
+            None
+        }
+        (None, None) => None,
+    };
     let map = |e: crate::store::StoreError| RegisterError::Other(e.into());
     if store.client(&client_id).await.map_err(map)?.is_some() {
         return Err(RegisterError::Exists(client_id));
     }
-    let secret = new_secret();
+    let keyed = jwks.is_some() || new.jwks_url.is_some();
+    let secret = (!keyed).then(new_secret);
+    let secret_hash = secret.as_deref().map(secret::hash).transpose()?;
     let record = ClientRecord {
         client_id,
-        secret_hash: Some(secret::hash(&secret)?),
+        secret_hash,
         role: new.role.as_str().into(),
         organization: new.organization,
         scope: scope.split_whitespace().collect::<Vec<_>>().join(" "),
         name: new.name,
-        jwks: None,
-        jwks_url: None,
+        jwks,
+        jwks_url: new.jwks_url,
         redirect_uris: "[]".into(),
     };
     store.put_client(&record).await.map_err(map)?;
@@ -181,7 +215,9 @@ async fn create(
         match register(&state.store, new).await {
             Ok((view, secret)) => {
                 let mut body = serde_json::to_value(&view).map_err(ApiError::internal)?;
-                body["client_secret"] = json!(secret);
+                if let Some(secret) = secret {
+                    body["client_secret"] = json!(secret);
+                }
                 Ok((
                     StatusCode::CREATED,
                     [

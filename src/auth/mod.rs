@@ -8,6 +8,7 @@
 //! - [`routes`]: the token endpoint, the discovery documents and the middleware that turns a
 //!   bearer token into a [`Principal`] for the handlers.
 
+pub mod assertion;
 pub mod clients;
 pub mod keys;
 pub mod policy;

@@ -20,9 +20,11 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use super::token::{self, Grant};
-use super::{Role, scope, secret};
+use super::{Role, assertion, scope, secret};
 use crate::http::AppState;
 use crate::http::error::ApiError;
+use crate::store::auth::ClientRecord;
+use jsonwebtoken::jwk::JwkSet;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -308,6 +310,82 @@ async fn issue_token(
     }
 
     // Client authentication: exactly one method (RFC 6749 section 2.3).
+    let client =
+        if field("client_assertion_type")?.is_some() || field("client_assertion")?.is_some() {
+            authenticate_assertion(state, headers, &field).await?
+        } else {
+            authenticate_secret(state, headers, &field).await?
+        };
+
+    // Scopes: the request may only narrow what the client is allowed.
+    let allowed: Vec<&str> = client.scope.split_whitespace().collect();
+    let granted = match field("scope")? {
+        None => client.scope.clone(),
+        Some(requested) => {
+            let requested: Vec<&str> = requested.split_whitespace().collect();
+            if requested.is_empty() {
+                return Err(OAuthError::new("invalid_scope", "`scope` is empty"));
+            }
+            if let Some(s) = requested.iter().find(|s| !scope::covered(s, &allowed)) {
+                return Err(OAuthError::new(
+                    "invalid_scope",
+                    format!("the client may not be granted `{s}`"),
+                ));
+            }
+            requested.join(" ")
+        }
+    };
+    let role = Role::parse(&client.role).ok_or_else(|| OAuthError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        ..OAuthError::new("server_error", "the client's role is not known")
+    })?;
+    let now = crate::store::now_micros() / 1_000_000;
+    let access_token = token::issue(
+        &state.signing_key,
+        &origin(state, headers),
+        &fhir_base(state, headers),
+        &Grant {
+            client_id: &client.client_id,
+            subject: &client.client_id,
+            role,
+            organization: client.organization.as_deref(),
+            scope: &granted,
+        },
+        now,
+    )
+    .map_err(|e| {
+        tracing::error!(error = %e, "cannot sign a token");
+        OAuthError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            ..OAuthError::new("server_error", "the token could not be signed")
+        }
+    })?;
+    tracing::info!(client_id = %client.client_id, role = %role, "access token issued");
+    Ok(json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": token::ACCESS_TOKEN_SECONDS,
+        "scope": granted,
+    }))
+}
+
+/// A form field of the token request: absent, once, or an error when repeated.
+type Field<'a> = dyn Fn(&str) -> Result<Option<&'a str>, OAuthError> + Sync + 'a;
+
+fn server_error(what: &str, e: impl std::fmt::Display) -> OAuthError {
+    tracing::error!(error = %e, "{what}");
+    OAuthError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        ..OAuthError::new("server_error", what.to_string())
+    }
+}
+
+/// Client authentication with a client secret, HTTP Basic or in the form.
+async fn authenticate_secret(
+    state: &AppState,
+    headers: &HeaderMap,
+    field: &Field<'_>,
+) -> Result<ClientRecord, OAuthError> {
     let basic = basic_credentials(headers);
     let posted = field("client_secret")?;
     let (client_id, client_secret, used_basic) = match (basic, posted) {
@@ -374,57 +452,130 @@ async fn issue_token(
         tracing::info!(client_id = %client.client_id, "token refused: wrong client secret");
         return Err(unknown());
     }
+    Ok(client)
+}
 
-    // Scopes: the request may only narrow what the client is allowed.
-    let allowed: Vec<&str> = client.scope.split_whitespace().collect();
-    let granted = match field("scope")? {
-        None => client.scope.clone(),
-        Some(requested) => {
-            let requested: Vec<&str> = requested.split_whitespace().collect();
-            if requested.is_empty() {
-                return Err(OAuthError::new("invalid_scope", "`scope` is empty"));
-            }
-            if let Some(s) = requested.iter().find(|s| !scope::covered(s, &allowed)) {
-                return Err(OAuthError::new(
-                    "invalid_scope",
-                    format!("the client may not be granted `{s}`"),
-                ));
-            }
-            requested.join(" ")
-        }
+/// Client authentication with a signed JWT (`private_key_jwt`, SMART Backend Services).
+async fn authenticate_assertion(
+    state: &AppState,
+    headers: &HeaderMap,
+    field: &Field<'_>,
+) -> Result<ClientRecord, OAuthError> {
+    if basic_credentials(headers).is_some() || field("client_secret")?.is_some() {
+        return Err(OAuthError::new(
+            "invalid_request",
+            "the client authenticated with more than one method",
+        ));
+    }
+    if field("client_assertion_type")? != Some(assertion::ASSERTION_TYPE) {
+        return Err(OAuthError::new(
+            "invalid_request",
+            format!(
+                "client_assertion_type must be {}",
+                assertion::ASSERTION_TYPE
+            ),
+        ));
+    }
+    let jwt = field("client_assertion")?
+        .ok_or_else(|| OAuthError::new("invalid_request", "`client_assertion` is missing"))?;
+    let client_id = assertion::claimed_client(jwt).ok_or_else(|| {
+        OAuthError::new(
+            "invalid_client",
+            assertion::AssertionError::Malformed.to_string(),
+        )
+    })?;
+    if let Some(form_id) = field("client_id")?
+        && form_id != client_id
+    {
+        return Err(OAuthError::new(
+            "invalid_request",
+            "client_id differs from the assertion's issuer",
+        ));
+    }
+    let refused = |why: String| {
+        tracing::info!(client_id = %client_id, reason = %why, "token refused: client assertion");
+        OAuthError::new("invalid_client", why)
     };
-    let role = Role::parse(&client.role).ok_or_else(|| OAuthError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        ..OAuthError::new("server_error", "the client's role is not known")
-    })?;
+    let client = state
+        .store
+        .client(&client_id)
+        .await
+        .map_err(|e| server_error("the client could not be read", e))?
+        .filter(|c| c.jwks.is_some() || c.jwks_url.is_some())
+        .ok_or_else(|| refused("unknown client, or one without registered keys".into()))?;
+    let keys = client_keys(&client, jwt).await.map_err(refused)?;
     let now = crate::store::now_micros() / 1_000_000;
-    let access_token = token::issue(
-        &state.signing_key,
-        &origin(state, headers),
-        &fhir_base(state, headers),
-        &Grant {
-            client_id: &client.client_id,
-            subject: &client.client_id,
-            role,
-            organization: client.organization.as_deref(),
-            scope: &granted,
-        },
-        now,
-    )
-    .map_err(|e| {
-        tracing::error!(error = %e, "cannot sign a token");
-        OAuthError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            ..OAuthError::new("server_error", "the token could not be signed")
+    let token_url = format!("{}/auth/token", origin(state, headers));
+    let (jti, exp) = assertion::verify(jwt, &client.client_id, &token_url, &keys, now)
+        .map_err(|e| refused(e.to_string()))?;
+    if !state
+        .store
+        .remember_assertion(&client.client_id, &jti, exp, now)
+        .await
+        .map_err(|e| server_error("the assertion could not be recorded", e))?
+    {
+        return Err(refused(
+            "this client assertion was used before (jti)".into(),
+        ));
+    }
+    Ok(client)
+}
+
+/// The client's public keys: registered inline, or fetched from its JWKS URL. Fetched sets are
+/// kept five minutes, and fetched again sooner when an assertion names a kid they lack (the
+/// client rotated its keys), at most every two seconds.
+async fn client_keys(client: &ClientRecord, jwt: &str) -> Result<JwkSet, String> {
+    if let Some(text) = &client.jwks {
+        return assertion::parse_jwks(text);
+    }
+    let url = client
+        .jwks_url
+        .as_deref()
+        .ok_or_else(|| "the client has no registered keys".to_owned())?;
+    type Cache = std::sync::Mutex<std::collections::HashMap<String, (JwkSet, std::time::Instant)>>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let cached = cache.lock().ok().and_then(|m| m.get(url).cloned());
+    if let Some((keys, at)) = &cached {
+        let age = at.elapsed();
+        let fresh = age < std::time::Duration::from_secs(300);
+        let recent = age < std::time::Duration::from_secs(2);
+        if fresh && (recent || assertion::has_kid(keys, jwt)) {
+            return Ok(keys.clone());
         }
-    })?;
-    tracing::info!(client_id = %client.client_id, role = %role, "access token issued");
-    Ok(json!({
-        "access_token": access_token,
-        "token_type": "Bearer",
-        "expires_in": token::ACCESS_TOKEN_SECONDS,
-        "scope": granted,
-    }))
+    }
+    static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let http = HTTP.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default()
+    });
+    let fetched = async {
+        let r = http.get(url).send().await.map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(format!("status {}", r.status()));
+        }
+        let text = r.text().await.map_err(|e| e.to_string())?;
+        assertion::parse_jwks(&text)
+    }
+    .await;
+    match fetched {
+        Ok(keys) => {
+            if let Ok(mut m) = cache.lock() {
+                m.insert(url.to_owned(), (keys.clone(), std::time::Instant::now()));
+            }
+            Ok(keys)
+        }
+        Err(e) => {
+            tracing::warn!(jwks_url = %url, error = %e, "cannot fetch a client's JWKS");
+            // A set fetched before still serves while the URL is down.
+            cached
+                .map(|(k, _)| k)
+                .ok_or_else(|| "the client's JWKS URL could not be read".to_owned())
+        }
+    }
 }
 
 /// A discovery document: plain JSON, whatever the request's `Accept` asks.
@@ -443,7 +594,11 @@ async fn jwks(State(state): State<AppState>) -> Response {
 /// The grant types, authentication methods and scopes this server supports; the discovery
 /// documents list the same.
 const GRANT_TYPES: &[&str] = &["client_credentials"];
-const AUTH_METHODS: &[&str] = &["client_secret_basic", "client_secret_post"];
+const AUTH_METHODS: &[&str] = &[
+    "client_secret_basic",
+    "client_secret_post",
+    "private_key_jwt",
+];
 
 fn scopes_supported() -> Vec<&'static str> {
     vec![
@@ -462,6 +617,7 @@ fn issuer_metadata(origin: &str) -> Value {
         "token_endpoint": format!("{origin}/auth/token"),
         "grant_types_supported": GRANT_TYPES,
         "token_endpoint_auth_methods_supported": AUTH_METHODS,
+        "token_endpoint_auth_signing_alg_values_supported": assertion::ALGORITHMS,
         "scopes_supported": scopes_supported(),
         "response_types_supported": ["code"],
     })
@@ -481,7 +637,8 @@ async fn smart_configuration(State(state): State<AppState>, headers: HeaderMap) 
     doc["capabilities"] = json!([
         "permission-v1",
         "permission-v2",
-        "client-confidential-symmetric"
+        "client-confidential-symmetric",
+        "client-confidential-asymmetric"
     ]);
     doc["code_challenge_methods_supported"] = json!(["S256"]);
     json_document(&doc)

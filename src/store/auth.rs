@@ -121,4 +121,24 @@ impl Store {
         let rows: Vec<(String,)> = on_pool!(self, read, pool => sqlx::query_as(sql).bind(org).bind(&absolute).fetch_all(pool).await?);
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
+
+    /// Records the `jti` of a client assertion valid until `expires_at` (seconds since the
+    /// epoch); false when the client used it before. Expired ones are forgotten on the way.
+    pub async fn remember_assertion(
+        &self,
+        client_id: &str,
+        jti: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        // Kept a minute past expiry: verification tolerates that much clock skew.
+        let purge = "delete from auth_assertion_jti where expires_at < $1 - 60";
+        let insert = "insert into auth_assertion_jti (client_id, jti, expires_at) values ($1, $2, $3) \
+                      on conflict (client_id, jti) do nothing";
+        let n = on_pool!(self, write, pool => {
+            sqlx::query(purge).bind(now).execute(pool).await?;
+            sqlx::query(insert).bind(client_id).bind(jti).bind(expires_at).execute(pool).await?.rows_affected()
+        });
+        Ok(n == 1)
+    }
 }

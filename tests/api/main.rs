@@ -3,6 +3,7 @@
 mod common;
 
 mod auth;
+mod backend_services;
 
 mod bundles;
 mod crud;
