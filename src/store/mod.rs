@@ -153,6 +153,8 @@ pub enum Store {
         pool: PgPool,
         /// For statements with [`query::Sql::generic`] plans only.
         generic: PgPool,
+        /// Plain creates, written in batches by [`create_batcher`].
+        creates: tokio::sync::mpsc::Sender<CreateJob>,
     },
     Sqlite {
         /// Readers run concurrently (WAL mode).
@@ -206,7 +208,16 @@ impl Store {
             let generic = pool_options()
                 .min_connections(0)
                 .connect_lazy_with(options.options([("plan_cache_mode", "force_generic_plan")]));
-            Ok(Store::Pg { pool, generic })
+            let (creates, jobs) = tokio::sync::mpsc::channel(1024);
+            let jobs = std::sync::Arc::new(tokio::sync::Mutex::new(jobs));
+            for _ in 0..CREATE_BATCHERS {
+                tokio::spawn(create_batcher(pool.clone(), jobs.clone()));
+            }
+            Ok(Store::Pg {
+                pool,
+                generic,
+                creates,
+            })
         } else {
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -286,7 +297,7 @@ impl Store {
 
     pub async fn close(&self) {
         match self {
-            Store::Pg { pool, generic } => {
+            Store::Pg { pool, generic, .. } => {
                 generic.close().await;
                 pool.close().await
             }
@@ -360,7 +371,7 @@ pub enum Db<'a> {
 macro_rules! on_db {
     ($db:expr, $f:ident, $sql:expr) => {
         match $db {
-            Db::Store(Store::Pg { pool, generic }) => {
+            Db::Store(Store::Pg { pool, generic, .. }) => {
                 let pool = if $sql.generic { generic } else { pool };
                 pg::$f(&mut *pool.acquire().await?, $sql).await
             }
@@ -942,19 +953,36 @@ impl Store {
             let mut resource = resource;
             let id = id.unwrap_or_else(ResourceId::generate);
             match &store {
-                Store::Pg { pool, .. } => {
+                Store::Pg { pool, creates, .. } => {
                     let write = make_write(method, resource.as_mut(), if_match);
                     if let Write::Create { .. } = write {
-                        // One statement is one transaction: no BEGIN or COMMIT needed.
-                        let mut conn = pool.acquire().await?;
+                        // One statement is one transaction, shared with the creates that
+                        // arrive meanwhile (create_batcher).
                         return match plan(ty, &id, None, write)? {
                             Planned::Write {
-                                written,
-                                method,
-                                resource,
+                                written, resource, ..
                             } => {
-                                apply_pg(&mut conn, &version_row(&written, method, resource))
-                                    .await?;
+                                let (done, outcome) = tokio::sync::oneshot::channel();
+                                let job = CreateJob {
+                                    ty: written.ty.as_str(),
+                                    id: written.id.clone(),
+                                    version_id: written.version_id,
+                                    last_updated: written.last_updated,
+                                    content: written.content.clone(),
+                                    index: resource
+                                        .map(crate::search::index::rows)
+                                        .unwrap_or_default(),
+                                    done,
+                                };
+                                creates
+                                    .send(job)
+                                    .await
+                                    .map_err(|_| StoreError::Db(sqlx::Error::PoolClosed))?;
+                                outcome.await.map_err(|_| {
+                                    StoreError::Db(sqlx::Error::Protocol(
+                                        "the create was not written".into(),
+                                    ))
+                                })??;
                                 Ok(written)
                             }
                             Planned::Noop(w) => Ok(w),
@@ -1187,6 +1215,350 @@ fn version_column(table: &str) -> (&'static str, &'static str) {
     }
 }
 
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Which index tables any of `rows` has rows for, in [`INDEX_COLUMNS`] order.
+fn present_tables(rows: &[VersionRow<'_>]) -> [bool; 8] {
+    let mut p = [false; 8];
+    for r in rows {
+        let ix = &r.index;
+        let has = [
+            !ix.tokens.is_empty(),
+            !ix.strings.is_empty(),
+            !ix.dates.is_empty(),
+            !ix.references.is_empty(),
+            !ix.quantities.is_empty(),
+            !ix.numbers.is_empty(),
+            !ix.uris.is_empty(),
+            !ix.composites.is_empty(),
+        ];
+        for (a, b) in p.iter_mut().zip(has) {
+            *a |= b;
+        }
+    }
+    p
+}
+
+/// Binds the index rows of `rows` as parallel arrays, table by table for the `present` ones.
+/// With `keys`, each table's arrays start with the rows' resource type and id (and, for
+/// `search_reference`, version), for a statement that writes several resources.
+fn bind_index<'q>(
+    mut q: PgQuery<'q>,
+    rows: &'q [VersionRow<'q>],
+    present: [bool; 8],
+    keys: bool,
+) -> PgQuery<'q> {
+    /// One column of one table over all `rows`.
+    fn col<'a, T: 'a, U>(
+        rows: &'a [VersionRow<'a>],
+        table: impl Fn(&'a IndexRows) -> &'a [T],
+        f: impl Fn(&'a VersionRow<'a>, &'a T) -> U,
+    ) -> Vec<U> {
+        let f = &f;
+        rows.iter()
+            .flat_map(|r| table(&r.index).iter().map(move |t| f(r, t)))
+            .collect()
+    }
+    macro_rules! table {
+        ($field:ident, $versioned:expr, [$($f:expr),*]) => {{
+            if keys {
+                q = q
+                    .bind(col(rows, |ix| &ix.$field, |r, _| r.ty))
+                    .bind(col(rows, |ix| &ix.$field, |r, _| r.id));
+                if $versioned {
+                    q = q.bind(col(rows, |ix| &ix.$field, |r, _| r.version_id));
+                }
+            }
+            $(q = q.bind(col(rows, |ix| &ix.$field, |_, t| $f(t)));)*
+        }};
+    }
+    if present[0] {
+        table!(
+            tokens,
+            false,
+            [
+                |t: &'q (String, Option<String>, String, Option<String>)| t.0.as_str(),
+                |t: &'q (String, Option<String>, String, Option<String>)| t.1.as_deref(),
+                |t: &'q (String, Option<String>, String, Option<String>)| t.2.as_str(),
+                |t: &'q (String, Option<String>, String, Option<String>)| t.3.as_deref()
+            ]
+        );
+    }
+    if present[1] {
+        table!(
+            strings,
+            false,
+            [
+                |t: &'q (String, String, String)| t.0.as_str(),
+                |t: &'q (String, String, String)| t.1.as_str(),
+                |t: &'q (String, String, String)| t.2.as_str()
+            ]
+        );
+    }
+    if present[2] {
+        table!(
+            dates,
+            false,
+            [
+                |t: &'q (String, i64, i64)| t.0.as_str(),
+                |t: &'q (String, i64, i64)| t.1,
+                |t: &'q (String, i64, i64)| t.2
+            ]
+        );
+    }
+    if present[3] {
+        use crate::search::index::ReferenceRow as R;
+        table!(
+            references,
+            true,
+            [
+                |t: &'q R| t.0.as_str(),
+                |t: &'q R| t.1.as_deref(),
+                |t: &'q R| t.2.as_deref(),
+                |t: &'q R| t.3.as_str(),
+                |t: &'q R| t.4,
+                |t: &'q R| t.5,
+                |t: &'q R| t.6.as_deref(),
+                |t: &'q R| t.7.as_deref(),
+                |t: &'q R| t.8,
+                |t: &'q R| t.9.as_deref()
+            ]
+        );
+    }
+    if present[4] {
+        use crate::search::index::QuantityRow as Q;
+        table!(
+            quantities,
+            false,
+            [
+                |t: &'q Q| t.0.as_str(),
+                |t: &'q Q| t.1,
+                |t: &'q Q| t.2.as_deref(),
+                |t: &'q Q| t.3.as_deref(),
+                |t: &'q Q| t.4,
+                |t: &'q Q| t.5.as_deref()
+            ]
+        );
+    }
+    if present[5] {
+        table!(
+            numbers,
+            false,
+            [
+                |t: &'q (String, f64)| t.0.as_str(),
+                |t: &'q (String, f64)| t.1
+            ]
+        );
+    }
+    if present[6] {
+        table!(
+            uris,
+            false,
+            [
+                |t: &'q (String, String)| t.0.as_str(),
+                |t: &'q (String, String)| t.1.as_str()
+            ]
+        );
+    }
+    if present[7] {
+        use crate::search::index::CompositeRow as C;
+        table!(
+            composites,
+            false,
+            [
+                |c: &'q C| c.param.as_str(),
+                |c: &'q C| c.c1_system.as_deref(),
+                |c: &'q C| c.c1_code.as_str(),
+                |c: &'q C| c.c2_system.as_deref(),
+                |c: &'q C| c.c2_code.as_deref(),
+                |c: &'q C| c.c2_lo,
+                |c: &'q C| c.c2_hi,
+                |c: &'q C| c.c2_cvalue,
+                |c: &'q C| c.c2_ccode.as_deref(),
+                |c: &'q C| c.c3
+            ]
+        );
+    }
+    q
+}
+
+/// Creates of several new resources in ONE statement (see [`apply_pg`]): the rows of every
+/// table as parallel arrays. Used by [`create_batcher`].
+async fn apply_pg_creates(
+    conn: &mut sqlx::PgConnection,
+    rows: &[VersionRow<'_>],
+) -> Result<(), StoreError> {
+    let present = present_tables(rows);
+    let mut sql = String::with_capacity(2000);
+    sql.push_str(
+        "with r as (insert into resource (res_type, res_id, version_id, last_updated, deleted) \
+         select t, i, v, u, false from unnest($1::text[], $2::text[], $3::int8[], $4::int8[]) as x(t, i, v, u)), \
+         h as (insert into resource_history (res_type, res_id, version_id, last_updated, method, content) \
+         select t, i, v, u, m, c from unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[]) \
+         as x(t, i, v, u, m, c)), \
+         c as (insert into change_log (res_type, res_id, version_id, method, recorded_at) \
+         select t, i, v, m, u from unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[]) \
+         as x(t, i, v, u, m)), ",
+    );
+    let mut n = 7;
+    for (i, ((table, columns), types)) in INDEX_COLUMNS.iter().zip(PG_INDEX_TYPES).enumerate() {
+        if !present[i] {
+            continue;
+        }
+        let versioned = !version_column(table).0.is_empty();
+        let mut names = vec!["k0".to_owned(), "k1".to_owned()];
+        let mut arrays = vec![format!("${n}::text[]"), format!("${}::text[]", n + 1)];
+        n += 2;
+        if versioned {
+            names.push("kv".into());
+            arrays.push(format!("${n}::int8[]"));
+            n += 1;
+        }
+        for (k, t) in types.iter().enumerate() {
+            names.push(format!("c{k}"));
+            arrays.push(format!("${n}::{t}[]"));
+            n += 1;
+        }
+        let values: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|c| *c != "kv")
+            .chain(versioned.then_some("kv"))
+            .collect();
+        let _ = write!(
+            sql,
+            "i{i} as (insert into {table} (res_type, res_id, {columns}{}) \
+             select {} from unnest({}) as x({})), ",
+            version_column(table).0,
+            values.join(", "),
+            arrays.join(", "),
+            names.join(", ")
+        );
+    }
+    sql.push_str("z as (select 1) select 1");
+    let q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(rows.iter().map(|r| r.ty).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.version_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.last_updated).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.method).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.content).collect::<Vec<_>>());
+    bind_index(q, rows, present, true).execute(conn).await?;
+    Ok(())
+}
+
+/// A create waiting for [`create_batcher`]: the planned version, owned, and where its outcome
+/// goes.
+pub struct CreateJob {
+    ty: &'static str,
+    id: String,
+    version_id: i64,
+    last_updated: i64,
+    content: Option<String>,
+    index: IndexRows,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl CreateJob {
+    fn row(&self, index: IndexRows) -> VersionRow<'_> {
+        VersionRow {
+            ty: self.ty,
+            id: &self.id,
+            version_id: self.version_id,
+            last_updated: self.last_updated,
+            created: true,
+            method: Method::Post.as_str(),
+            content: self.content.as_deref(),
+            index,
+            index_only: false,
+        }
+    }
+}
+
+/// Creates waiting at most per statement.
+const MAX_CREATE_BATCH: usize = 64;
+/// Statements writing batches at once: PostgreSQL works on each with a core of its own.
+const CREATE_BATCHERS: usize = 2;
+
+/// Writes plain creates (POST of a new resource, PostgreSQL) in batches: the creates that
+/// arrive while a statement runs go together into the next one, one statement and one commit
+/// for all of them. A statement costs PostgreSQL more to set up than to write one resource's
+/// rows (every table and index opened), and each commit flushes the WAL; with many clients
+/// writing, this is where creates spend their time. A create is answered only after the
+/// statement holding it committed. When a batch fails, its creates are written one by one,
+/// so that one bad create fails alone.
+async fn create_batcher(
+    pool: PgPool,
+    jobs: std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<CreateJob>>>,
+) {
+    use futures::FutureExt;
+    loop {
+        let batch = {
+            let mut rx = jobs.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < MAX_CREATE_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let mut batch = batch;
+        let indexes: Vec<IndexRows> = batch
+            .iter_mut()
+            .map(|j| std::mem::take(&mut j.index))
+            .collect();
+        let results = {
+            let rows: Vec<VersionRow<'_>> =
+                batch.iter().zip(indexes).map(|(j, ix)| j.row(ix)).collect();
+            let run = async {
+                let mut conn = pool.acquire().await?;
+                match rows.as_slice() {
+                    [one] => apply_pg(&mut conn, one).await,
+                    many => apply_pg_creates(&mut conn, many).await,
+                }
+            };
+            let together = std::panic::AssertUnwindSafe(run)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Db(sqlx::Error::Protocol(
+                        "a batch of creates panicked".into(),
+                    )))
+                });
+            match together {
+                Ok(()) => rows.iter().map(|_| Ok(())).collect::<Vec<_>>(),
+                Err(e) if rows.len() == 1 => vec![Err(e)],
+                Err(_) => {
+                    let mut each = Vec::with_capacity(rows.len());
+                    for row in &rows {
+                        let one = async {
+                            let mut conn = pool.acquire().await?;
+                            apply_pg(&mut conn, row).await
+                        };
+                        each.push(
+                            std::panic::AssertUnwindSafe(one)
+                                .catch_unwind()
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(StoreError::Db(sqlx::Error::Protocol(
+                                        "a create panicked".into(),
+                                    )))
+                                }),
+                        );
+                    }
+                    each
+                }
+            }
+        };
+        for (j, r) in batch.into_iter().zip(results) {
+            let _ = j.done.send(r);
+        }
+    }
+}
+
 /// Writes a version in ONE statement: a data-modifying CTE, so a write costs one round trip
 /// besides BEGIN and COMMIT (https://www.postgresql.org/docs/current/queries-with.html#QUERIES-WITH-MODIFYING).
 /// The index deletes and inserts see the same snapshot, so the deletes remove only old rows.
@@ -1267,10 +1639,7 @@ async fn apply_pg(conn: &mut sqlx::PgConnection, row: &VersionRow<'_>) -> Result
     } else {
         "z as (select 1) select 1"
     });
-    fn col<'a, T, U>(rows: &'a [T], f: impl Fn(&'a T) -> U) -> Vec<U> {
-        rows.iter().map(f).collect()
-    }
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let q = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(row.ty)
         .bind(row.id)
         .bind(row.version_id)
@@ -1278,71 +1647,7 @@ async fn apply_pg(conn: &mut sqlx::PgConnection, row: &VersionRow<'_>) -> Result
         .bind(row.content.is_none())
         .bind(row.method)
         .bind(row.content);
-    if present[0] {
-        q = q
-            .bind(col(&ix.tokens, |t| t.0.as_str()))
-            .bind(col(&ix.tokens, |t| t.1.as_deref()))
-            .bind(col(&ix.tokens, |t| t.2.as_str()))
-            .bind(col(&ix.tokens, |t| t.3.as_deref()));
-    }
-    if present[1] {
-        q = q
-            .bind(col(&ix.strings, |t| t.0.as_str()))
-            .bind(col(&ix.strings, |t| t.1.as_str()))
-            .bind(col(&ix.strings, |t| t.2.as_str()));
-    }
-    if present[2] {
-        q = q
-            .bind(col(&ix.dates, |t| t.0.as_str()))
-            .bind(col(&ix.dates, |t| t.1))
-            .bind(col(&ix.dates, |t| t.2));
-    }
-    if present[3] {
-        q = q
-            .bind(col(&ix.references, |t| t.0.as_str()))
-            .bind(col(&ix.references, |t| t.1.as_deref()))
-            .bind(col(&ix.references, |t| t.2.as_deref()))
-            .bind(col(&ix.references, |t| t.3.as_str()))
-            .bind(col(&ix.references, |t| t.4))
-            .bind(col(&ix.references, |t| t.5))
-            .bind(col(&ix.references, |t| t.6.as_deref()))
-            .bind(col(&ix.references, |t| t.7.as_deref()))
-            .bind(col(&ix.references, |t| t.8))
-            .bind(col(&ix.references, |t| t.9.as_deref()));
-    }
-    if present[4] {
-        q = q
-            .bind(col(&ix.quantities, |t| t.0.as_str()))
-            .bind(col(&ix.quantities, |t| t.1))
-            .bind(col(&ix.quantities, |t| t.2.as_deref()))
-            .bind(col(&ix.quantities, |t| t.3.as_deref()))
-            .bind(col(&ix.quantities, |t| t.4))
-            .bind(col(&ix.quantities, |t| t.5.as_deref()));
-    }
-    if present[5] {
-        q = q
-            .bind(col(&ix.numbers, |t| t.0.as_str()))
-            .bind(col(&ix.numbers, |t| t.1));
-    }
-    if present[6] {
-        q = q
-            .bind(col(&ix.uris, |t| t.0.as_str()))
-            .bind(col(&ix.uris, |t| t.1.as_str()));
-    }
-    if present[7] {
-        let cp = &ix.composites;
-        q = q
-            .bind(col(cp, |c| c.param.as_str()))
-            .bind(col(cp, |c| c.c1_system.as_deref()))
-            .bind(col(cp, |c| c.c1_code.as_str()))
-            .bind(col(cp, |c| c.c2_system.as_deref()))
-            .bind(col(cp, |c| c.c2_code.as_deref()))
-            .bind(col(cp, |c| c.c2_lo))
-            .bind(col(cp, |c| c.c2_hi))
-            .bind(col(cp, |c| c.c2_cvalue))
-            .bind(col(cp, |c| c.c2_ccode.as_deref()))
-            .bind(col(cp, |c| c.c3));
-    }
+    let q = bind_index(q, std::slice::from_ref(row), present, false);
     let result = q.execute(conn).await;
     match result {
         Ok(_) => Ok(()),
@@ -1484,6 +1789,15 @@ async fn apply_sqlite(
             q = q.bind(json);
         }
     }
-    q.execute(conn).await?;
-    Ok(())
+    match q.execute(conn).await {
+        Ok(_) => Ok(()),
+        // As on PostgreSQL (apply_pg): a create of an id that exists is a conflict.
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            Err(StoreError::VersionConflict {
+                expected: 0,
+                current: None,
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
 }

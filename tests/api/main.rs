@@ -4,6 +4,7 @@ mod common;
 
 mod auth;
 mod backend_services;
+mod batched_creates;
 
 mod bundles;
 mod crud;
