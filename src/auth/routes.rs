@@ -441,10 +441,16 @@ async fn authenticate_secret(
         .as_ref()
         .and_then(|c| c.secret_hash.clone())
         .unwrap_or_else(|| dummy_hash().to_owned());
-    // argon2 is deliberately slow: off the async workers.
-    let ok = tokio::task::spawn_blocking(move || secret::verify(&client_secret, &hash))
-        .await
-        .unwrap_or(false);
+    // argon2 is deliberately slow and takes memory (19 MiB per check with the defaults): off
+    // the async workers, and a few at a time, so that a flood of token requests waits in line
+    // instead of filling the blocking pool and the memory.
+    static ARGON2_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+    let ok = match ARGON2_SLOTS.acquire().await {
+        Ok(_slot) => tokio::task::spawn_blocking(move || secret::verify(&client_secret, &hash))
+            .await
+            .unwrap_or(false),
+        Err(_) => false,
+    };
     let Some(client) = client.filter(|c| c.secret_hash.is_some()) else {
         return Err(unknown());
     };
