@@ -192,16 +192,9 @@ pub fn router() -> Router<AppState> {
         .route("/auth/clients/{client_id}", delete(remove))
 }
 
-/// Client management is for admins (issue 4: "clients, users and their roles managed through
-/// the API (admin)").
-fn admin_only(p: &Principal) -> Result<(), ApiError> {
-    if p.role == Role::Admin {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(
-            "only admins manage OAuth clients".into(),
-        ))
-    }
+/// The access policy of the caller (DESIGN.md rule 4: no handler checks roles itself).
+fn may_manage(p: &Principal) -> Result<(), ApiError> {
+    super::policy::Policy::of(p, "").check_manage_clients()
 }
 
 async fn create(
@@ -210,7 +203,7 @@ async fn create(
     body: Result<Json<NewClient>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let result = async {
-        admin_only(&p)?;
+        may_manage(&p)?;
         let Json(new) = body.map_err(|e| ApiError::bad_request("structure", e.body_text()))?;
         match register(&state.store, new).await {
             Ok((view, secret)) => {
@@ -239,7 +232,7 @@ async fn create(
 
 async fn list(State(state): State<AppState>, Extension(p): Extension<Arc<Principal>>) -> Response {
     let result = async {
-        admin_only(&p)?;
+        may_manage(&p)?;
         let clients: Vec<ClientView> = state
             .store
             .clients()
@@ -259,7 +252,7 @@ async fn remove(
     Path(client_id): Path<String>,
 ) -> Response {
     let result = async {
-        admin_only(&p)?;
+        may_manage(&p)?;
         if state.store.delete_client(&client_id).await? {
             Ok(StatusCode::NO_CONTENT.into_response())
         } else {

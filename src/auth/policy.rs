@@ -221,6 +221,18 @@ impl Policy {
             .collect()
     }
 
+    /// Managing OAuth clients (`/auth/clients`) is for admins (issue 4: "clients, users and
+    /// their roles managed through the API (admin)").
+    pub fn check_manage_clients(&self) -> Result<(), ApiError> {
+        if self.role == Role::Admin {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "only admins manage OAuth clients".into(),
+            ))
+        }
+    }
+
     /// True when the organizations it sees include `org`.
     fn sees_org(&self, org: Option<&str>) -> bool {
         match (&self.orgs, org) {

@@ -428,13 +428,11 @@ async fn authenticate_secret(
         basic_challenge: used_basic,
         ..OAuthError::new("invalid_client", "unknown client or wrong secret")
     };
-    let client = state.store.client(&client_id).await.map_err(|e| {
-        tracing::error!(error = %e, "cannot read the client");
-        OAuthError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            ..OAuthError::new("server_error", "the client could not be read")
-        }
-    })?;
+    let client = state
+        .store
+        .client(&client_id)
+        .await
+        .map_err(|e| server_error("the client could not be read", e))?;
     // An unknown client, or one without a secret, is checked against a hash all the same, so
     // the answer's timing does not tell which client ids exist.
     let hash = client

@@ -1564,21 +1564,11 @@ async fn create_batcher(
 /// The index deletes and inserts see the same snapshot, so the deletes remove only old rows.
 /// Each index table gets its rows as parallel arrays through `unnest`.
 async fn apply_pg(conn: &mut sqlx::PgConnection, row: &VersionRow<'_>) -> Result<(), StoreError> {
-    let ix = &row.index;
     // Only the index tables this version has rows for take part: every table in the statement
     // costs PostgreSQL a relation open and lock of the table and its indexes even with no rows.
     // The text then depends on which tables are present, a handful of variants per resource
     // type, each prepared once per connection by sqlx's statement cache.
-    let present = [
-        !ix.tokens.is_empty(),
-        !ix.strings.is_empty(),
-        !ix.dates.is_empty(),
-        !ix.references.is_empty(),
-        !ix.quantities.is_empty(),
-        !ix.numbers.is_empty(),
-        !ix.uris.is_empty(),
-        !ix.composites.is_empty(),
-    ];
+    let present = present_tables(std::slice::from_ref(row));
     let mut sql = String::with_capacity(1500);
     sql.push_str("with ");
     if row.index_only {
