@@ -196,8 +196,11 @@ impl ResourceId {
     }
 
     /// A fresh server-assigned id. UUIDs are never handed out twice, so ids are never reused.
+    /// Version 7 (RFC 9562 §5.7) starts with the time, so the ids of new resources sort after
+    /// the older ones: each index keyed by id grows at its right edge instead of at random
+    /// pages, which keeps the pages a write touches few and in cache as the tables grow.
     pub fn generate() -> Self {
-        ResourceId(uuid::Uuid::new_v4().to_string())
+        ResourceId(uuid::Uuid::now_v7().to_string())
     }
 
     pub fn as_str(&self) -> &str {

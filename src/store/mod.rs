@@ -10,6 +10,7 @@
 //! dialect differences are spelled out where they occur.
 
 pub mod auth;
+mod batch;
 pub mod query;
 mod time_fmt;
 
@@ -155,6 +156,8 @@ pub enum Store {
         generic: PgPool,
         /// Plain creates, written in batches by [`create_batcher`].
         creates: tokio::sync::mpsc::Sender<CreateJob>,
+        /// Point reads of current versions, answered in batches by [`batch::read_batcher`].
+        reads: tokio::sync::mpsc::Sender<batch::ReadJob>,
     },
     Sqlite {
         /// Readers run concurrently (WAL mode).
@@ -213,10 +216,16 @@ impl Store {
             for _ in 0..CREATE_BATCHERS {
                 tokio::spawn(create_batcher(pool.clone(), jobs.clone()));
             }
+            let (reads, read_jobs) = tokio::sync::mpsc::channel(1024);
+            let read_jobs = std::sync::Arc::new(tokio::sync::Mutex::new(read_jobs));
+            for _ in 0..batch::READ_BATCHERS {
+                tokio::spawn(batch::read_batcher(pool.clone(), read_jobs.clone()));
+            }
             Ok(Store::Pg {
                 pool,
                 generic,
                 creates,
+                reads,
             })
         } else {
             let options = SqliteConnectOptions::from_str(url)?
@@ -320,7 +329,16 @@ impl Store {
         id: &ResourceId,
     ) -> Result<Option<Version>, StoreError> {
         match self {
-            Store::Pg { pool, .. } => pg::read(&mut *pool.acquire().await?, ty, id).await,
+            Store::Pg { reads, .. } => {
+                let (done, answer) = tokio::sync::oneshot::channel();
+                let job = batch::ReadJob {
+                    ty,
+                    id: id.clone(),
+                    done,
+                };
+                reads.send(job).await.map_err(|_| closed())?;
+                answer.await.map_err(|_| closed())?
+            }
             Store::Sqlite { read, .. } => sqlite::read(&mut *read.acquire().await?, ty, id).await,
         }
     }
@@ -623,7 +641,7 @@ macro_rules! backend {
 
             type Conn = <$db as sqlx::Database>::Connection;
 
-            fn version_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Version, sqlx::Error> {
+            pub fn version_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Version, sqlx::Error> {
                 Ok(Version {
                     ty: row.try_get("res_type")?,
                     id: row.try_get("res_id")?,
@@ -974,15 +992,8 @@ impl Store {
                                         .unwrap_or_default(),
                                     done,
                                 };
-                                creates
-                                    .send(job)
-                                    .await
-                                    .map_err(|_| StoreError::Db(sqlx::Error::PoolClosed))?;
-                                outcome.await.map_err(|_| {
-                                    StoreError::Db(sqlx::Error::Protocol(
-                                        "the create was not written".into(),
-                                    ))
-                                })??;
+                                creates.send(job).await.map_err(|_| closed())?;
+                                outcome.await.map_err(|_| closed())??;
                                 Ok(written)
                             }
                             Planned::Noop(w) => Ok(w),
@@ -1475,8 +1486,6 @@ impl CreateJob {
     }
 }
 
-/// Creates waiting at most per statement.
-const MAX_CREATE_BATCH: usize = 64;
 /// Statements writing batches at once: PostgreSQL works on each with a core of its own.
 const CREATE_BATCHERS: usize = 2;
 
@@ -1487,25 +1496,8 @@ const CREATE_BATCHERS: usize = 2;
 /// writing, this is where creates spend their time. A create is answered only after the
 /// statement holding it committed. When a batch fails, its creates are written one by one,
 /// so that one bad create fails alone.
-async fn create_batcher(
-    pool: PgPool,
-    jobs: std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<CreateJob>>>,
-) {
-    use futures::FutureExt;
-    loop {
-        let batch = {
-            let mut rx = jobs.lock().await;
-            let Some(first) = rx.recv().await else { return };
-            let mut batch = vec![first];
-            while batch.len() < MAX_CREATE_BATCH {
-                match rx.try_recv() {
-                    Ok(j) => batch.push(j),
-                    Err(_) => break,
-                }
-            }
-            batch
-        };
-        let mut batch = batch;
+async fn create_batcher(pool: PgPool, jobs: batch::Jobs<CreateJob>) {
+    while let Some(mut batch) = batch::next_batch(&jobs, batch::MAX_BATCH).await {
         let indexes: Vec<IndexRows> = batch
             .iter_mut()
             .map(|j| std::mem::take(&mut j.index))
@@ -1520,15 +1512,7 @@ async fn create_batcher(
                     many => apply_pg_creates(&mut conn, many).await,
                 }
             };
-            let together = std::panic::AssertUnwindSafe(run)
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| {
-                    Err(StoreError::Db(sqlx::Error::Protocol(
-                        "a batch of creates panicked".into(),
-                    )))
-                });
-            match together {
+            match batch::guarded(run, "a batch of creates").await {
                 Ok(()) => rows.iter().map(|_| Ok(())).collect::<Vec<_>>(),
                 Err(e) if rows.len() == 1 => vec![Err(e)],
                 Err(_) => {
@@ -1538,16 +1522,7 @@ async fn create_batcher(
                             let mut conn = pool.acquire().await?;
                             apply_pg(&mut conn, row).await
                         };
-                        each.push(
-                            std::panic::AssertUnwindSafe(one)
-                                .catch_unwind()
-                                .await
-                                .unwrap_or_else(|_| {
-                                    Err(StoreError::Db(sqlx::Error::Protocol(
-                                        "a create panicked".into(),
-                                    )))
-                                }),
-                        );
+                        each.push(batch::guarded(one, "a create").await);
                     }
                     each
                 }
@@ -1557,6 +1532,11 @@ async fn create_batcher(
             let _ = j.done.send(r);
         }
     }
+}
+
+/// The error of a request whose batcher is gone: the store is shutting down.
+fn closed() -> StoreError {
+    StoreError::Db(sqlx::Error::PoolClosed)
 }
 
 /// Writes a version in ONE statement: a data-modifying CTE, so a write costs one round trip

@@ -5,6 +5,7 @@ mod common;
 mod auth;
 mod backend_services;
 mod batched_creates;
+mod batched_reads;
 
 mod bundles;
 mod crud;
