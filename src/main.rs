@@ -4,6 +4,11 @@ use clap::{Parser, Subcommand};
 use vitalbridge::config::{Settings, redact_url};
 use vitalbridge::{Application, bench, shutdown_signal};
 
+/// Many small allocations per request (JSON trees, index rows) from many threads: mimalloc's
+/// thread-local heaps serve them without glibc malloc's arena locking and consolidation.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "vitalbridge",

@@ -59,47 +59,53 @@ pub async fn run(
         // The cursor condition is part of the matches the page query counts: only without
         // one does that count equal the total.
         let with_total = want_total && spec.cursor.is_none() && query::selective(&spec);
-        let (mut rows, counted) = db
-            .versions_total(&query::page_sql_total(&spec, count + 1, with_total))
+        let kinds: Vec<query::KeyKind> = spec.sort.iter().map(query::SortKey::kind).collect();
+        let page = db
+            .page(&query::page_sql_total(&spec, count + 1, with_total), &kinds)
             .await?;
+        let (mut rows, mut keys) = (page.versions, page.keys);
         if with_total {
-            result.total = counted;
+            result.total = page.total;
         }
         let backwards = spec.cursor.as_ref().is_some_and(|c| c.before);
         let more = rows.len() > count;
         rows.truncate(count);
+        keys.truncate(count);
         if backwards {
             rows.reverse();
+            keys.reverse();
         }
-        let position = |v: &Version, before: bool| {
-            PageRef::Cursor(Cursor {
-                before,
-                ty: v.ty.clone(),
-                id: v.id.clone(),
+        // Keyset paging: links name the first and last resource shown (with their sort values
+        // under `_sort`), so writes between page requests neither skip nor repeat resources
+        // that were there. A page reached by `_offset` pages on by offset.
+        let position = |i: usize, before: bool| {
+            rows.get(i).map(|v: &Version| {
+                PageRef::Cursor(Cursor {
+                    before,
+                    ty: v.ty.clone(),
+                    id: v.id.clone(),
+                    keys: keys.get(i).cloned().unwrap_or_default(),
+                })
             })
         };
-        if spec.sort.is_empty() {
-            // Keyset paging on (type, id): links name the first and last resource shown, so
-            // writes between page requests neither skip nor repeat resources that were there.
-            let first_page = spec.cursor.is_none() && spec.offset == 0;
+        if spec.offset == 0 || spec.cursor.is_some() {
+            let first_page = spec.cursor.is_none();
             let (has_next, has_prev) = if backwards {
                 (true, more)
             } else {
                 (more, !first_page)
             };
-            if has_next && let Some(last) = rows.last() {
-                result.next = Some(position(last, false));
+            if has_next {
+                result.next = position(rows.len().wrapping_sub(1), false);
             }
-            if has_prev && let Some(first) = rows.first() {
-                result.previous = Some(position(first, true));
+            if has_prev {
+                result.previous = position(0, true);
             }
         } else {
             if more {
                 result.next = Some(PageRef::Offset(spec.offset + count));
             }
-            if spec.offset > 0 {
-                result.previous = Some(PageRef::Offset(spec.offset.saturating_sub(count)));
-            }
+            result.previous = Some(PageRef::Offset(spec.offset.saturating_sub(count)));
         }
         // A first page that holds every match already gives the total.
         if want_total && spec.cursor.is_none() && spec.offset == 0 && !more {

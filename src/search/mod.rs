@@ -16,7 +16,7 @@ pub mod ucum;
 use crate::fhir::types::{ResourceType, literal_reference};
 use crate::store::parse_instant_range;
 use crate::store::query::{
-    Clause, Cursor, DateRange, Num, Pred, Prefix, SortKey, Table, TokenMatch,
+    self as query, Bind, Clause, Cursor, DateRange, Num, Pred, Prefix, SortKey, Table, TokenMatch,
 };
 use registry::ParamType;
 use summary::Summary;
@@ -139,7 +139,30 @@ pub fn parse(ty: Option<ResourceType>, params: &[(String, String)], base: &str) 
             Err(Bad::Invalid(why)) => q.invalid.push((name.clone(), why)),
         }
     }
+    if let Some(c) = &mut q.cursor
+        && !fit_cursor(c, &q.sort)
+    {
+        q.cursor = None;
+        q.invalid.push((
+            "_cursor".into(),
+            "the paging cursor was made for another _sort".into(),
+        ));
+    }
     q
+}
+
+/// Checks that `c` holds one value of the right kind per key of `sort` (a whole number where a
+/// decimal is due is taken as one).
+fn fit_cursor(c: &mut Cursor, sort: &[SortKey]) -> bool {
+    if c.keys.len() != sort.len() {
+        return false;
+    }
+    sort.iter().zip(c.keys.iter_mut()).all(|(key, v)| {
+        if let (query::KeyKind::Float, Some(Bind::Int(i))) = (key.kind(), &v) {
+            *v = Some(Bind::Float(*i as f64));
+        }
+        key.admits(v)
+    })
 }
 
 /// Result parameters. `Ok(true)` when `name` was one.
@@ -296,11 +319,18 @@ fn sort_key(ty: Option<ResourceType>, code: &str, desc: bool) -> Result<SortKey,
     })
 }
 
-/// `after.<type>.<id>` or `before.…`: a keyset position (types contain no dots; ids may not
-/// either, https://hl7.org/fhir/R4/datatypes.html#id).
+/// `after.<type>.<id>` or `before.…`: a keyset position (types contain no dots; the id is the
+/// rest, dots and all). Under `_sort`, `after-<values>.…` carries the position's sort values
+/// as a base64url JSON array (no dots).
 fn parse_cursor(v: &str) -> Option<Cursor> {
+    use base64::Engine as _;
     let mut parts = v.splitn(3, '.');
-    let before = match parts.next()? {
+    let first = parts.next()?;
+    let (side, values) = match first.split_once('-') {
+        Some((side, values)) => (side, Some(values)),
+        None => (first, None),
+    };
+    let before = match side {
         "after" => false,
         "before" => true,
         _ => return None,
@@ -308,21 +338,58 @@ fn parse_cursor(v: &str) -> Option<Cursor> {
     let ty = parts.next()?;
     let id = parts.next()?;
     ResourceType::parse(ty)?;
+    let keys = match values {
+        None => Vec::new(),
+        Some(b64) => {
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(b64)
+                .ok()?;
+            let values: Vec<serde_json::Value> = serde_json::from_slice(&raw).ok()?;
+            values
+                .into_iter()
+                .map(|v| match v {
+                    serde_json::Value::Null => Some(None),
+                    serde_json::Value::String(s) => Some(Some(Bind::Text(s))),
+                    serde_json::Value::Number(n) => Some(Some(match n.as_i64() {
+                        Some(i) => Bind::Int(i),
+                        None => Bind::Float(n.as_f64()?),
+                    })),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()?
+        }
+    };
     Some(Cursor {
         before,
         ty: ty.to_owned(),
         id: id.to_owned(),
+        keys,
     })
 }
 
 /// Formats a cursor for a paging link.
 pub fn format_cursor(c: &Cursor) -> String {
-    format!(
-        "{}.{}.{}",
-        if c.before { "before" } else { "after" },
-        c.ty,
-        c.id
-    )
+    use base64::Engine as _;
+    let side = if c.before { "before" } else { "after" };
+    if c.keys.is_empty() {
+        return format!("{side}.{}.{}", c.ty, c.id);
+    }
+    let values: Vec<serde_json::Value> = c
+        .keys
+        .iter()
+        .map(|k| match k {
+            None => serde_json::Value::Null,
+            Some(Bind::Text(s)) => s.as_str().into(),
+            Some(Bind::Int(i)) => (*i).into(),
+            // A non-finite value cannot be indexed, so never sorted by; null keeps it valid JSON.
+            Some(Bind::Float(f)) => serde_json::Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+        })
+        .collect();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::Value::Array(values).to_string());
+    format!("{side}-{b64}.{}.{}", c.ty, c.id)
 }
 
 fn table_for(kind: ParamType) -> Table {
@@ -1049,9 +1116,30 @@ mod tests {
         let c = Cursor {
             before: true,
             ty: "Patient".into(),
-            id: "a-b".into(),
+            id: "a-b.c".into(),
+            keys: Vec::new(),
         };
         assert_eq!(parse_cursor(&format_cursor(&c)), Some(c));
         assert_eq!(parse_cursor("sideways.Patient.x"), None);
+        let sorted = Cursor {
+            before: false,
+            ty: "Observation".into(),
+            id: "x.1".into(),
+            keys: vec![
+                Some(Bind::Text("a.b-c|d".into())),
+                None,
+                Some(Bind::Int(-1_700_000_000_000_000)),
+                Some(Bind::Float(0.1 + 0.2)),
+            ],
+        };
+        let text = format_cursor(&sorted);
+        assert!(text.starts_with("after-"), "{text}");
+        assert_eq!(parse_cursor(&text), Some(sorted));
+        assert_eq!(parse_cursor("after-!!.Observation.x"), None);
+        assert_eq!(
+            parse_cursor("after-W3t9XQ.Observation.x"),
+            None,
+            "[{{}}] is not a value"
+        );
     }
 }

@@ -74,6 +74,16 @@ impl Method {
     }
 }
 
+/// A page of a search as the store read it.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub versions: Vec<Version>,
+    /// All the matches, when the query counted them.
+    pub total: Option<i64>,
+    /// Per version, its sort values (empty without `_sort`).
+    pub keys: Vec<Vec<Option<query::Bind>>>,
+}
+
 /// One stored version of a resource.
 #[derive(Debug, Clone)]
 pub struct Version {
@@ -387,17 +397,17 @@ pub enum Db<'a> {
 }
 
 macro_rules! on_db {
-    ($db:expr, $f:ident, $sql:expr) => {
+    ($db:expr, $f:ident, $sql:expr $(, $extra:expr)*) => {
         match $db {
             Db::Store(Store::Pg { pool, generic, .. }) => {
                 let pool = if $sql.generic { generic } else { pool };
-                pg::$f(&mut *pool.acquire().await?, $sql).await
+                pg::$f(&mut *pool.acquire().await?, $sql $(, $extra)*).await
             }
             Db::Store(Store::Sqlite { read, .. }) => {
-                sqlite::$f(&mut *read.acquire().await?, $sql).await
+                sqlite::$f(&mut *read.acquire().await?, $sql $(, $extra)*).await
             }
-            Db::Tx(StoreTx::Pg(tx)) => pg::$f(tx, $sql).await,
-            Db::Tx(StoreTx::Sqlite(tx)) => sqlite::$f(tx, $sql).await,
+            Db::Tx(StoreTx::Pg(tx)) => pg::$f(tx, $sql $(, $extra)*).await,
+            Db::Tx(StoreTx::Sqlite(tx)) => sqlite::$f(tx, $sql $(, $extra)*).await,
         }
     };
 }
@@ -408,13 +418,15 @@ impl Db<'_> {
         on_db!(self, fetch_versions, sql)
     }
 
-    /// Like [`Db::versions`], for a query that may also select a `total` column
-    /// ([`query::page_sql_total`]): its value from the first row, if any.
-    pub async fn versions_total(
+    /// Like [`Db::versions`], for a page of a search ([`query::page_sql_total`]): the
+    /// `total` column's value from the first row, if any, and each row's sort values
+    /// `k0, k1, …` of the given kinds.
+    pub async fn page(
         &mut self,
         sql: &query::Sql,
-    ) -> Result<(Vec<Version>, Option<i64>), StoreError> {
-        on_db!(self, fetch_versions_total, sql)
+        kinds: &[query::KeyKind],
+    ) -> Result<Page, StoreError> {
+        on_db!(self, fetch_page, sql, kinds)
     }
 
     /// Runs a query built by [`query`] that selects two text columns.
@@ -779,17 +791,44 @@ macro_rules! backend {
                 Ok(rows.iter().map(version_from_row).collect::<Result<_, _>>()?)
             }
 
-            pub async fn fetch_versions_total(
+            pub async fn fetch_page(
                 conn: &mut Conn,
                 sql: &query::Sql,
-            ) -> Result<(Vec<Version>, Option<i64>), StoreError> {
+                kinds: &[query::KeyKind],
+            ) -> Result<Page, StoreError> {
                 let rows = bind_all(sql).fetch_all(&mut *conn).await?;
                 let total = match rows.first() {
                     Some(r) => r.try_get::<i64, _>("total").ok(),
                     None => None,
                 };
                 let versions = rows.iter().map(version_from_row).collect::<Result<_, _>>()?;
-                Ok((versions, total))
+                let keys = rows
+                    .iter()
+                    .map(|r| {
+                        kinds
+                            .iter()
+                            .enumerate()
+                            .map(|(i, kind)| {
+                                let col = format!("k{i}");
+                                Ok(match kind {
+                                    query::KeyKind::Text => r
+                                        .try_get::<Option<String>, _>(col.as_str())?
+                                        .map(query::Bind::Text),
+                                    query::KeyKind::Int => r
+                                        .try_get::<Option<i64>, _>(col.as_str())?
+                                        .map(query::Bind::Int),
+                                    // SQLite may hand back a whole number as an integer.
+                                    query::KeyKind::Float => match r.try_get::<Option<f64>, _>(col.as_str()) {
+                                        Ok(v) => v,
+                                        Err(_) => r.try_get::<Option<i64>, _>(col.as_str())?.map(|i| i as f64),
+                                    }
+                                    .map(query::Bind::Float),
+                                })
+                            })
+                            .collect::<Result<Vec<_>, sqlx::Error>>()
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(Page { versions, total, keys })
             }
 
             pub async fn fetch_pairs(conn: &mut Conn, sql: &query::Sql) -> Result<Vec<(String, String)>, StoreError> {

@@ -219,6 +219,50 @@ pub enum SortKey {
     },
 }
 
+/// What a sort key's values are, to read them back for a paging cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Text,
+    Int,
+    Float,
+}
+
+impl SortKey {
+    pub fn desc(&self) -> bool {
+        match self {
+            SortKey::Id { desc } | SortKey::LastUpdated { desc } | SortKey::Param { desc, .. } => {
+                *desc
+            }
+        }
+    }
+
+    /// The kind of the values [`push_sort_expr`] gives for this key.
+    pub fn kind(&self) -> KeyKind {
+        match self {
+            SortKey::Id { .. } => KeyKind::Text,
+            SortKey::LastUpdated { .. } => KeyKind::Int,
+            SortKey::Param { table, .. } => match table {
+                Table::Date => KeyKind::Int,
+                Table::Quantity | Table::Number => KeyKind::Float,
+                Table::Token | Table::String | Table::Reference | Table::Uri | Table::Composite => {
+                    KeyKind::Text
+                }
+            },
+        }
+    }
+
+    /// True when `value` (from a cursor) can be a value of this key.
+    pub fn admits(&self, value: &Option<Bind>) -> bool {
+        matches!(
+            (self.kind(), value),
+            (_, None)
+                | (KeyKind::Text, Some(Bind::Text(_)))
+                | (KeyKind::Int, Some(Bind::Int(_)))
+                | (KeyKind::Float, Some(Bind::Float(_)))
+        )
+    }
+}
+
 /// A bound value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Bind {
@@ -894,16 +938,55 @@ fn push_sort_expr(sql: &mut Sql, key: &SortKey) {
     }
 }
 
-/// Direction of a sort key; resources without a value sort last either way.
-fn sort_direction(key: &SortKey) -> &'static str {
-    let desc = match key {
-        SortKey::Id { desc } | SortKey::LastUpdated { desc } | SortKey::Param { desc, .. } => *desc,
-    };
-    if desc {
-        " desc nulls last"
-    } else {
-        " asc nulls last"
+/// Direction of a sort key; resources without a value sort last either way. `reverse` reads
+/// the same order backwards (for a `previous` page).
+fn sort_direction(key: &SortKey, reverse: bool) -> &'static str {
+    match (key.desc(), reverse) {
+        (false, false) => " asc nulls last",
+        (true, false) => " desc nulls last",
+        (false, true) => " desc nulls first",
+        (true, true) => " asc nulls first",
     }
+}
+
+/// The rows of a sorted search past the cursor `c` in the search's order (before it, for a
+/// `previous` link): the row aliased `alias` carries its sort values as `k0, k1, …`, compared
+/// key by key as the ORDER BY does, nulls last, then by type and id. Written as nested
+/// ORs rather than a row comparison because keys may run in different directions.
+fn push_keyset(sql: &mut Sql, spec: &SearchSpec, c: &Cursor, alias: &str) {
+    sql.push("(");
+    for (i, (key, value)) in spec.sort.iter().zip(&c.keys).enumerate() {
+        let k = format!("{alias}.k{i}");
+        // Past the cursor's value in the direction the rows are read.
+        let beyond_op = if key.desc() == c.before { " > " } else { " < " };
+        match (value, c.before) {
+            // Nothing is past the nulls going forward; going back, every value is.
+            (None, false) => sql.push("(1 = 0"),
+            (None, true) => sql.push("(").push(&k).push(" is not null"),
+            (Some(v), false) => {
+                sql.push("(").push(&k).push(beyond_op).bind(v.clone());
+                sql.push(" or ").push(&k).push(" is null")
+            }
+            (Some(v), true) => sql.push("(").push(&k).push(beyond_op).bind(v.clone()),
+        };
+        sql.push(" or (");
+        match value {
+            None => sql.push(&k).push(" is null"),
+            Some(v) => sql.push(&k).push(" = ").bind(v.clone()),
+        };
+        sql.push(" and ");
+    }
+    let _ = write!(
+        sql.text,
+        "({alias}.res_type, {alias}.res_id) {} (",
+        if c.before { "<" } else { ">" }
+    );
+    sql.text(&c.ty).push(", ");
+    sql.text(&c.id).push(")");
+    for _ in &spec.sort {
+        sql.push("))");
+    }
+    sql.push(")");
 }
 
 /// A keyset position in the default order (type, then id): the last (or, going back, the
@@ -915,6 +998,10 @@ pub struct Cursor {
     pub before: bool,
     pub ty: String,
     pub id: String,
+    /// With `_sort`: the resource's sort values there, one per key (`None` for none). A
+    /// sorted page goes on from these values rather than from a count of rows, so writes
+    /// between page requests shift no resource onto a second page or off every page.
+    pub keys: Vec<Option<Bind>>,
 }
 
 /// What a search asks of the store.
@@ -1289,7 +1376,7 @@ fn driver_page_sql(spec: &SearchSpec, d: usize, limit: usize, total: bool) -> Sq
     sql.push("with m as materialized (select s.res_id, s.version_id from (");
     push_driver_select(&mut sql, spec, d, on_row);
     sql.push(") s where 1 = 1");
-    if let Some(c) = &spec.cursor {
+    if let Some(c) = spec.cursor.as_ref().filter(|_| spec.sort.is_empty()) {
         sql.push(" and (");
         sql.text(ty).push(if c.before {
             ", s.res_id) < ("
@@ -1301,6 +1388,7 @@ fn driver_page_sql(spec: &SearchSpec, d: usize, limit: usize, total: bool) -> Sq
     }
     push_other_probes(&mut sql, spec, d, on_row);
     sql.push(") select ").push(VERSION_COLUMNS);
+    push_key_columns(&mut sql, spec);
     if total {
         sql.push(", (select count(*) from m) as total");
     }
@@ -1333,15 +1421,16 @@ fn driver_page_sql(spec: &SearchSpec, d: usize, limit: usize, total: bool) -> Sq
         let _ = write!(sql.text, "p.res_id {dir}");
         return sql;
     }
-    sql.push(" from (select r.res_type, r.res_id, r.version_id, r.last_updated");
-    for (i, key) in spec.sort.iter().enumerate() {
-        sql.push(", ");
-        push_sort_expr(&mut sql, key);
-        let _ = write!(sql.text, " as k{i}");
-    }
+    sql.push(" from (select * from (select r.res_type, r.res_id, r.version_id, r.last_updated");
+    push_sort_columns(&mut sql, spec);
     sql.push(" from m join resource r on r.res_type = ");
-    sql.text(ty).push(" and r.res_id = m.res_id order by ");
-    push_order(&mut sql, spec, reverse, "r", false);
+    sql.text(ty).push(" and r.res_id = m.res_id) r");
+    if let Some(c) = &spec.cursor {
+        sql.push(" where ");
+        push_keyset(&mut sql, spec, c, "r");
+    }
+    sql.push(" order by ");
+    push_order(&mut sql, spec, reverse, "r", true);
     page_end(&mut sql);
     sql.push(
         ") p join resource_history h on h.res_type = p.res_type and h.res_id = p.res_id \
@@ -1372,17 +1461,14 @@ pub fn page_sql_total(spec: &SearchSpec, limit: usize, total: bool) -> Sql {
     let mut sql = Sql::default();
     let reverse = spec.cursor.as_ref().is_some_and(|c| c.before);
     let fenced = selective(spec);
+    let sorted_cursor = spec.cursor.as_ref().filter(|_| !spec.sort.is_empty());
     // The matching rows: in a MATERIALIZED CTE when selective, which keeps the planner from
     // pushing the LIMIT into the matching (see `selective`); inline otherwise.
     let mut inner = Sql::default();
     inner.push("select r.res_type, r.res_id, r.version_id, r.last_updated");
-    for (i, key) in spec.sort.iter().enumerate() {
-        inner.push(", ");
-        push_sort_expr(&mut inner, key);
-        let _ = write!(inner.text, " as k{i}");
-    }
+    push_sort_columns(&mut inner, spec);
     push_filter(&mut inner, spec);
-    if let Some(c) = &spec.cursor {
+    if let Some(c) = spec.cursor.as_ref().filter(|_| spec.sort.is_empty()) {
         inner.push(if c.before {
             " and (r.res_type, r.res_id) < ("
         } else {
@@ -1395,16 +1481,35 @@ pub fn page_sql_total(spec: &SearchSpec, limit: usize, total: bool) -> Sql {
         sql.push("with m as materialized (");
         sql.append(inner);
         sql.push(") select ").push(VERSION_COLUMNS);
+        push_key_columns(&mut sql, spec);
         if total {
             sql.push(", (select count(*) from m) as total");
         }
         sql.push(" from (select * from m r");
     } else {
-        sql.push("select ").push(VERSION_COLUMNS).push(" from (");
-        sql.append(inner);
+        sql.push("select ").push(VERSION_COLUMNS);
+        push_key_columns(&mut sql, spec);
+        sql.push(" from (");
+        if sorted_cursor.is_some() {
+            sql.push("select * from (");
+            sql.append(inner);
+            sql.push(") r");
+        } else {
+            sql.append(inner);
+        }
+    }
+    if let Some(c) = sorted_cursor {
+        sql.push(" where ");
+        push_keyset(&mut sql, spec, c, "r");
     }
     sql.push(" order by ");
-    push_order(&mut sql, spec, reverse, "r", fenced);
+    push_order(
+        &mut sql,
+        spec,
+        reverse,
+        "r",
+        fenced || sorted_cursor.is_some(),
+    );
     sql.push(" limit ");
     sql.int(limit as i64);
     if spec.cursor.is_none() && spec.offset > 0 {
@@ -1419,8 +1524,22 @@ pub fn page_sql_total(spec: &SearchSpec, limit: usize, total: bool) -> Sql {
     sql
 }
 
-/// The ORDER BY list: the sort keys (as expressions on `r`, or as the selected `k{i}` columns of
-/// the outer query), then the default order or the (type, id) tie-breaker.
+/// `, <sort expression> as k0, …`: each sort key's value of the resource aliased `r`.
+fn push_sort_columns(sql: &mut Sql, spec: &SearchSpec) {
+    for (i, key) in spec.sort.iter().enumerate() {
+        sql.push(", ");
+        push_sort_expr(sql, key);
+        let _ = write!(sql.text, " as k{i}");
+    }
+}
+
+/// `, p.k0, p.k1, …`: the page's sort values, read back for the paging cursors.
+fn push_key_columns(sql: &mut Sql, spec: &SearchSpec) {
+    for i in 0..spec.sort.len() {
+        let _ = write!(sql.text, ", p.k{i}");
+    }
+}
+
 fn push_order(sql: &mut Sql, spec: &SearchSpec, reverse: bool, alias: &str, outer: bool) {
     for (i, key) in spec.sort.iter().enumerate() {
         if outer {
@@ -1428,15 +1547,11 @@ fn push_order(sql: &mut Sql, spec: &SearchSpec, reverse: bool, alias: &str, oute
         } else {
             push_sort_expr(sql, key);
         }
-        sql.push(sort_direction(key));
+        sql.push(sort_direction(key, reverse));
         sql.push(", ");
     }
     // A `previous` page is read backwards and reversed by the caller.
-    let dir = if spec.sort.is_empty() && reverse {
-        "desc"
-    } else {
-        "asc"
-    };
+    let dir = if reverse { "desc" } else { "asc" };
     let _ = write!(sql.text, "{alias}.res_type {dir}, {alias}.res_id {dir}");
 }
 

@@ -205,6 +205,162 @@ async fn paging_links_and_stability(app: TestApp) {
 }
 both!(paging_links_and_stability);
 
+/// Walks the `next` links from `url`, returning the matches page by page.
+async fn walk(app: &TestApp, url: &str, between: &mut Vec<Value>) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut url = url.to_owned();
+    loop {
+        let page = follow(app, &url).await;
+        pages.push(match_ids(&page));
+        // A write queued by the caller lands between this page and the next.
+        if let Some(p) = between.pop() {
+            put(app, p).await;
+        }
+        match link(&page, "next") {
+            Some(next) => url = next,
+            None => break,
+        }
+        assert!(pages.len() < 20, "the next links do not end");
+    }
+    pages
+}
+
+/// Under `_sort`, paging links go on from the sort values of the last resource shown: writes
+/// between page requests that sort before it neither repeat a resource on the next page nor
+/// skip one (an offset would do both), on every kind of key, ascending and descending, with
+/// resources that have no value (last either way) and through `previous` links.
+async fn sorted_paging_survives_writes(app: TestApp) {
+    seed(&app).await;
+    // Two without a birth date: they sort last whatever the direction.
+    for id in ["s-n1", "s-n2"] {
+        put(
+            &app,
+            json!({"resourceType": "Patient", "id": id,
+                   "identifier": [{"system": "urn:vb:sort", "value": id}],
+                   "name": [{"family": "Nobody"}]}),
+        )
+        .await;
+    }
+    let early = |id: &str, birth: &str| {
+        json!({"resourceType": "Patient", "id": id,
+               "identifier": [{"system": "urn:vb:sort", "value": id}],
+               "name": [{"family": "Aaron"}], "birthDate": birth})
+    };
+    for (query, expected, sooner) in [
+        (
+            "_sort=birthdate",
+            vec!["s-e", "s-d", "s-a", "s-c", "s-b", "s-n1", "s-n2"],
+            "1900-01-01",
+        ),
+        (
+            "_sort=-birthdate",
+            vec!["s-b", "s-c", "s-a", "s-d", "s-e", "s-n1", "s-n2"],
+            "2020-01-01",
+        ),
+        (
+            "_sort=family,-birthdate",
+            vec!["s-c", "s-d", "s-n1", "s-n2", "s-b", "s-a", "s-e"],
+            "2020-01-01",
+        ),
+    ] {
+        // Undisturbed, the walk gives the order in pages of two.
+        let url = search_url(&app, &format!("Patient?{SORT}&{query}&_count=2"));
+        let pages = walk(&app, &url, &mut Vec::new()).await;
+        assert_eq!(pages.concat(), expected, "{query}: {pages:?}");
+        assert!(pages.iter().all(|p| p.len() <= 2), "{pages:?}");
+
+        // After each page, a new Patient that sorts before everything shown.
+        let tag = query.replace(['=', ',', '-', '_'], "");
+        let mut between: Vec<Value> = (0..3)
+            .map(|i| early(&format!("s-early-{tag}-{i}"), sooner))
+            .collect();
+        let pages = walk(&app, &url, &mut between).await;
+        assert_eq!(
+            pages.concat(),
+            expected,
+            "{query}: the resources there at the start, once each, in order: {pages:?}"
+        );
+        for i in 0..3 {
+            assert_eq!(
+                app.delete(&format!("Patient/s-early-{tag}-{i}"))
+                    .await
+                    .status,
+                204
+            );
+        }
+    }
+
+    // `previous` from the third page gives the second again; from the second, the first.
+    let url = search_url(&app, &format!("Patient?{SORT}&_sort=-birthdate&_count=2"));
+    let p1 = follow(&app, &url).await;
+    let p2 = follow(&app, &link(&p1, "next").expect("next")).await;
+    let p3 = follow(&app, &link(&p2, "next").expect("next")).await;
+    assert_eq!(match_ids(&p3), ["s-e", "s-n1"], "{p3}");
+    let back2 = follow(&app, &link(&p3, "previous").expect("previous")).await;
+    assert_eq!(match_ids(&back2), match_ids(&p2));
+    let back1 = follow(&app, &link(&back2, "previous").expect("previous")).await;
+    assert_eq!(match_ids(&back1), match_ids(&p1));
+    assert_eq!(match_ids(&p1), ["s-b", "s-c"]);
+    // From the page of nulls backwards, and forwards from it.
+    let p4 = follow(&app, &link(&p3, "next").expect("next")).await;
+    assert_eq!(match_ids(&p4), ["s-n2"], "{p4}");
+    let back3 = follow(&app, &link(&p4, "previous").expect("previous")).await;
+    assert_eq!(match_ids(&back3), ["s-e", "s-n1"], "{back3}");
+
+    // A cursor made for another sort is refused under strict handling, and ignored otherwise.
+    let next = link(&p1, "next").expect("next");
+    let other = next.replace("_sort=-birthdate", "_sort=family");
+    assert_ne!(other, next);
+    let strict = app
+        .send(app.client.get(&other).header("Prefer", "handling=strict"))
+        .await;
+    assert_eq!(strict.status, 400, "{}", strict.text);
+    assert!(strict.text.contains("_cursor"), "{}", strict.text);
+    let lenient = follow(&app, &other).await;
+    assert_eq!(
+        match_ids(&lenient),
+        ["s-c", "s-d"],
+        "the first page: {lenient}"
+    );
+
+    // Decimal and _lastUpdated keys page the same way.
+    let pid = put(&app, json!({"resourceType": "Patient", "id": "s-obs"})).await;
+    assert_eq!(pid["id"], "s-obs");
+    for (i, v) in [72.5, 60.0, 88.25, 60.0, 101.0].iter().enumerate() {
+        put(
+            &app,
+            json!({"resourceType": "Observation", "id": format!("s-hr-{i}"), "status": "final",
+                   "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                   "subject": {"reference": "Patient/s-obs"},
+                   "valueQuantity": {"value": v, "unit": "/min",
+                                     "system": "http://unitsofmeasure.org", "code": "/min"}}),
+        )
+        .await;
+        tick().await;
+    }
+    let url = search_url(
+        &app,
+        "Observation?subject=Patient/s-obs&_sort=-value-quantity&_count=2",
+    );
+    let pages = walk(&app, &url, &mut Vec::new()).await;
+    assert_eq!(
+        pages.concat(),
+        ["s-hr-4", "s-hr-2", "s-hr-0", "s-hr-1", "s-hr-3"],
+        "{pages:?}"
+    );
+    let url = search_url(
+        &app,
+        "Observation?subject=Patient/s-obs&_sort=-_lastUpdated&_count=2",
+    );
+    let pages = walk(&app, &url, &mut Vec::new()).await;
+    assert_eq!(
+        pages.concat(),
+        ["s-hr-4", "s-hr-3", "s-hr-2", "s-hr-1", "s-hr-0"],
+        "{pages:?}"
+    );
+}
+both!(sorted_paging_survives_writes);
+
 async fn count_and_total(app: TestApp) {
     seed(&app).await;
     // _count=0: the count only.
