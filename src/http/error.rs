@@ -171,6 +171,7 @@ impl From<StoreError> for ApiError {
                     }
                 })
             }
+            StoreError::Terminology(why) => ApiError::bad_request("not-supported", why),
             other => ApiError::Internal(other.into()),
         }
     }

@@ -3,10 +3,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{DEFAULT_COUNT, Include, SearchQuery, Total, registry};
+use serde_json::Value;
+
+use super::{DEFAULT_COUNT, Include, SearchQuery, Total, registry, terminology};
 use crate::auth::policy::Policy;
 use crate::fhir::types::ResourceType;
-use crate::store::query::{self, Cursor, SearchSpec};
+use crate::store::query::{self, Clause, Cursor, Pred, SearchSpec, TokenMatch};
 use crate::store::{Db, StoreError, Version};
 
 /// Included resources per search at most, so that `_include=*` on a large page cannot fetch
@@ -50,6 +52,15 @@ pub async fn run(
     types: &[ResourceType],
     q: &SearchQuery,
 ) -> Result<SearchResult, StoreError> {
+    let expanded;
+    let q = if needs_terminology(&q.clauses) {
+        let mut e = q.clone();
+        expand_terminology(db, &mut e).await?;
+        expanded = e;
+        &expanded
+    } else {
+        q
+    };
     let spec = spec(types, q);
     let count_only = q.summary == Some(super::summary::Summary::Count);
     let want_total = count_only || q.total != Some(Total::None);
@@ -266,3 +277,146 @@ pub async fn lastn(
 
 /// Codes per `$lastn` answered one index range each (see [`lastn`]).
 const MAX_LASTN_CODES: usize = 64;
+
+/// Calls `f` on the predicate list of every `Values` clause in `clauses`, at every depth.
+fn each_pred_list(clauses: &mut [Clause], f: &mut impl FnMut(&mut Vec<Pred>)) {
+    for c in clauses {
+        match c {
+            Clause::Values { any_of, .. } => f(any_of),
+            Clause::Chain { targets, .. } => {
+                for (_, inner) in targets.iter_mut() {
+                    each_pred_list(std::slice::from_mut(inner.as_mut()), f);
+                }
+            }
+            Clause::Has { inner, .. } => each_pred_list(std::slice::from_mut(inner.as_mut()), f),
+            Clause::Dated { reference, .. } => {
+                each_pred_list(std::slice::from_mut(reference.as_mut()), f)
+            }
+            Clause::Any(list) | Clause::All(list) => each_pred_list(list, f),
+            Clause::Id { .. }
+            | Clause::LastUpdated(_)
+            | Clause::Missing { .. }
+            | Clause::Compartment { .. }
+            | Clause::Nothing
+            | Clause::Owned { .. } => {}
+        }
+    }
+}
+
+fn is_terminology(p: &Pred) -> bool {
+    matches!(p, Pred::Subsumption { .. } | Pred::InValueSet(_))
+}
+
+fn needs_terminology(clauses: &[Clause]) -> bool {
+    let mut clauses = clauses.to_vec();
+    let mut found = false;
+    each_pred_list(&mut clauses, &mut |preds| {
+        found |= preds.iter().any(is_terminology)
+    });
+    found
+}
+
+/// The stored `ty` resource whose `url` is `url` (or, for `Type/id`, that resource).
+async fn definition(db: &mut Db<'_>, ty: &str, url: &str) -> Result<Option<Value>, StoreError> {
+    let rt = ResourceType::parse(ty).ok_or_else(|| StoreError::Terminology(ty.into()))?;
+    let clause = match url.strip_prefix(&format!("{ty}/")) {
+        Some(id) if !id.contains('/') => Clause::Id {
+            ids: vec![id.to_owned()],
+            negate: false,
+        },
+        _ => match super::parse(Some(rt), &[("url".into(), url.into())], "")
+            .clauses
+            .pop()
+        {
+            Some(c) => c,
+            None => return Ok(None),
+        },
+    };
+    let spec = SearchSpec {
+        types: vec![ty.to_owned()],
+        clauses: vec![clause],
+        count: 2,
+        ..SearchSpec::default()
+    };
+    let found = db.versions(&query::page_sql(&spec, 2)).await?;
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(one
+            .content
+            .as_deref()
+            .and_then(|c| serde_json::from_str(c).ok())),
+        _ => Err(StoreError::Terminology(format!(
+            "several {ty} resources have the url {url}"
+        ))),
+    }
+}
+
+/// Replaces the terminology predicates of `q` (`:below`, `:above`, `:in`, `:not-in`) by the
+/// codes they stand for, from the CodeSystems and ValueSets stored here.
+async fn expand_terminology(db: &mut Db<'_>, q: &mut SearchQuery) -> Result<(), StoreError> {
+    let mut wanted: Vec<Pred> = Vec::new();
+    each_pred_list(&mut q.clauses, &mut |preds| {
+        wanted.extend(preds.iter().filter(|p| is_terminology(p)).cloned())
+    });
+    let mut expansions: Vec<(Pred, Vec<Pred>)> = Vec::new();
+    for p in wanted {
+        if expansions.iter().any(|(k, _)| *k == p) {
+            continue;
+        }
+        let tokens: Vec<TokenMatch> = match &p {
+            Pred::Subsumption {
+                system,
+                code,
+                below,
+            } => {
+                let cs = definition(db, "CodeSystem", system).await?.ok_or_else(|| {
+                    StoreError::Terminology(format!(
+                        "CodeSystem {system} is not stored on this server, so its hierarchy \
+                         is unknown"
+                    ))
+                })?;
+                terminology::subsumption(&cs, code, *below)
+                    .map_err(StoreError::Terminology)?
+                    .into_iter()
+                    .map(|c| TokenMatch {
+                        system: Some(Some(system.clone())),
+                        code: Some(c),
+                    })
+                    .collect()
+            }
+            Pred::InValueSet(url) => {
+                let vs = definition(db, "ValueSet", url).await?.ok_or_else(|| {
+                    StoreError::Terminology(format!("ValueSet {url} is not stored on this server"))
+                })?;
+                // The code systems its filters need, fetched before the pure expansion.
+                let mut systems: HashMap<String, Value> = HashMap::new();
+                for inc in vs["compose"]["include"].as_array().into_iter().flatten() {
+                    if let (Some(system), true) = (inc["system"].as_str(), inc["filter"].is_array())
+                        && !systems.contains_key(system)
+                        && let Some(cs) = definition(db, "CodeSystem", system).await?
+                    {
+                        systems.insert(system.to_owned(), cs);
+                    }
+                }
+                terminology::members(&vs, &|s| systems.get(s).cloned())
+                    .map_err(StoreError::Terminology)?
+            }
+            _ => continue,
+        };
+        expansions.push((p, tokens.into_iter().map(Pred::Token).collect()));
+    }
+    each_pred_list(&mut q.clauses, &mut |preds| {
+        if !preds.iter().any(is_terminology) {
+            return;
+        }
+        let mut out = Vec::with_capacity(preds.len());
+        for p in preds.drain(..) {
+            match expansions.iter().find(|(k, _)| *k == p) {
+                Some((_, tokens)) => out.extend(tokens.iter().cloned()),
+                None => out.push(p),
+            }
+        }
+        *preds = out;
+    });
+    Ok(())
+}

@@ -11,6 +11,7 @@ pub mod fhirpath;
 pub mod index;
 pub mod registry;
 pub mod summary;
+pub mod terminology;
 pub mod ucum;
 
 use crate::fhir::types::{ResourceType, literal_reference};
@@ -612,6 +613,32 @@ fn clause(ty: &str, name: &str, value: &str, base: &str) -> Result<Clause, Bad> 
                         code: Some(format!("{}|{}", parts[1], parts[2])),
                     }));
                 }
+            }
+            Some(m @ ("below" | "above")) => {
+                for v in &values {
+                    match token_match(v) {
+                        TokenMatch {
+                            system: Some(Some(system)),
+                            code: Some(code),
+                        } => any_of.push(Pred::Subsumption {
+                            system,
+                            code,
+                            below: m == "below",
+                        }),
+                        _ => {
+                            return invalid(format!(
+                                ":{m} takes system|code: the code system whose hierarchy to follow"
+                            ));
+                        }
+                    }
+                }
+            }
+            Some(m @ ("in" | "not-in")) => {
+                negate = m == "not-in";
+                any_of = values
+                    .iter()
+                    .map(|v| Pred::InValueSet(unescape(v)))
+                    .collect();
             }
             Some(m) => return unsupported(m),
         },

@@ -43,6 +43,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("resource could not be serialised")]
     Json(#[from] serde_json::Error),
+    /// A search's terminology modifier cannot be answered from the CodeSystems and ValueSets
+    /// stored here (`search::terminology`).
+    #[error("{0}")]
+    Terminology(String),
 }
 
 /// The interaction that produced a version (`Bundle.entry.request.method` in a history Bundle).

@@ -120,6 +120,17 @@ pub enum Pred {
     UriBelow(String),
     /// Stored uri is above (a prefix of) the value.
     UriAbove(String),
+    /// Token `:below` / `:above`: the code and what it subsumes (or what subsumes it) in a
+    /// CodeSystem stored here. The engine replaces it by [`Pred::Token`]s before the SQL is
+    /// built (`search::terminology`); unreplaced, it matches nothing.
+    Subsumption {
+        system: String,
+        code: String,
+        below: bool,
+    },
+    /// Token `:in` / `:not-in`: a member of the ValueSet with this url (or `ValueSet/id`),
+    /// replaced like [`Pred::Subsumption`].
+    InValueSet(String),
     Date(DateRange),
     Number(Num),
     /// Quantity: on the canonical UCUM value when `canonical` is set, otherwise on the value
@@ -700,6 +711,9 @@ fn push_pred(sql: &mut Sql, p: &Pred) {
             sql.push("value >= ");
             sql.text(v).push(" and value < ");
             sql.text(&format!("{v}{MAX_CHAR}"));
+        }
+        Pred::Subsumption { .. } | Pred::InValueSet(_) => {
+            sql.push("1 = 0");
         }
         Pred::UriAbove(v) => {
             sql.push("substr(");

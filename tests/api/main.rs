@@ -21,4 +21,5 @@ mod search_params;
 mod search_quantity;
 mod search_reference;
 mod search_results;
+mod search_terminology;
 mod tenancy;
