@@ -777,8 +777,20 @@ async fn everything(
             let list: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
             q.used.push(("_type".into(), list.join(",")));
         }
-        let result =
+        // "…and any resource referenced from those" (patient-operation-everything): each
+        // page's matches bring what they reference, as `_include=*` would, except the patient
+        // (a match of its own) and, with `_type`, resources of other types.
+        q.include.push(search::Include {
+            source: "*".into(),
+            param: None,
+            target: None,
+            iterate: false,
+        });
+        let mut result =
             search::engine::run_as(&mut state.store.reader(), &types, &q, &ctx.policy).await?;
+        result.included.retain(|v| {
+            !(v.ty == "Patient" && v.id == id.as_str()) && types.iter().any(|t| t.as_str() == v.ty)
+        });
         let bundle = searchset(&ctx.base, &format!("Patient/{id}/$everything"), &q, result)?;
         Ok(FhirResponse::new(
             StatusCode::OK,

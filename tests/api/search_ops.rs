@@ -566,6 +566,14 @@ async fn patient_everything(app: TestApp) {
         json!({"resourceType": "Device", "id": "ev-dev", "patient": {"reference": "Patient/ev-p"}}),
         json!({"resourceType": "Device", "id": "ev-dev-q", "patient": {"reference": "Patient/ev-q"}}),
         json!({"resourceType": "Organization", "id": "ev-org", "name": "Unrelated"}),
+        // Referenced from a resource about the patient: in $everything, though not about it.
+        json!({"resourceType": "Practitioner", "id": "ev-prac", "name": [{"family": "Nurse"}]}),
+        json!({"resourceType": "Device", "id": "ev-dev2", "status": "active"}),
+        json!({"resourceType": "Observation", "id": "ev-obs-perf", "status": "final",
+               "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+               "subject": {"reference": "Patient/ev-p"},
+               "performer": [{"reference": "Practitioner/ev-prac"}],
+               "device": {"reference": "Device/ev-dev2"}}),
         // In the compartment (Provenance.patient: a target that is the Patient).
         json!({"resourceType": "Provenance", "id": "ev-prov-p", "target": [{"reference": "Patient/ev-p"}],
                "recorded": "2026-03-01T09:00:00Z", "agent": [{"who": {"reference": "Patient/ev-p"}}]}),
@@ -577,27 +585,41 @@ async fn patient_everything(app: TestApp) {
     }
     let full = sorted(&[
         "Device/ev-dev",
+        "Device/ev-dev2",
+        "Observation/ev-obs-perf",
         "Observation/ev-obs1",
         "Observation/ev-obs2",
         "Patient/ev-p",
+        "Practitioner/ev-prac",
         "Provenance/ev-prov-p",
     ]);
     let (got, _) = everything(&app, "Patient/ev-p/$everything").await;
     assert_eq!(got, full);
     let (got, pages) = everything(&app, "Patient/ev-p/$everything?_count=2").await;
     assert_eq!(got, full, "every resource once across the pages");
-    assert!(pages >= 3, "5 resources in pages of 2: {pages} pages");
-    let (got, _) = everything(&app, "Patient/ev-p/$everything?_type=Observation").await;
-    assert_eq!(got, sorted(&["Observation/ev-obs1", "Observation/ev-obs2"]));
-    let (got, _) = everything(&app, "Patient/ev-p/$everything?_type=Observation,Device").await;
+    assert!(pages >= 3, "6 matches in pages of 2: {pages} pages");
+    // The referenced ones come as includes.
+    let b = follow(&app, &search_url(&app, "Patient/ev-p/$everything")).await;
     assert_eq!(
-        got,
-        sorted(&[
-            "Device/ev-dev",
-            "Observation/ev-obs1",
-            "Observation/ev-obs2"
-        ])
+        included(&b),
+        ["Device/ev-dev2", "Practitioner/ev-prac"],
+        "{b}"
     );
+    let observations = sorted(&[
+        "Observation/ev-obs-perf",
+        "Observation/ev-obs1",
+        "Observation/ev-obs2",
+    ]);
+    let (got, _) = everything(&app, "Patient/ev-p/$everything?_type=Observation").await;
+    assert_eq!(
+        got, observations,
+        "_type limits the referenced resources too"
+    );
+    let (got, _) = everything(&app, "Patient/ev-p/$everything?_type=Observation,Device").await;
+    let mut want = observations.clone();
+    want.extend(["Device/ev-dev".to_owned(), "Device/ev-dev2".to_owned()]);
+    want.sort();
+    assert_eq!(got, want);
     let (got, _) = everything(&app, "Patient/ev-q/$everything").await;
     assert_eq!(
         got,
