@@ -307,13 +307,26 @@ fn is_terminology(p: &Pred) -> bool {
     matches!(p, Pred::Subsumption { .. } | Pred::InValueSet(_))
 }
 
+/// True when a clause of `clauses`, at any depth, holds a terminology predicate. Read-only,
+/// so that every other search pays no copy of its clauses for the check.
 fn needs_terminology(clauses: &[Clause]) -> bool {
-    let mut clauses = clauses.to_vec();
-    let mut found = false;
-    each_pred_list(&mut clauses, &mut |preds| {
-        found |= preds.iter().any(is_terminology)
-    });
-    found
+    clauses.iter().any(|c| match c {
+        Clause::Values { any_of, .. } => any_of.iter().any(is_terminology),
+        Clause::Chain { targets, .. } => targets
+            .iter()
+            .any(|(_, inner)| needs_terminology(std::slice::from_ref(inner.as_ref()))),
+        Clause::Has { inner, .. } => needs_terminology(std::slice::from_ref(inner.as_ref())),
+        Clause::Dated { reference, .. } => {
+            needs_terminology(std::slice::from_ref(reference.as_ref()))
+        }
+        Clause::Any(list) | Clause::All(list) => needs_terminology(list),
+        Clause::Id { .. }
+        | Clause::LastUpdated(_)
+        | Clause::Missing { .. }
+        | Clause::Compartment { .. }
+        | Clause::Nothing
+        | Clause::Owned { .. } => false,
+    })
 }
 
 /// The stored `ty` resource whose `url` is `url` (or, for `Type/id`, that resource).
