@@ -37,7 +37,8 @@ pub struct IndexRows {
 }
 
 /// (param, target type, target id, url, envelope of the resource's `date`: lo, hi, and on
-/// `subject` rows one `code` token of the resource: system ('' for none), code; last, whether
+/// `subject` rows one `code` token of the resource: system ('' for none), code, or none on the
+/// one row every search without a code range reads (0007_reference_any_code.sql); last, whether
 /// the envelope is the resource's one `date` value, so a date criterion can be decided on the
 /// row itself (0003_date_exact.sql); the resource's [`category_key`] (0005_reference_carries.sql))
 pub type ReferenceRow = (
@@ -246,7 +247,8 @@ pub fn rows(resource: &Value) -> IndexRows {
     for r in &mut out.references {
         r.9.clone_from(&categories);
     }
-    // A `subject` row per code of the resource (0002_search.sql, for `$lastn`).
+    // A `subject` row per code of the resource (0002_search.sql, for `$lastn`), beside the
+    // row without a code that every other search reads (0007_reference_any_code.sql).
     let codes: Vec<(String, String)> = out
         .tokens
         .iter()
@@ -260,6 +262,7 @@ pub fn rows(resource: &Value) -> IndexRows {
                 expanded.push(r);
                 continue;
             }
+            expanded.push(r.clone());
             for (system, code) in &codes {
                 let mut row = r.clone();
                 row.6 = Some(system.clone());
@@ -602,6 +605,7 @@ mod tests {
         assert_eq!(
             subject,
             vec![
+                (Some("p1"), Some(hi), None, None),
                 (Some("p1"), Some(hi), Some(""), Some("bp-local")),
                 (
                     Some("p1"),

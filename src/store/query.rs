@@ -355,6 +355,14 @@ fn like_escape(s: &str) -> String {
     out
 }
 
+/// On `search_reference`: one row per reference, leaving out the `subject` rows that repeat it
+/// for each code of the resource (0007_reference_any_code.sql). Those are read only where a
+/// search narrows them to codes; every other search reads one row per reference, and the
+/// lookup index range of a patient is then its readings in date order, whatever their codes.
+/// Both columns, so that the index range goes on to `date_hi` (`IS NULL` positions a btree scan
+/// like an equality).
+const ANY_CODE: &str = " and code is null and code_system is null";
+
 /// `url` of a `search_reference` row names a resource of this server: stored relative, or
 /// absolute under `base` (the request's FHIR base URL).
 fn push_local(sql: &mut Sql, base: &str) {
@@ -392,7 +400,7 @@ pub fn push_clause(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause) {
             sql.text(cty).push(" and ").push(alias).push(".res_id = ");
             sql.text(id).push(") or ").push(alias);
             sql.push(".res_id in (select res_id from search_reference where res_type = ");
-            sql.text(ty).push(" and target_type = ");
+            sql.text(ty).push(ANY_CODE).push(" and target_type = ");
             sql.text(cty).push(" and target_id = ");
             sql.text(id).push("))");
         }
@@ -459,7 +467,7 @@ pub fn push_clause(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause) {
             sql.push(alias)
                 .push(".res_id in (select res_id from search_reference where res_type = ");
             sql.text(ty).push(" and param = ");
-            sql.text(param).push(" and ");
+            sql.text(param).push(ANY_CODE).push(" and ");
             push_local(sql, base);
             sql.push(" and (");
             if targets.is_empty() {
@@ -487,7 +495,7 @@ pub fn push_clause(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause) {
             sql.push(alias)
                 .push(".res_id in (select target_id from search_reference where res_type = ");
             sql.text(source_type).push(" and param = ");
-            sql.text(param).push(" and ");
+            sql.text(param).push(ANY_CODE).push(" and ");
             push_local(sql, base);
             sql.push(" and target_type = ");
             sql.text(ty)
@@ -542,11 +550,13 @@ fn push_values(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause, within: Op
 
 /// `select res_id from <table> where …` of a `Values` clause (ignoring `negate`).
 fn push_values_select(sql: &mut Sql, ty: &str, clause: &Clause, within: Option<&DateRange>) {
-    push_values_query(sql, "res_id", ty, clause, within, None);
+    push_values_query(sql, "res_id", ty, clause, within, None, false);
 }
 
 /// `select <what> from <table> where …` of a `Values` clause; with `owner`, only the rows of
-/// the resource `owner.res_id` (a correlated probe of the table's owner index).
+/// the resource `owner.res_id` (a correlated probe of the table's owner index). Reference rows
+/// are the ones without a code ([`ANY_CODE`]) unless `code_rows`: then the caller narrows the
+/// per-code `subject` rows itself.
 fn push_values_query(
     sql: &mut Sql,
     what: &str,
@@ -554,6 +564,7 @@ fn push_values_query(
     clause: &Clause,
     within: Option<&DateRange>,
     owner: Option<&str>,
+    code_rows: bool,
 ) {
     let Clause::Values {
         table,
@@ -575,7 +586,11 @@ fn push_values_query(
         sql.push(" and res_id = ").push(alias).push(".res_id");
     }
     sql.push(" and param = ");
-    sql.text(param).push(" and (");
+    sql.text(param);
+    if *table == Table::Reference && !code_rows {
+        sql.push(ANY_CODE);
+    }
+    sql.push(" and (");
     if any_of.is_empty() {
         sql.push("1 = 0");
     }
@@ -1211,8 +1226,11 @@ fn push_driver_select(sql: &mut Sql, spec: &SearchSpec, d: usize, on_row: OnRow)
         c => {
             let (values, within) = split_dated(c);
             let what = format!("distinct res_id, version_id{}", on_row.columns());
-            push_values_query(sql, &what, ty, values, within, None);
-            push_code_range(sql, spec, d);
+            let codes = code_range(spec, d);
+            push_values_query(sql, &what, ty, values, within, None, codes.is_some());
+            if let Some(codes) = codes {
+                push_codes(sql, &codes);
+            }
         }
     }
 }
@@ -1258,14 +1276,14 @@ fn exact_date_clause(spec: &SearchSpec, d: usize) -> Option<usize> {
     })
 }
 
-/// Narrows a `subject` driver to the codes a `code` clause asks for: its rows carry the
-/// resource's codes (see `0002_search.sql`), so patient + code is one range of the lookup
-/// index. The `code` clause is still probed as well.
-fn push_code_range(sql: &mut Sql, spec: &SearchSpec, d: usize) {
+/// The codes a `code` clause asks for, when a `subject` driver `d` can be narrowed to them: its
+/// rows carry the resource's codes (see `0002_search.sql`), so patient + code is one range of
+/// the lookup index ([`push_codes`]). The `code` clause is still probed as well.
+fn code_range(spec: &SearchSpec, d: usize) -> Option<Vec<&TokenMatch>> {
     if lastn_driver(spec) != Some(d) {
-        return;
+        return None;
     }
-    let Some(tokens) = spec.clauses.iter().find_map(|c| match c {
+    spec.clauses.iter().find_map(|c| match c {
         Clause::Values {
             table: Table::Token,
             param,
@@ -1279,9 +1297,11 @@ fn push_code_range(sql: &mut Sql, spec: &SearchSpec, d: usize) {
             })
             .collect::<Option<Vec<_>>>(),
         _ => None,
-    }) else {
-        return;
-    };
+    })
+}
+
+/// ` and (<one of these codes>)` on per-code `subject` rows ([`code_range`]).
+fn push_codes(sql: &mut Sql, tokens: &[&TokenMatch]) {
     sql.push(" and (");
     for (i, t) in tokens.iter().enumerate() {
         if i > 0 {
@@ -1317,7 +1337,7 @@ fn push_probe(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause) {
         _ => return push_clause(sql, alias, ty, clause),
     };
     sql.push("exists (");
-    push_values_query(sql, "1", ty, values, within, Some(alias));
+    push_values_query(sql, "1", ty, values, within, Some(alias), false);
     sql.push(" limit 1 offset 0)");
 }
 
@@ -1591,7 +1611,7 @@ pub fn include_sql(
 ) -> Sql {
     let mut sql = Sql::default();
     sql.push("select distinct target_type, target_id from search_reference where res_type = ");
-    sql.text(source_type).push(" and ");
+    sql.text(source_type).push(ANY_CODE).push(" and ");
     push_local(&mut sql, base);
     if let Some(p) = param {
         sql.push(" and param = ");
@@ -1617,7 +1637,7 @@ pub fn revinclude_sql(
 ) -> Sql {
     let mut sql = Sql::default();
     sql.push("select distinct res_type, res_id from search_reference where res_type = ");
-    sql.text(source_type).push(" and ");
+    sql.text(source_type).push(ANY_CODE).push(" and ");
     push_local(&mut sql, base);
     if let Some(p) = param {
         sql.push(" and param = ");
@@ -1704,8 +1724,11 @@ pub fn lastn_codes_sql(spec: &SearchSpec, d: usize) -> Sql {
         values,
         within,
         None,
+        true,
     );
-    push_code_range(&mut sql, spec, d);
+    if let Some(codes) = code_range(spec, d) {
+        push_codes(&mut sql, &codes);
+    }
     sql.push(" and code is not null");
     sql
 }
@@ -1742,6 +1765,7 @@ pub fn lastn_pick_sql(spec: &SearchSpec, d: usize, codes: &[(String, String)], m
             values,
             within,
             None,
+            true,
         );
         sql.push(") s where s.code_system = ");
         sql.text(system).push(" and s.code = ");
@@ -1780,6 +1804,7 @@ fn driver_lastn_sql(spec: &SearchSpec, d: usize, max: usize) -> Sql {
         values,
         within,
         None,
+        false,
     );
     sql.push(") s join search_token c on c.res_type = ");
     sql.text(ty)
