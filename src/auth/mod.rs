@@ -12,6 +12,7 @@ pub mod assertion;
 pub mod clients;
 pub mod keys;
 pub mod policy;
+pub mod restrict;
 pub mod routes;
 pub mod scope;
 pub mod secret;

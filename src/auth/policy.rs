@@ -8,11 +8,14 @@
 //! - tenancy: a principal other than an admin sees only what the organizations it may see own
 //!   ([`tenancy`]); everything else is answered as if it did not exist.
 //!
-//! Until the patient compartment and granular scopes narrow searches, `patient/…` scopes and
-//! scopes with a query permit nothing: a token is refused rather than widened.
+//! `patient/…` scopes reach the compartment of the token's patient in context, and scopes with
+//! a query only what it matches ([`restrict`]); without a patient in context a `patient/`
+//! scope grants nothing. Searches are narrowed in SQL, single resources (reads, included
+//! resources, writes) judged in memory by the same clauses.
 
 use serde_json::Value;
 
+use super::restrict;
 use super::scope::{Perms, ResourceScope};
 use super::tenancy::{self, Area};
 use super::{Principal, Role};
@@ -72,6 +75,8 @@ pub struct Policy {
     orgs: Option<Vec<String>>,
     /// The request's FHIR base URL: absolute references under it are local.
     base: String,
+    /// The patient in context, whose compartment `patient/` scopes reach.
+    patient: Option<String>,
 }
 
 impl Default for Policy {
@@ -81,6 +86,7 @@ impl Default for Policy {
             role: Role::Patient,
             orgs: Some(Vec::new()),
             base: String::new(),
+            patient: None,
         }
     }
 }
@@ -94,8 +100,10 @@ impl Policy {
                 .scopes
                 .iter()
                 .filter_map(|s| ResourceScope::parse(s))
-                // Not yet enforceable as narrowings: refused rather than widened.
-                .filter(|s| s.context != "patient" && s.query.is_none())
+                // A patient scope without a patient in context has nothing to reach.
+                .filter(|s| s.context != "patient" || principal.patient.is_some())
+                // A patient acts only within a patient context.
+                .filter(|s| principal.role != Role::Patient || s.context == "patient")
                 .collect(),
             role: principal.role,
             orgs: match principal.role {
@@ -103,6 +111,7 @@ impl Policy {
                 _ => Some(principal.organization.iter().cloned().collect()),
             },
             base: base.to_owned(),
+            patient: principal.patient.clone(),
         }
     }
 
@@ -136,6 +145,119 @@ impl Policy {
     /// True for admins: every organization's resources.
     pub fn all_tenants(&self) -> bool {
         self.orgs.is_none()
+    }
+
+    /// True when some scope narrows what it grants to a compartment or a query.
+    pub fn narrows(&self) -> bool {
+        self.scopes
+            .iter()
+            .any(|s| s.context == "patient" || s.query.is_some())
+    }
+
+    /// True when nothing narrows what the scopes and role allow: every tenant, no narrowing
+    /// scope.
+    pub fn unrestricted(&self) -> bool {
+        self.all_tenants() && !self.narrows()
+    }
+
+    /// What the scopes granting `perm` on `ty` let through: `None` when one of them grants
+    /// every resource of the type; otherwise the clause a resource must match (any of the
+    /// scopes' narrowings; [`Clause::Nothing`] when no scope grants `perm` on `ty`).
+    pub fn restriction(&self, ty: &str, perm: Perm) -> Option<Clause> {
+        let mut any = Vec::new();
+        for s in self
+            .scopes
+            .iter()
+            .filter(|s| (s.resource == "*" || s.resource == ty) && perm.of(s.perms))
+        {
+            let mut all = Vec::new();
+            if s.context == "patient" {
+                let Some(patient) = &self.patient else {
+                    continue;
+                };
+                all.push(restrict::compartment_clause(ty, patient, &self.base));
+            }
+            if let Some(q) = &s.query {
+                match restrict::scope_clauses(ty, q, &self.base) {
+                    Some(clauses) => all.extend(clauses),
+                    None => continue,
+                }
+            }
+            match all.len() {
+                0 => return None,
+                1 => any.push(all.remove(0)),
+                _ => any.push(Clause::All(all)),
+            }
+        }
+        Some(match any.len() {
+            0 => Clause::Nothing,
+            1 => any.remove(0),
+            _ => Clause::Any(any),
+        })
+    }
+
+    /// True when the scopes granting `perm` on `ty` let this resource through ([`restrict::matches`]).
+    pub fn allows(&self, ty: &str, id: Option<&str>, perm: Perm, resource: &Value) -> bool {
+        match self.restriction(ty, perm) {
+            None => true,
+            Some(c) => restrict::matches(
+                &c,
+                ty,
+                id.unwrap_or_default(),
+                &crate::search::index::rows(resource),
+            ),
+        }
+    }
+
+    /// A write of `resource` as `ty/id` (`id` `None`: a create with a new id) replacing
+    /// `current`: both must be within the scopes of the write (403 otherwise; the current
+    /// version has passed the read check already).
+    pub fn check_write(
+        &self,
+        ty: &str,
+        id: Option<&str>,
+        resource: &Value,
+        current: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        if !self.narrows() {
+            return Ok(());
+        }
+        let perm = if id.is_some() {
+            Perm::Update
+        } else {
+            Perm::Create
+        };
+        let outside = current.is_some_and(|c| !self.allows(ty, id, perm, c))
+            || !self.allows(ty, id, perm, resource);
+        if outside {
+            return Err(ApiError::Forbidden(format!(
+                "this {ty} is outside what the access token's scopes allow to {}",
+                perm.verb()
+            )));
+        }
+        Ok(())
+    }
+
+    /// A delete of `ty/id` whose current content is `current`: within the delete scopes.
+    pub fn allows_delete(&self, ty: &str, id: &str, current: &Value) -> bool {
+        !self.narrows() || self.allows(ty, Some(id), Perm::Delete, current)
+    }
+
+    /// Type and system history list versions the narrowing scopes cannot be applied to one by
+    /// one within a page: refused while a scope narrows `ty` (every type when `None`).
+    pub fn check_history(&self, ty: Option<&str>) -> Result<(), ApiError> {
+        let narrowed = match ty {
+            Some(t) => self.restriction(t, Perm::Search).is_some(),
+            None => self.narrows(),
+        };
+        if narrowed {
+            return Err(ApiError::Forbidden(
+                "history of a type or of the server is not available to tokens with patient or \
+                 granular scopes; read the history of a resource instead"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     pub fn base(&self) -> &str {
@@ -208,7 +330,8 @@ impl Policy {
         Ok(())
     }
 
-    /// True when an included version may be shown: readable type, within the tenancy.
+    /// True when an included version may be shown: readable type, within the tenancy and the
+    /// read scopes.
     pub fn may_include(&self, v: &Version) -> bool {
         self.permits(&v.ty, Perm::Read) && self.sees_version(v)
     }
@@ -244,14 +367,27 @@ impl Policy {
 
     /// True when the resource `ty/id` with this stored JSON is within its tenancy. Deleted
     /// versions carry no owner: see [`Policy::sees_version`].
+    /// With narrowing read scopes the resource must also be within them.
     pub fn sees(&self, ty: &str, id: &str, content: &str) -> bool {
-        if self.all_tenants() {
+        let tenant = self.all_tenants()
+            || match tenancy::area(ty) {
+                Area::Shared => true,
+                Area::Organization => self.sees_org(Some(id)),
+                _ => self.sees_org(tenancy::owner_in_json(content).as_deref()),
+            };
+        tenant && (!self.narrows() || self.within_read_scopes(ty, id, content))
+    }
+
+    /// The read scopes' narrowing (when a scope grants read on `ty` at all: other interactions
+    /// are checked where they happen).
+    fn within_read_scopes(&self, ty: &str, id: &str, content: &str) -> bool {
+        if !self.scope_permits(ty, Perm::Read) {
             return true;
         }
-        match tenancy::area(ty) {
-            Area::Shared => true,
-            Area::Organization => self.sees_org(Some(id)),
-            _ => self.sees_org(tenancy::owner_in_json(content).as_deref()),
+        match self.restriction(ty, Perm::Read) {
+            None => true,
+            Some(c) => serde_json::from_str::<Value>(content)
+                .is_ok_and(|v| restrict::matches(&c, ty, id, &crate::search::index::rows(&v))),
         }
     }
 
@@ -282,15 +418,35 @@ impl Policy {
         }
     }
 
-    /// `q` narrowed to the tenancy: the matches, and the resources chains and `_has` look at,
-    /// so that neither the page nor `_total` counts what the caller may not see.
-    pub fn narrow(&self, q: &SearchQuery) -> SearchQuery {
+    /// `q` on `types` narrowed to the tenancy and the narrowing scopes: the matches, and the
+    /// resources chains and `_has` look at, so that neither the page nor `_total` counts what
+    /// the caller may not see.
+    pub fn narrow(&self, q: &SearchQuery, types: &[&str]) -> SearchQuery {
         let mut q = q.clone();
-        if let Some(owned) = self.owner_clause() {
-            for c in q.clauses.iter_mut() {
-                narrow_inner(c, &owned);
+        let owned = self.owner_clause();
+        let narrows = self.narrows();
+        let inner = |ty: &str| {
+            let mut extra: Vec<Clause> = owned.iter().cloned().collect();
+            if narrows {
+                extra.extend(self.restriction(ty, Perm::Search));
             }
-            q.clauses.push(owned);
+            extra
+        };
+        for c in q.clauses.iter_mut() {
+            narrow_inner(c, &inner);
+        }
+        q.clauses.extend(owned.clone());
+        if narrows {
+            let by_type: Vec<(String, Clause)> = types
+                .iter()
+                .filter_map(|t| {
+                    self.restriction(t, Perm::Search)
+                        .map(|c| (t.to_string(), c))
+                })
+                .collect();
+            if !by_type.is_empty() {
+                q.clauses.push(Clause::ByType(by_type));
+            }
         }
         q
     }
@@ -342,25 +498,32 @@ impl Policy {
     }
 }
 
-/// Narrows the resources a chain or `_has` looks at, at every level.
-fn narrow_inner(clause: &mut Clause, owned: &Clause) {
+/// Narrows the resources of each type a chain or `_has` looks at, at every level, by the
+/// clauses `extra` gives for that type.
+fn narrow_inner(clause: &mut Clause, extra: &impl Fn(&str) -> Vec<Clause>) {
+    let wrap = |inner: &mut Box<Clause>, ty: &str| {
+        narrow_inner(inner, extra);
+        let more = extra(ty);
+        if !more.is_empty() {
+            let taken = std::mem::replace(inner.as_mut(), Clause::Nothing);
+            let mut all = vec![taken];
+            all.extend(more);
+            **inner = Clause::All(all);
+        }
+    };
     match clause {
         Clause::Chain { targets, .. } => {
-            for (_, inner) in targets.iter_mut() {
-                narrow_inner(inner, owned);
-                let taken = std::mem::replace(inner.as_mut(), Clause::Nothing);
-                **inner = Clause::All(vec![taken, owned.clone()]);
+            for (ty, inner) in targets.iter_mut() {
+                wrap(inner, ty);
             }
         }
-        Clause::Has { inner, .. } => {
-            narrow_inner(inner, owned);
-            let taken = std::mem::replace(inner.as_mut(), Clause::Nothing);
-            **inner = Clause::All(vec![taken, owned.clone()]);
-        }
+        Clause::Has {
+            inner, source_type, ..
+        } => wrap(inner, source_type),
         Clause::Any(list) | Clause::All(list) => {
-            list.iter_mut().for_each(|c| narrow_inner(c, owned));
+            list.iter_mut().for_each(|c| narrow_inner(c, extra));
         }
-        Clause::Dated { reference, .. } => narrow_inner(reference, owned),
+        Clause::Dated { reference, .. } => narrow_inner(reference, extra),
         _ => {}
     }
 }
@@ -377,6 +540,7 @@ mod tests {
             role,
             organization: org.map(str::to_owned),
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            patient: None,
             token_id: "t".into(),
             expires_at: 0,
         }
@@ -405,14 +569,129 @@ mod tests {
     }
 
     #[test]
-    fn scopes_it_cannot_yet_narrow_by_grant_nothing() {
-        let p = policy(&[
-            "patient/Observation.rs",
-            "system/Observation.rs?category=vital-signs",
-        ]);
+    fn patient_scopes_need_a_patient_in_context() {
+        let p = policy(&["patient/Observation.rs"]);
         assert!(!p.permits("Observation", Perm::Read));
         assert!(!p.permits("Observation", Perm::Search));
+        // A patient acts through patient scopes only, within its context.
+        let mut me = principal(
+            Role::Patient,
+            Some("c1"),
+            &["patient/Observation.rs", "user/Observation.rs"],
+        );
+        assert!(!Policy::of(&me, "").permits("Observation", Perm::Read));
+        me.patient = Some("p1".into());
+        let mine = Policy::of(&me, "");
+        assert!(mine.permits("Observation", Perm::Read));
+        assert!(!mine.permits("Observation", Perm::Create));
+        assert!(
+            mine.restriction("Observation", Perm::Read).is_some(),
+            "user/ scope dropped"
+        );
         assert!(!Policy::none().permits("Patient", Perm::Read));
+    }
+
+    #[test]
+    fn narrowing_scopes_restrict_and_union() {
+        let base = "http://vb.test/fhir";
+        let mut who = principal(
+            Role::CustomerUser,
+            Some("c1"),
+            &[
+                "patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs",
+                "patient/Patient.r",
+                "user/Device.rs",
+            ],
+        );
+        who.patient = Some("p1".into());
+        let p = Policy::of(&who, base);
+        assert!(p.narrows() && !p.unrestricted());
+        assert!(p.permits("Observation", Perm::Search));
+        assert!(!p.permits("Observation", Perm::Create));
+        assert_eq!(
+            p.restriction("Device", Perm::Read),
+            None,
+            "user/ is not narrowed"
+        );
+        assert_eq!(
+            p.restriction("Observation", Perm::Create),
+            Some(Clause::Nothing)
+        );
+        let cat = "http://terminology.hl7.org/CodeSystem/observation-category";
+        let obs = |subject: &str, category: &str| {
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                "subject": {"reference": subject},
+                "category": [{"coding": [{"system": cat, "code": category}]}],
+                "meta": {"tag": [{"system": tenancy::OWNER_SYSTEM, "code": "c1"}]}})
+        };
+        let seen = |v: &Value| p.sees("Observation", "o", &v.to_string());
+        assert!(seen(&obs("Patient/p1", "vital-signs")));
+        assert!(!seen(&obs("Patient/p2", "vital-signs")), "another patient");
+        assert!(!seen(&obs("Patient/p1", "laboratory")), "outside the query");
+        let patient = json!({"resourceType": "Patient", "meta": {"tag": [{"system": tenancy::OWNER_SYSTEM, "code": "c1"}]}});
+        assert!(p.sees("Patient", "p1", &patient.to_string()));
+        assert!(!p.sees("Patient", "p2", &patient.to_string()));
+        // Two scopes on one type: either lets a resource through.
+        let mut two = principal(
+            Role::Admin,
+            None,
+            &["patient/Observation.r", "system/Observation.r?code=8867-4"],
+        );
+        two.patient = Some("p1".into());
+        let p2 = Policy::of(&two, base);
+        let pulse = json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"code": "8867-4"}]}, "subject": {"reference": "Patient/p9"}});
+        assert!(p2.sees("Observation", "o", &pulse.to_string()));
+        assert!(p2.sees("Observation", "o", &obs("Patient/p1", "x").to_string()));
+        assert!(!p2.sees("Observation", "o", &obs("Patient/p9", "x").to_string()));
+        // Writes: within the write scopes, before and after.
+        let mut writer = principal(Role::Admin, None, &["patient/Observation.cru"]);
+        writer.patient = Some("p1".into());
+        let w = Policy::of(&writer, base);
+        let mine = obs("Patient/p1", "vital-signs");
+        let theirs = obs("Patient/p2", "vital-signs");
+        assert!(w.check_write("Observation", None, &mine, None).is_ok());
+        assert!(w.check_write("Observation", None, &theirs, None).is_err());
+        assert!(
+            w.check_write("Observation", Some("o"), &theirs, Some(&mine))
+                .is_err(),
+            "moved out"
+        );
+        assert!(
+            w.check_write("Observation", Some("o"), &mine, Some(&theirs))
+                .is_err(),
+            "moved in"
+        );
+        assert!(w.check_history(Some("Observation")).is_err());
+        assert!(
+            p.check_history(Some("Device")).is_ok(),
+            "no scope narrows Device"
+        );
+        // A search is narrowed per type, inside chains too.
+        let q = SearchQuery {
+            clauses: vec![Clause::Has {
+                source_type: "Observation".into(),
+                param: "subject".into(),
+                inner: Box::new(Clause::Nothing),
+                base: String::new(),
+            }],
+            ..Default::default()
+        };
+        let n = p.narrow(&q, &["Patient", "Device"]);
+        let Clause::Has { inner, .. } = &n.clauses[0] else {
+            panic!("{:?}", n.clauses[0])
+        };
+        assert!(
+            matches!(inner.as_ref(), Clause::All(v) if v.len() == 3),
+            "{inner:?}"
+        );
+        match n.clauses.last() {
+            Some(Clause::ByType(by)) => {
+                assert_eq!(by.len(), 1, "Device is not narrowed: {by:?}");
+                assert_eq!(by[0].0, "Patient");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -540,7 +819,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let n = clinic.narrow(&q);
+        let n = clinic.narrow(&q, &["Observation"]);
         assert_eq!(n.clauses.len(), 2);
         let owned = Clause::Owned {
             orgs: vec!["c1".into()],
@@ -552,6 +831,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(policy(&["system/*.cruds"]).narrow(&q).clauses, q.clauses);
+        assert_eq!(
+            policy(&["system/*.cruds"])
+                .narrow(&q, &["Observation"])
+                .clauses,
+            q.clauses
+        );
     }
 }

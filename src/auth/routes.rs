@@ -350,6 +350,8 @@ async fn issue_token(
             role,
             organization: client.organization.as_deref(),
             scope: &granted,
+            // A backend service has no launch context.
+            patient: None,
         },
         now,
     )

@@ -106,6 +106,9 @@ pub fn grants(role: Role, area: Area) -> Perms {
         (R::CustomerUser, A::Clinical) => "cruds",
         (R::CustomerUser, A::Inventory) => "rus",
         (R::CustomerUser, A::Organization | A::Staff) => "rs",
+        // Patient-facing apps read clinical data, and only through `patient/` scopes, which
+        // reach no further than the patient's own compartment (auth::policy).
+        (R::Patient, A::Clinical) => "rs",
         _ => "",
     })
 }
@@ -279,7 +282,10 @@ mod tests {
         assert!(!grants(Role::Customer, area("ValueSet")).u);
         assert!(!grants(Role::Customer, area("AuditEvent")).r);
         assert!(grants(Role::Admin, area("AuditEvent")).r);
-        assert_eq!(grants(Role::Patient, area("Observation")), Perms::default());
+        let patient = grants(Role::Patient, area("Observation"));
+        assert!(patient.r && patient.s && !patient.c && !patient.u && !patient.d);
+        assert_eq!(grants(Role::Patient, area("Device")), Perms::default());
+        assert_eq!(grants(Role::Patient, area("Invoice")), Perms::default());
     }
 
     #[test]

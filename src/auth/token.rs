@@ -31,6 +31,10 @@ struct AccessClaims {
     role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     org: Option<String>,
+    /// The patient in context (SMART `launch/patient`), whose compartment `patient/` scopes
+    /// open (https://hl7.org/fhir/smart-app-launch/scopes-and-launch-context.html#launch-context-arrives-with-your-access_token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    patient: Option<String>,
 }
 
 /// The caller of a request, from its verified access token.
@@ -42,6 +46,8 @@ pub struct Principal {
     pub role: Role,
     pub organization: Option<String>,
     pub scopes: Vec<String>,
+    /// The patient in context: `patient/` scopes reach only this Patient's compartment.
+    pub patient: Option<String>,
     /// Token id (`jti`), for audit.
     pub token_id: String,
     /// Expiry, seconds since the epoch.
@@ -55,6 +61,8 @@ pub struct Grant<'a> {
     pub role: Role,
     pub organization: Option<&'a str>,
     pub scope: &'a str,
+    /// The patient in context, if any.
+    pub patient: Option<&'a str>,
 }
 
 /// Signs an access token for `grant`, valid from `now` (seconds since the epoch) for
@@ -78,6 +86,7 @@ pub fn issue(
         scope: grant.scope.to_owned(),
         role: grant.role,
         org: grant.organization.map(str::to_owned),
+        patient: grant.patient.map(str::to_owned),
     };
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some(key.kid.clone());
@@ -146,6 +155,7 @@ pub fn verify(
         role: c.role,
         organization: c.org,
         scopes: c.scope.split_whitespace().map(str::to_owned).collect(),
+        patient: c.patient,
         token_id: c.jti,
         expires_at: c.exp,
     })
@@ -168,6 +178,7 @@ mod tests {
             role: Role::Customer,
             organization: Some("org-1"),
             scope: "system/Observation.rs system/Patient.r",
+            patient: Some("p-7"),
         }
     }
 
@@ -187,6 +198,7 @@ mod tests {
         assert_eq!(p.role, Role::Customer);
         assert_eq!(p.organization.as_deref(), Some("org-1"));
         assert_eq!(p.scopes, ["system/Observation.rs", "system/Patient.r"]);
+        assert_eq!(p.patient.as_deref(), Some("p-7"));
         assert!(p.expires_at - now() <= ACCESS_TOKEN_SECONDS);
     }
 

@@ -119,7 +119,7 @@ async fn admit(
     let base = policy.base();
     let named = tenancy::named_org(ty.as_str(), resource, base);
     // Admins need the current version only to keep an owner nothing in the body gives.
-    let need_current = !policy.all_tenants()
+    let need_current = !policy.unrestricted()
         || (named.is_none()
             && tenancy::linked(ty.as_str(), resource, base).is_none()
             && tenancy::owner_of(resource).is_none());
@@ -136,21 +136,39 @@ async fn admit(
         (None, Some(target)) => linked_owner(look, policy, target).await?,
         _ => None,
     };
-    policy.admit(ty.as_str(), resource, linked, current.as_ref())
+    policy.admit(ty.as_str(), resource, linked, current.as_ref())?;
+    policy.check_write(
+        ty.as_str(),
+        id.map(ResourceId::as_str),
+        resource,
+        current.as_ref(),
+    )
 }
 
 /// A delete by `policy` of `ty/id` may go ahead: false when the resource belongs to another
-/// tenant, which is then answered as if it were missing.
+/// tenant, which is then answered as if it were missing; 403 when the caller sees it but the
+/// delete scopes do not reach it.
 async fn may_delete(
     look: &mut Lookup<'_>,
     policy: &Policy,
     ty: ResourceType,
     id: &ResourceId,
 ) -> Result<bool, ApiError> {
-    if policy.all_tenants() {
+    if policy.unrestricted() {
         return Ok(true);
     }
     match current_for(look, policy, ty, id).await {
+        // Seen, but outside the delete scopes: refused, not answered as missing.
+        Ok(Some(v))
+            if v.content
+                .as_deref()
+                .and_then(|c| serde_json::from_str::<Value>(c).ok())
+                .is_some_and(|c| !policy.allows_delete(ty.as_str(), id.as_str(), &c)) =>
+        {
+            Err(ApiError::Forbidden(format!(
+                "{ty}/{id} is outside what the access token's scopes allow to delete"
+            )))
+        }
         Ok(_) => Ok(true),
         Err(ApiError::NotFound(_)) => Ok(false),
         Err(e) => Err(e),

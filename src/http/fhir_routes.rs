@@ -704,8 +704,12 @@ async fn lastn(State(state): State<AppState>, ctx: Ctx) -> Response {
         ctx.policy.check(ty.as_str(), Perm::Search)?;
         let q = search::parse(Some(ty), &rest, &ctx.base);
         check_strict(&ctx, &q)?;
-        let versions =
-            search::engine::lastn(&mut state.store.reader(), &ctx.policy.narrow(&q), max).await?;
+        let versions = search::engine::lastn(
+            &mut state.store.reader(),
+            &ctx.policy.narrow(&q, &[ty.as_str()]),
+            max,
+        )
+        .await?;
         let result = search::engine::SearchResult {
             total: Some(versions.len() as i64),
             matches: versions,
@@ -864,7 +868,11 @@ async fn history(
 }
 
 async fn history_system(State(state): State<AppState>, ctx: Ctx) -> Response {
-    let result = match ctx.policy.check_all(Perm::Search) {
+    let result = match ctx
+        .policy
+        .check_all(Perm::Search)
+        .and_then(|()| ctx.policy.check_history(None))
+    {
         Ok(()) => history(&state, &ctx, HistoryScope::System, "/_history").await,
         Err(e) => Err(e),
     };
@@ -875,6 +883,7 @@ async fn history_type(State(state): State<AppState>, Path(ty): Path<String>, ctx
     let result = async {
         let ty = parse_type(&ty)?;
         ctx.policy.check(ty.as_str(), Perm::Search)?;
+        ctx.policy.check_history(Some(ty.as_str()))?;
         history(
             &state,
             &ctx,

@@ -141,10 +141,11 @@ pub async fn run_as(
     q: &SearchQuery,
     policy: &Policy,
 ) -> Result<SearchResult, StoreError> {
-    let mut result = if policy.all_tenants() {
+    let mut result = if policy.unrestricted() {
         run(db, types, q).await?
     } else {
-        run(db, types, &policy.narrow(q)).await?
+        let names: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
+        run(db, types, &policy.narrow(q, &names)).await?
     };
     result.included.retain(|v| policy.may_include(v));
     Ok(result)
@@ -293,6 +294,11 @@ fn each_pred_list(clauses: &mut [Clause], f: &mut impl FnMut(&mut Vec<Pred>)) {
                 each_pred_list(std::slice::from_mut(reference.as_mut()), f)
             }
             Clause::Any(list) | Clause::All(list) => each_pred_list(list, f),
+            Clause::ByType(list) => {
+                for (_, c) in list.iter_mut() {
+                    each_pred_list(std::slice::from_mut(c), f);
+                }
+            }
             Clause::Id { .. }
             | Clause::LastUpdated(_)
             | Clause::Missing { .. }
@@ -320,6 +326,9 @@ fn needs_terminology(clauses: &[Clause]) -> bool {
             needs_terminology(std::slice::from_ref(reference.as_ref()))
         }
         Clause::Any(list) | Clause::All(list) => needs_terminology(list),
+        Clause::ByType(list) => list
+            .iter()
+            .any(|(_, c)| needs_terminology(std::slice::from_ref(c))),
         Clause::Id { .. }
         | Clause::LastUpdated(_)
         | Clause::Missing { .. }

@@ -208,6 +208,9 @@ pub enum Clause {
     All(Vec<Clause>),
     /// Matches nothing (e.g. a reference to a type the parameter cannot point to).
     Nothing,
+    /// Per resource type: the clause of the type searched; a type not listed is not narrowed
+    /// (the narrowing scopes of `auth::policy`, which differ by type in a system search).
+    ByType(Vec<(String, Clause)>),
     /// Resources owned by one of these organizations (the caller's tenancy,
     /// `auth::tenancy`): an Organization by its id, definitions always, anything else by its
     /// owner tag.
@@ -395,6 +398,12 @@ pub fn push_clause(sql: &mut Sql, alias: &str, ty: &str, clause: &Clause) {
             sql.push(")");
         }
         Clause::Owned { orgs } => push_owned(sql, alias, ty, orgs),
+        Clause::ByType(list) => match list.iter().find(|(t, _)| t == ty) {
+            Some((_, c)) => push_clause(sql, alias, ty, c),
+            None => {
+                sql.push("1 = 1");
+            }
+        },
         Clause::Compartment { ty: cty, id } => {
             sql.push("((").push(alias).push(".res_type = ");
             sql.text(cty).push(" and ").push(alias).push(".res_id = ");

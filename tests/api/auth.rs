@@ -778,10 +778,24 @@ async fn narrowed_tokens_do_only_what_their_scopes_allow(app: TestApp) {
         "{status}"
     );
 
-    // Granular scopes cannot narrow searches yet: refused, not widened.
-    let granular = token("system/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs").await;
+    // Granular scopes narrow the search (tests/api/granular_scopes.rs has the details).
+    let granular = token("system/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory").await;
     let r = get_with(&app, "Observation?code=8867-4", Some(&granular)).await;
-    assert_eq!(r.status, 403, "{}", r.text);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.json()["entry"].as_array().map_or(0, Vec::len),
+        0,
+        "{}",
+        r.text
+    );
+    let all = app.get("Observation?code=8867-4").await;
+    assert!(
+        all.json()["entry"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty()),
+        "{}",
+        all.text
+    );
 }
 both!(narrowed_tokens_do_only_what_their_scopes_allow);
 

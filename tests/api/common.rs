@@ -245,6 +245,34 @@ impl TestApp {
     }
 }
 
+/// Registers a client (`POST /auth/clients` as the admin, `body` as its registration) and
+/// returns an access token it gets at the token endpoint with client_credentials.
+pub async fn client_token(app: &TestApp, body: &Value) -> String {
+    let r = app
+        .send(
+            app.client
+                .post(format!("{}/auth/clients", app.origin()))
+                .json(body),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let client = r.json();
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let r = app
+        .send(
+            reqwest::Client::new()
+                .post(format!("{}/auth/token", app.origin()))
+                .basic_auth(
+                    client["client_id"].as_str().expect("id"),
+                    client["client_secret"].as_str(),
+                )
+                .form(&[("grant_type", "client_credentials")]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json()["access_token"].as_str().expect("token").to_owned()
+}
+
 /// Runs an async test case on PostgreSQL and on SQLite.
 #[macro_export]
 macro_rules! both {

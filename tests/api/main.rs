@@ -12,6 +12,7 @@ mod crud;
 mod errors;
 mod examples;
 mod formats;
+mod granular_scopes;
 mod history;
 mod process;
 mod search;

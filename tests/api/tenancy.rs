@@ -175,29 +175,7 @@ pub async fn role_token(app: &TestApp, role: &str, org: Option<&str>) -> String 
     if let Some(o) = org {
         body["organization"] = json!(o);
     }
-    let r = app
-        .send(
-            app.client
-                .post(format!("{}/auth/clients", app.origin()))
-                .json(&body),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let client = r.json();
-    assert_eq!(r.header("cache-control"), Some("no-store"));
-    let r = app
-        .send(
-            reqwest::Client::new()
-                .post(format!("{}/auth/token", app.origin()))
-                .basic_auth(
-                    client["client_id"].as_str().expect("id"),
-                    client["client_secret"].as_str(),
-                )
-                .form(&[("grant_type", "client_credentials")]),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.json()["access_token"].as_str().expect("token").to_owned()
+    crate::common::client_token(app, &body).await
 }
 
 /// A request as `token`.
