@@ -117,6 +117,12 @@ enum ClientCommand {
         /// The URL the client publishes its JWKS at (private_key_jwt, no secret)
         #[arg(long)]
         jwks_url: Option<String>,
+        /// A SMART app's redirect URI (repeat for several): the authorization code flow
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        /// A public app: no secret, PKCE only
+        #[arg(long)]
+        public: bool,
     },
     /// List the registered clients (never their secrets)
     List,
@@ -298,6 +304,8 @@ async fn client(database_url: Option<String>, command: ClientCommand) -> anyhow:
             name,
             jwks_file,
             jwks_url,
+            redirect_uris,
+            public,
         } => {
             let jwks = match jwks_file {
                 Some(path) => {
@@ -323,6 +331,8 @@ async fn client(database_url: Option<String>, command: ClientCommand) -> anyhow:
                 name,
                 jwks,
                 jwks_url,
+                redirect_uris,
+                public,
             };
             let (client, secret) = auth::clients::register(&store, new)
                 .await

@@ -47,7 +47,19 @@ pub struct NewClient {
     /// ... or the URL it publishes them at. Such a client gets no secret.
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// A SMART app's exact redirect URIs (authorization code flow). Its tokens act with the
+    /// role of the user who signs in; the client's scopes cap what they may be granted.
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    /// A public app (no secret; PKCE alone protects its codes).
+    #[serde(default)]
+    pub public: bool,
 }
+
+/// Scopes an app with redirect URIs may be granted, besides the system ones
+/// (https://hl7.org/fhir/smart-app-launch/scopes-and-launch-context.html).
+pub const APP_SCOPES: &str = "patient/*.cruds user/*.cruds openid fhirUser launch launch/patient \
+                              offline_access online_access";
 
 /// A registered client as shown: never its secret.
 #[derive(Debug, Clone, Serialize)]
@@ -63,6 +75,8 @@ pub struct ClientView {
     pub token_endpoint_auth_method: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redirect_uris: Vec<String>,
 }
 
 impl From<ClientRecord> for ClientView {
@@ -70,9 +84,12 @@ impl From<ClientRecord> for ClientView {
         ClientView {
             token_endpoint_auth_method: if c.secret_hash.is_some() {
                 "client_secret_basic"
-            } else {
+            } else if c.jwks.is_some() || c.jwks_url.is_some() {
                 "private_key_jwt"
+            } else {
+                "none"
             },
+            redirect_uris: serde_json::from_str(&c.redirect_uris).unwrap_or_default(),
             client_id: c.client_id,
             role: c.role,
             organization: c.organization,
@@ -123,6 +140,7 @@ pub async fn register(
     }
     match (new.role, &new.organization) {
         (Role::Admin, Some(_)) => return invalid("admin clients belong to no organization"),
+        (Role::Patient, None) if !new.redirect_uris.is_empty() => {}
         (Role::Patient, _) => {
             return invalid(
                 "patient-facing apps sign in with the authorization code flow, not a client secret",
@@ -135,8 +153,25 @@ pub async fn register(
         }
         _ => {}
     }
+    for uri in &new.redirect_uris {
+        // Exact, absolute, without a fragment (RFC 6749 section 3.1.2).
+        match url::Url::parse(uri) {
+            Ok(u) if matches!(u.scheme(), "https" | "http") && u.fragment().is_none() => {}
+            _ => {
+                return invalid(
+                    "each redirect URI must be an absolute http(s) URL without a fragment",
+                );
+            }
+        }
+    }
+    if new.public && new.redirect_uris.is_empty() {
+        return invalid("a public client is an app: give its redirect_uris");
+    }
     let scope = new.scope.unwrap_or_else(|| ADMIN_SCOPE.to_owned());
-    let allowed: Vec<&str> = ADMIN_SCOPE.split_whitespace().collect();
+    let mut allowed: Vec<&str> = ADMIN_SCOPE.split_whitespace().collect();
+    if !new.redirect_uris.is_empty() {
+        allowed.extend(APP_SCOPES.split_whitespace());
+    }
     if let Some(bad) = scope
         .split_whitespace()
         .find(|s| !scope::covered(s, &allowed))
@@ -169,7 +204,7 @@ pub async fn register(
         return Err(RegisterError::Exists(client_id));
     }
     let keyed = jwks.is_some() || new.jwks_url.is_some();
-    let secret = (!keyed).then(new_secret);
+    let secret = (!keyed && !new.public).then(new_secret);
     let secret_hash = secret.as_deref().map(secret::hash).transpose()?;
     let record = ClientRecord {
         client_id,
@@ -180,7 +215,8 @@ pub async fn register(
         name: new.name,
         jwks,
         jwks_url: new.jwks_url,
-        redirect_uris: "[]".into(),
+        redirect_uris: serde_json::to_string(&new.redirect_uris)
+            .map_err(|e| RegisterError::Other(e.into()))?,
     };
     store.put_client(&record).await.map_err(map)?;
     Ok((record.into(), secret))

@@ -9,6 +9,7 @@
 //!   bearer token into a [`Principal`] for the handlers.
 
 pub mod assertion;
+pub mod authorize;
 pub mod clients;
 pub mod keys;
 pub mod policy;
@@ -18,6 +19,7 @@ pub mod scope;
 pub mod secret;
 pub mod tenancy;
 pub mod token;
+pub mod users;
 
 use std::fmt;
 

@@ -51,6 +51,7 @@ fn is_public(path: &str) -> bool {
             | "/fhir/.well-known/smart-configuration"
             | "/.well-known/openid-configuration"
             | "/auth/token"
+            | "/auth/authorize"
             | "/auth/jwks"
             | "/openapi.json"
     ) || path == "/docs"
@@ -215,7 +216,7 @@ impl IntoResponse for OAuthError {
 }
 
 /// An argon2 hash of a random secret nobody knows, for [`issue_token`]'s unknown clients.
-fn dummy_hash() -> &'static str {
+pub fn dummy_hash() -> &'static str {
     static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     HASH.get_or_init(|| {
         secret::hash(&uuid::Uuid::new_v4().to_string()).unwrap_or_else(|_| {
@@ -302,11 +303,17 @@ async fn issue_token(
     };
     let grant_type = field("grant_type")?
         .ok_or_else(|| OAuthError::new("invalid_request", "`grant_type` is missing"))?;
-    if grant_type != "client_credentials" {
-        return Err(OAuthError::new(
-            "unsupported_grant_type",
-            format!("grant_type `{grant_type}` is not supported"),
-        ));
+    match grant_type {
+        "client_credentials" => {}
+        "authorization_code" | "refresh_token" => {
+            return user_grant(state, headers, grant_type, &field).await;
+        }
+        _ => {
+            return Err(OAuthError::new(
+                "unsupported_grant_type",
+                format!("grant_type `{grant_type}` is not supported"),
+            ));
+        }
     }
 
     // Client authentication: exactly one method (RFC 6749 section 2.3).
@@ -369,6 +376,216 @@ async fn issue_token(
         "expires_in": token::ACCESS_TOKEN_SECONDS,
         "scope": granted,
     }))
+}
+
+/// 32 random bytes, base64url: authorization codes and refresh tokens.
+pub fn random_token() -> String {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The SHA-256 (hex) under which a code or refresh token is stored: a leaked table holds
+/// nothing that can be used.
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest as _;
+    hex_lower(&sha2::Sha256::digest(token.as_bytes()))
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// PKCE S256 (RFC 7636 section 4.6): the verifier's SHA-256, base64url, is the challenge.
+fn pkce_matches(verifier: &str, challenge: &str) -> bool {
+    use sha2::Digest as _;
+    let well_formed = (43..=128).contains(&verifier.len())
+        && verifier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+    well_formed
+        && base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(verifier.as_bytes()))
+            == challenge
+}
+
+/// Lifetime of a refresh token; each use replaces it.
+const REFRESH_SECONDS: i64 = 30 * 24 * 3600;
+
+/// Client authentication for the user grants: a confidential app by its secret or keys, a
+/// public one (registered without either) by its `client_id` alone.
+async fn authenticate_app(
+    state: &AppState,
+    headers: &HeaderMap,
+    field: &Field<'_>,
+) -> Result<ClientRecord, OAuthError> {
+    if field("client_assertion_type")?.is_some() || field("client_assertion")?.is_some() {
+        return authenticate_assertion(state, headers, field).await;
+    }
+    if basic_credentials(headers).is_some() || field("client_secret")?.is_some() {
+        return authenticate_secret(state, headers, field).await;
+    }
+    let id = field("client_id")?
+        .ok_or_else(|| OAuthError::new("invalid_client", "client authentication is required"))?;
+    let client = state
+        .store
+        .client(id)
+        .await
+        .map_err(|e| server_error("the client could not be read", e))?;
+    client
+        .filter(|c| c.secret_hash.is_none() && c.jwks.is_none() && c.jwks_url.is_none())
+        .ok_or_else(|| OAuthError::new("invalid_client", "unknown client, or it must authenticate"))
+}
+
+/// `authorization_code` (with PKCE) and `refresh_token`: tokens for the user who signed in.
+async fn user_grant(
+    state: &AppState,
+    headers: &HeaderMap,
+    grant_type: &str,
+    field: &Field<'_>,
+) -> Result<Value, OAuthError> {
+    let client = authenticate_app(state, headers, field).await?;
+    let required = |name: &str| {
+        field(name)?
+            .ok_or_else(|| OAuthError::new("invalid_request", format!("`{name}` is missing")))
+    };
+    let now = crate::store::now_micros() / 1_000_000;
+    let bad_grant = |msg: &str| OAuthError::new("invalid_grant", msg.to_owned());
+    let (username, scope, patient, nonce) = if grant_type == "authorization_code" {
+        let code = required("code")?;
+        let verifier = required("code_verifier")?;
+        let redirect_uri = required("redirect_uri")?;
+        let rec = state
+            .store
+            .take_code(&token_hash(code), now)
+            .await
+            .map_err(|e| server_error("the code could not be read", e))?
+            .ok_or_else(|| bad_grant("the code is unknown, used or expired"))?;
+        if rec.expires_at < now || rec.client_id != client.client_id {
+            return Err(bad_grant("the code is unknown, used or expired"));
+        }
+        if rec.redirect_uri != redirect_uri {
+            return Err(bad_grant(
+                "redirect_uri differs from the authorization request",
+            ));
+        }
+        if !pkce_matches(verifier, &rec.code_challenge) {
+            tracing::info!(client_id = %client.client_id, "code refused: PKCE verifier mismatch");
+            return Err(bad_grant(
+                "the code_verifier does not match the code_challenge",
+            ));
+        }
+        (rec.username, rec.scope, rec.patient, rec.nonce)
+    } else {
+        let presented = required("refresh_token")?;
+        let rec = state
+            .store
+            .take_refresh(&token_hash(presented))
+            .await
+            .map_err(|e| server_error("the refresh token could not be read", e))?
+            .ok_or_else(|| bad_grant("the refresh token is unknown, used or revoked"))?;
+        if rec.expires_at < now || rec.client_id != client.client_id {
+            return Err(bad_grant("the refresh token is unknown, used or revoked"));
+        }
+        // A refresh may narrow the scopes, never widen them (RFC 6749 section 6).
+        let scope = match field("scope")? {
+            None => rec.scope.clone(),
+            Some(asked) => {
+                let granted: Vec<&str> = rec.scope.split_whitespace().collect();
+                if let Some(s) = asked
+                    .split_whitespace()
+                    .find(|s| !scope::covered(s, &granted))
+                {
+                    return Err(OAuthError::new(
+                        "invalid_scope",
+                        format!("`{s}` was not granted to this refresh token"),
+                    ));
+                }
+                asked.split_whitespace().collect::<Vec<_>>().join(" ")
+            }
+        };
+        (rec.username, scope, rec.patient, None)
+    };
+    let user = state
+        .store
+        .user(&username)
+        .await
+        .map_err(|e| server_error("the user could not be read", e))?
+        .ok_or_else(|| bad_grant("the user no longer exists"))?;
+    let role = Role::parse(&user.role).ok_or_else(|| server_error("unknown role", &user.role))?;
+    let (issuer, audience) = (origin(state, headers), fhir_base(state, headers));
+    let access_token = token::issue(
+        &state.signing_key,
+        &issuer,
+        &audience,
+        &Grant {
+            client_id: &client.client_id,
+            subject: &user.username,
+            role,
+            organization: user.organization.as_deref(),
+            scope: &scope,
+            patient: patient.as_deref(),
+        },
+        now,
+    )
+    .map_err(|e| server_error("the token could not be signed", e))?;
+    let scopes: Vec<&str> = scope.split_whitespace().collect();
+    let mut body = json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": token::ACCESS_TOKEN_SECONDS,
+        "scope": scope,
+    });
+    if let Some(p) = &patient {
+        body["patient"] = json!(p);
+    }
+    if scopes.contains(&"openid") {
+        // OpenID Connect Core section 2; fhirUser per SMART (scopes-and-launch-context.html#scopes-for-requesting-identity-data).
+        let mut claims = json!({
+            "iss": issuer,
+            "sub": user.username,
+            "aud": client.client_id,
+            "iat": now,
+            "exp": now + token::ACCESS_TOKEN_SECONDS,
+        });
+        if let Some(n) = nonce {
+            claims["nonce"] = json!(n);
+        }
+        if scopes.contains(&"fhirUser")
+            && let Some(f) = &user.fhir_user
+        {
+            claims["fhirUser"] = json!(format!("{}/{f}", audience.trim_end_matches('/')));
+        }
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some(state.signing_key.kid.clone());
+        body["id_token"] = json!(
+            jsonwebtoken::encode(&header, &claims, &state.signing_key.encoding)
+                .map_err(|e| server_error("the id token could not be signed", e))?
+        );
+    }
+    if scopes.contains(&"offline_access") {
+        let refresh = random_token();
+        state
+            .store
+            .put_refresh(&crate::store::auth::RefreshRecord {
+                token_hash: token_hash(&refresh),
+                client_id: client.client_id.clone(),
+                username: user.username.clone(),
+                scope: scope.clone(),
+                patient: patient.clone(),
+                expires_at: now + REFRESH_SECONDS,
+            })
+            .await
+            .map_err(|e| server_error("the refresh token could not be stored", e))?;
+        body["refresh_token"] = json!(refresh);
+    }
+    tracing::info!(client_id = %client.client_id, role = %role, grant_type, "access token issued");
+    Ok(body)
 }
 
 /// A form field of the token request: absent, once, or an error when repeated.
@@ -441,16 +658,7 @@ async fn authenticate_secret(
         .as_ref()
         .and_then(|c| c.secret_hash.clone())
         .unwrap_or_else(|| dummy_hash().to_owned());
-    // argon2 is deliberately slow and takes memory (19 MiB per check with the defaults): off
-    // the async workers, and a few at a time, so that a flood of token requests waits in line
-    // instead of filling the blocking pool and the memory.
-    static ARGON2_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
-    let ok = match ARGON2_SLOTS.acquire().await {
-        Ok(_slot) => tokio::task::spawn_blocking(move || secret::verify(&client_secret, &hash))
-            .await
-            .unwrap_or(false),
-        Err(_) => false,
-    };
+    let ok = secret::verify_slowly(client_secret, hash).await;
     let Some(client) = client.filter(|c| c.secret_hash.is_some()) else {
         return Err(unknown());
     };
@@ -599,11 +807,12 @@ async fn jwks(State(state): State<AppState>) -> Response {
 
 /// The grant types, authentication methods and scopes this server supports; the discovery
 /// documents list the same.
-const GRANT_TYPES: &[&str] = &["client_credentials"];
+const GRANT_TYPES: &[&str] = &["client_credentials", "authorization_code", "refresh_token"];
 const AUTH_METHODS: &[&str] = &[
     "client_secret_basic",
     "client_secret_post",
     "private_key_jwt",
+    "none",
 ];
 
 fn scopes_supported() -> Vec<&'static str> {
@@ -612,6 +821,14 @@ fn scopes_supported() -> Vec<&'static str> {
         "system/*.rs",
         "system/*.read",
         "system/*.*",
+        "user/*.cruds",
+        "user/*.rs",
+        "patient/*.cruds",
+        "patient/*.rs",
+        "openid",
+        "fhirUser",
+        "launch/patient",
+        "offline_access",
     ]
 }
 
@@ -621,6 +838,7 @@ fn issuer_metadata(origin: &str) -> Value {
         "issuer": origin,
         "jwks_uri": format!("{origin}/auth/jwks"),
         "token_endpoint": format!("{origin}/auth/token"),
+        "authorization_endpoint": format!("{origin}/auth/authorize"),
         "grant_types_supported": GRANT_TYPES,
         "token_endpoint_auth_methods_supported": AUTH_METHODS,
         "token_endpoint_auth_signing_alg_values_supported": assertion::ALGORITHMS,
@@ -644,7 +862,14 @@ async fn smart_configuration(State(state): State<AppState>, headers: HeaderMap) 
         "permission-v1",
         "permission-v2",
         "client-confidential-symmetric",
-        "client-confidential-asymmetric"
+        "client-confidential-asymmetric",
+        "client-public",
+        "launch-standalone",
+        "context-standalone-patient",
+        "permission-patient",
+        "permission-user",
+        "permission-offline",
+        "sso-openid-connect"
     ]);
     doc["code_challenge_methods_supported"] = json!(["S256"]);
     json_document(&doc)

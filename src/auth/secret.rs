@@ -25,6 +25,19 @@ pub fn verify(secret: &str, phc: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// [`verify`] off the async workers and a few at a time: argon2 is deliberately slow and takes
+/// memory (19 MiB per check with the defaults), so a flood of sign-ins or token requests waits
+/// in line instead of filling the blocking pool and the memory.
+pub async fn verify_slowly(secret: String, phc: String) -> bool {
+    static ARGON2_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+    match ARGON2_SLOTS.acquire().await {
+        Ok(_slot) => tokio::task::spawn_blocking(move || verify(&secret, &phc))
+            .await
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

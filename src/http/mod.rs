@@ -45,6 +45,8 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir/", axum::routing::post(fhir_routes::system_bundle))
         .merge(crate::auth::routes::router())
         .merge(crate::auth::clients::router())
+        .merge(crate::auth::authorize::router())
+        .merge(crate::auth::users::router())
         .fallback(not_found)
         // Every endpoint but the public ones needs a bearer token (issue 4, item 9).
         .layer(axum::middleware::from_fn_with_state(

@@ -141,4 +141,183 @@ impl Store {
         });
         Ok(n == 1)
     }
+
+    /// A user by name.
+    pub async fn user(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        let sql = format!("select {USER_COLUMNS} from auth_user where username = $1");
+        Ok(
+            on_pool!(self, write, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(username).fetch_optional(pool).await?),
+        )
+    }
+
+    /// Every user, by name.
+    pub async fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let sql = format!("select {USER_COLUMNS} from auth_user order by username");
+        Ok(
+            on_pool!(self, write, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?),
+        )
+    }
+
+    /// Creates a user; false when the name is taken.
+    pub async fn insert_user(&self, u: &UserRecord) -> Result<bool, StoreError> {
+        let sql = format!(
+            "insert into auth_user ({USER_COLUMNS}, created_at) values ($1, $2, $3, $4, $5, $6, $7, $8) \
+             on conflict (username) do nothing"
+        );
+        let now = super::now_micros();
+        let n = on_pool!(self, write, pool => sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&u.username)
+            .bind(&u.password_hash)
+            .bind(&u.role)
+            .bind(&u.organization)
+            .bind(&u.fhir_user)
+            .bind(u.failed_logins)
+            .bind(u.locked_until)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(n == 1)
+    }
+
+    /// Removes a user; false when there was none.
+    pub async fn delete_user(&self, username: &str) -> Result<bool, StoreError> {
+        let sql = "delete from auth_user where username = $1";
+        let n = on_pool!(self, write, pool => sqlx::query(sql).bind(username).execute(pool).await?.rows_affected());
+        Ok(n > 0)
+    }
+
+    /// Records a sign-in attempt: a success clears the failures; a failure counts one more
+    /// and, at `max_failures` in a row, locks the account until `lock_until`.
+    pub async fn record_login(
+        &self,
+        username: &str,
+        success: bool,
+        max_failures: i64,
+        lock_until: i64,
+    ) -> Result<(), StoreError> {
+        if success {
+            let sql =
+                "update auth_user set failed_logins = 0, locked_until = null where username = $1";
+            on_pool!(self, write, pool => sqlx::query(sql).bind(username).execute(pool).await.map(|_| ())?);
+        } else {
+            let sql = "update auth_user set failed_logins = failed_logins + 1, locked_until = case \
+                       when failed_logins + 1 >= $2 then $3 else locked_until end where username = $1";
+            on_pool!(self, write, pool => sqlx::query(sql).bind(username).bind(max_failures).bind(lock_until).execute(pool).await.map(|_| ())?);
+        }
+        Ok(())
+    }
+
+    /// Stores an authorization code (by its hash).
+    pub async fn put_code(&self, c: &CodeRecord) -> Result<(), StoreError> {
+        let sql = "insert into auth_code (code_hash, client_id, redirect_uri, scope, username, \
+                   patient, code_challenge, nonce, expires_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+        on_pool!(self, write, pool => sqlx::query(sql)
+            .bind(&c.code_hash)
+            .bind(&c.client_id)
+            .bind(&c.redirect_uri)
+            .bind(&c.scope)
+            .bind(&c.username)
+            .bind(&c.patient)
+            .bind(&c.code_challenge)
+            .bind(&c.nonce)
+            .bind(c.expires_at)
+            .execute(pool)
+            .await
+            .map(|_| ())?);
+        Ok(())
+    }
+
+    /// Takes an authorization code: it is gone afterwards, whether or not the exchange
+    /// succeeds, so a code works once (RFC 6749 section 4.1.2). Expired codes go on the way.
+    pub async fn take_code(
+        &self,
+        code_hash: &str,
+        now: i64,
+    ) -> Result<Option<CodeRecord>, StoreError> {
+        let purge = "delete from auth_code where expires_at < $1";
+        let take = "delete from auth_code where code_hash = $1 returning code_hash, client_id, \
+                    redirect_uri, scope, username, patient, code_challenge, nonce, expires_at";
+        Ok(on_pool!(self, write, pool => {
+            let taken = sqlx::query_as(take).bind(code_hash).fetch_optional(pool).await?;
+            sqlx::query(purge).bind(now).execute(pool).await?;
+            taken
+        }))
+    }
+
+    /// Stores a refresh token (by its hash).
+    pub async fn put_refresh(&self, r: &RefreshRecord) -> Result<(), StoreError> {
+        let sql = "insert into auth_refresh (token_hash, client_id, username, scope, patient, \
+                   expires_at) values ($1, $2, $3, $4, $5, $6)";
+        on_pool!(self, write, pool => sqlx::query(sql)
+            .bind(&r.token_hash)
+            .bind(&r.client_id)
+            .bind(&r.username)
+            .bind(&r.scope)
+            .bind(&r.patient)
+            .bind(r.expires_at)
+            .execute(pool)
+            .await
+            .map(|_| ())?);
+        Ok(())
+    }
+
+    /// Uses a refresh token: marks it revoked and returns it, once; `None` when it is
+    /// unknown, used or revoked already.
+    pub async fn take_refresh(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<RefreshRecord>, StoreError> {
+        let sql = "update auth_refresh set revoked = true where token_hash = $1 and revoked = false \
+                   returning token_hash, client_id, username, scope, patient, expires_at";
+        Ok(
+            on_pool!(self, write, pool => sqlx::query_as(sql).bind(token_hash).fetch_optional(pool).await?),
+        )
+    }
+}
+
+/// A user of the login page, as stored.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct UserRecord {
+    pub username: String,
+    /// argon2 PHC string.
+    pub password_hash: String,
+    pub role: String,
+    pub organization: Option<String>,
+    /// `Patient/…`, `Practitioner/…`.
+    pub fhir_user: Option<String>,
+    pub failed_logins: i64,
+    /// Unix seconds.
+    pub locked_until: Option<i64>,
+}
+
+const USER_COLUMNS: &str =
+    "username, password_hash, role, organization, fhir_user, failed_logins, locked_until";
+
+/// An authorization code waiting for its exchange.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct CodeRecord {
+    pub code_hash: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub scope: String,
+    pub username: String,
+    pub patient: Option<String>,
+    /// PKCE S256 challenge (RFC 7636).
+    pub code_challenge: String,
+    pub nonce: Option<String>,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// A refresh token's grant.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct RefreshRecord {
+    pub token_hash: String,
+    pub client_id: String,
+    pub username: String,
+    pub scope: String,
+    pub patient: Option<String>,
+    /// Unix seconds.
+    pub expires_at: i64,
 }

@@ -23,4 +23,5 @@ mod search_quantity;
 mod search_reference;
 mod search_results;
 mod search_terminology;
+mod smart_apps;
 mod tenancy;

@@ -1,0 +1,187 @@
+//! People who sign in on the login page ([`super::authorize`]), managed by admins:
+//!
+//! - `POST /auth/users` `{"username", "password", "role", "organization"?, "fhirUser"?}`: 201;
+//! - `GET /auth/users`: the users, never their password hashes;
+//! - `DELETE /auth/users/{username}`: 204, or 404.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Principal, Role, secret};
+use crate::fhir::types::ResourceId;
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::store::auth::UserRecord;
+
+/// Shortest password accepted (NIST SP 800-63B section 5.1.1.2: at least 8).
+const MIN_PASSWORD: usize = 10;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NewUser {
+    pub username: String,
+    pub password: String,
+    pub role: Role,
+    #[serde(default)]
+    pub organization: Option<String>,
+    /// `Patient/<id>` for a patient (their patient in context), `Practitioner/<id>` etc.
+    #[serde(default)]
+    pub fhir_user: Option<String>,
+}
+
+/// A user as shown.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserView {
+    pub username: String,
+    pub role: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fhir_user: Option<String>,
+    pub locked: bool,
+}
+
+impl UserView {
+    fn of(u: UserRecord, now: i64) -> UserView {
+        UserView {
+            locked: u.locked_until.is_some_and(|t| t > now),
+            username: u.username,
+            role: u.role,
+            organization: u.organization,
+            fhir_user: u.fhir_user,
+        }
+    }
+}
+
+/// The patient id of a `fhirUser` of the form `Patient/<id>`.
+pub fn patient_of(fhir_user: Option<&str>) -> Option<&str> {
+    fhir_user?
+        .strip_prefix("Patient/")
+        .filter(|id| ResourceId::parse(id).is_some())
+}
+
+/// Checks a new user; the record to store.
+pub fn check(new: NewUser) -> Result<UserRecord, String> {
+    let name_ok = !new.username.is_empty()
+        && new.username.len() <= 128
+        && !new
+            .username
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control());
+    if !name_ok {
+        return Err("a username must be 1 to 128 characters, without spaces".into());
+    }
+    if new.password.chars().count() < MIN_PASSWORD {
+        return Err(format!(
+            "a password must be at least {MIN_PASSWORD} characters"
+        ));
+    }
+    match (new.role, &new.organization) {
+        (Role::Admin, Some(_)) => return Err("admins belong to no organization".into()),
+        (Role::Admin, None) => {}
+        (_, None) => return Err("users of this role need their organization".into()),
+        (_, Some(org)) if ResourceId::parse(org).is_none() => {
+            return Err("organization must be the id of an Organization resource".into());
+        }
+        _ => {}
+    }
+    if let Some(f) = &new.fhir_user {
+        let ok = f.split_once('/').is_some_and(|(ty, id)| {
+            crate::fhir::types::ResourceType::parse(ty).is_some() && ResourceId::parse(id).is_some()
+        });
+        if !ok {
+            return Err("fhirUser must be a relative reference such as Patient/123".into());
+        }
+    }
+    if new.role == Role::Patient && patient_of(new.fhir_user.as_deref()).is_none() {
+        return Err("a patient user needs fhirUser Patient/<id>: their own record".into());
+    }
+    let password_hash = secret::hash(&new.password).map_err(|e| e.to_string())?;
+    Ok(UserRecord {
+        username: new.username,
+        password_hash,
+        role: new.role.as_str().into(),
+        organization: new.organization,
+        fhir_user: new.fhir_user,
+        failed_logins: 0,
+        locked_until: None,
+    })
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/users", get(list).post(create))
+        .route("/auth/users/{username}", delete(remove))
+}
+
+fn may_manage(p: &Principal) -> Result<(), ApiError> {
+    super::policy::Policy::of(p, "").check_manage_clients()
+}
+
+fn now() -> i64 {
+    crate::store::now_micros() / 1_000_000
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Extension(p): Extension<Arc<Principal>>,
+    body: Result<Json<NewUser>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let result = async {
+        may_manage(&p)?;
+        let Json(new) = body.map_err(|e| ApiError::bad_request("structure", e.body_text()))?;
+        let record = check(new).map_err(|m| ApiError::bad_request("invalid", m))?;
+        if !state.store.insert_user(&record).await? {
+            return Err(ApiError::Conflict(format!(
+                "a user `{}` exists already",
+                record.username
+            )));
+        }
+        tracing::info!(role = %record.role, "user created");
+        Ok((StatusCode::CREATED, Json(UserView::of(record, now()))).into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn list(State(state): State<AppState>, Extension(p): Extension<Arc<Principal>>) -> Response {
+    let result = async {
+        may_manage(&p)?;
+        let t = now();
+        let users: Vec<UserView> = state
+            .store
+            .users()
+            .await?
+            .into_iter()
+            .map(|u| UserView::of(u, t))
+            .collect();
+        Ok::<_, ApiError>(Json(json!({ "users": users })).into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Extension(p): Extension<Arc<Principal>>,
+    Path(username): Path<String>,
+) -> Response {
+    let result = async {
+        may_manage(&p)?;
+        if state.store.delete_user(&username).await? {
+            Ok(StatusCode::NO_CONTENT.into_response())
+        } else {
+            Err(ApiError::NotFound("no such user".into()))
+        }
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
