@@ -52,6 +52,8 @@ fn is_public(path: &str) -> bool {
             | "/.well-known/openid-configuration"
             | "/auth/token"
             | "/auth/authorize"
+            | "/auth/introspect"
+            | "/auth/revoke"
             | "/auth/jwks"
             | "/openapi.json"
     ) || path == "/docs"
@@ -176,7 +178,7 @@ impl VerifiedTokens {
 }
 
 /// An OAuth error response (https://www.rfc-editor.org/rfc/rfc6749#section-5.2).
-struct OAuthError {
+pub(super) struct OAuthError {
     status: StatusCode,
     error: &'static str,
     description: String,
@@ -185,7 +187,7 @@ struct OAuthError {
 }
 
 impl OAuthError {
-    fn new(error: &'static str, description: impl Into<String>) -> OAuthError {
+    pub(super) fn new(error: &'static str, description: impl Into<String>) -> OAuthError {
         OAuthError {
             status: if error == "invalid_client" {
                 StatusCode::UNAUTHORIZED
@@ -228,7 +230,7 @@ pub fn dummy_hash() -> &'static str {
 
 /// A JSON answer that no cache may keep (token responses carry credentials,
 /// https://www.rfc-editor.org/rfc/rfc6749#section-5.1).
-fn no_store_json(status: StatusCode, body: &Value) -> Response {
+pub(super) fn no_store_json(status: StatusCode, body: &Value) -> Response {
     (
         status,
         [
@@ -279,28 +281,40 @@ async fn token_endpoint(
     }
 }
 
+/// The fields of an `application/x-www-form-urlencoded` OAuth request.
+pub(super) fn form_of(body: &[u8]) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// A form field: absent, once, or an error when repeated (RFC 6749 section 3.2: "parameters
+/// MUST NOT be included more than once").
+pub(super) fn single<'a>(
+    form: &'a [(String, String)],
+    name: &str,
+) -> Result<Option<&'a str>, OAuthError> {
+    let mut values = form
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str());
+    match (values.next(), values.next()) {
+        (Some(v), None) => Ok(Some(v)),
+        (None, _) => Ok(None),
+        (Some(_), Some(_)) => Err(OAuthError::new(
+            "invalid_request",
+            format!("`{name}` is repeated"),
+        )),
+    }
+}
+
 async fn issue_token(
     state: &AppState,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Value, OAuthError> {
-    let form: Vec<(String, String)> = url::form_urlencoded::parse(body)
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    let field = |name: &str| {
-        let mut values = form
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str());
-        match (values.next(), values.next()) {
-            (Some(v), None) => Ok(Some(v)),
-            (None, _) => Ok(None),
-            (Some(_), Some(_)) => Err(OAuthError::new(
-                "invalid_request",
-                format!("`{name}` is repeated"),
-            )),
-        }
-    };
+    let form = form_of(body);
+    let field = |name: &str| single(&form, name);
     let grant_type = field("grant_type")?
         .ok_or_else(|| OAuthError::new("invalid_request", "`grant_type` is missing"))?;
     match grant_type {
@@ -419,7 +433,7 @@ const REFRESH_SECONDS: i64 = 30 * 24 * 3600;
 
 /// Client authentication for the user grants: a confidential app by its secret or keys, a
 /// public one (registered without either) by its `client_id` alone.
-async fn authenticate_app(
+pub(super) async fn authenticate_app(
     state: &AppState,
     headers: &HeaderMap,
     field: &Field<'_>,
@@ -483,9 +497,10 @@ async fn user_grant(
         (rec.username, rec.scope, rec.patient, rec.nonce)
     } else {
         let presented = required("refresh_token")?;
+        let hash = token_hash(presented);
         let rec = state
             .store
-            .take_refresh(&token_hash(presented))
+            .live_refresh(&hash)
             .await
             .map_err(|e| server_error("the refresh token could not be read", e))?
             .ok_or_else(|| bad_grant("the refresh token is unknown, used or revoked"))?;
@@ -509,6 +524,13 @@ async fn user_grant(
                 asked.split_whitespace().collect::<Vec<_>>().join(" ")
             }
         };
+        // Used once: of two concurrent uses, one gets tokens.
+        let rec = state
+            .store
+            .take_refresh(&hash)
+            .await
+            .map_err(|e| server_error("the refresh token could not be read", e))?
+            .ok_or_else(|| bad_grant("the refresh token is unknown, used or revoked"))?;
         (rec.username, scope, rec.patient, None)
     };
     let user = state
@@ -589,9 +611,9 @@ async fn user_grant(
 }
 
 /// A form field of the token request: absent, once, or an error when repeated.
-type Field<'a> = dyn Fn(&str) -> Result<Option<&'a str>, OAuthError> + Sync + 'a;
+pub(super) type Field<'a> = dyn Fn(&str) -> Result<Option<&'a str>, OAuthError> + Sync + 'a;
 
-fn server_error(what: &str, e: impl std::fmt::Display) -> OAuthError {
+pub(super) fn server_error(what: &str, e: impl std::fmt::Display) -> OAuthError {
     tracing::error!(error = %e, "{what}");
     OAuthError {
         status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -839,6 +861,8 @@ fn issuer_metadata(origin: &str) -> Value {
         "jwks_uri": format!("{origin}/auth/jwks"),
         "token_endpoint": format!("{origin}/auth/token"),
         "authorization_endpoint": format!("{origin}/auth/authorize"),
+        "introspection_endpoint": format!("{origin}/auth/introspect"),
+        "revocation_endpoint": format!("{origin}/auth/revoke"),
         "grant_types_supported": GRANT_TYPES,
         "token_endpoint_auth_methods_supported": AUTH_METHODS,
         "token_endpoint_auth_signing_alg_values_supported": assertion::ALGORITHMS,

@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::auth::clients::router())
         .merge(crate::auth::authorize::router())
         .merge(crate::auth::users::router())
+        .merge(crate::auth::introspect::router())
         .fallback(not_found)
         // Every endpoint but the public ones needs a bearer token (issue 4, item 9).
         .layer(axum::middleware::from_fn_with_state(

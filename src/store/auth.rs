@@ -262,6 +262,29 @@ impl Store {
         Ok(())
     }
 
+    /// A refresh token that is neither used nor revoked, without using it.
+    pub async fn live_refresh(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<RefreshRecord>, StoreError> {
+        let sql = "select token_hash, client_id, username, scope, patient, expires_at from auth_refresh \
+                   where token_hash = $1 and revoked = false";
+        Ok(
+            on_pool!(self, write, pool => sqlx::query_as(sql).bind(token_hash).fetch_optional(pool).await?),
+        )
+    }
+
+    /// Revokes a refresh token of `client_id`; false when there is none.
+    pub async fn revoke_refresh(
+        &self,
+        token_hash: &str,
+        client_id: &str,
+    ) -> Result<bool, StoreError> {
+        let sql = "update auth_refresh set revoked = true where token_hash = $1 and client_id = $2";
+        let n = on_pool!(self, write, pool => sqlx::query(sql).bind(token_hash).bind(client_id).execute(pool).await?.rows_affected());
+        Ok(n > 0)
+    }
+
     /// Uses a refresh token: marks it revoked and returns it, once; `None` when it is
     /// unknown, used or revoked already.
     pub async fn take_refresh(

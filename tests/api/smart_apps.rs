@@ -112,9 +112,18 @@ async fn code_for(app: &TestApp, params: &[(String, String)], user: &str) -> Str
 }
 
 async fn token_request(app: &TestApp, form: &[(&str, &str)]) -> crate::common::Resp {
+    token_request_at(app, "token", form).await
+}
+
+/// A form POST to `/auth/{endpoint}`.
+async fn token_request_at(
+    app: &TestApp,
+    endpoint: &str,
+    form: &[(&str, &str)],
+) -> crate::common::Resp {
     app.send(
         reqwest::Client::new()
-            .post(format!("{}/auth/token", app.origin()))
+            .post(format!("{}/auth/{endpoint}", app.origin()))
             .form(form),
     )
     .await
@@ -395,6 +404,60 @@ async fn smart_app_launch(app: TestApp) {
     )
     .await;
     assert_eq!(r.json()["error"], "invalid_scope", "{}", r.text);
+
+    // A refused widening leaves the refresh token usable; introspection and revocation.
+    let introspect = |t: String| {
+        let (app, client_id) = (&app, &client_id);
+        async move {
+            let r = token_request_at(
+                app,
+                "introspect",
+                &[("token", &t), ("client_id", client_id)],
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            assert_eq!(r.header("cache-control"), Some("no-store"));
+            r.json()
+        }
+    };
+    let live = introspect(rotated.clone()).await;
+    assert_eq!(live["active"], true, "{live}");
+    assert_eq!(live["sub"], "pat1");
+    let live = introspect(access.clone()).await;
+    assert_eq!(
+        (live["active"].clone(), live["patient"].clone()),
+        (json!(true), json!(p1))
+    );
+    assert_eq!(
+        introspect("not-a-token".into()).await,
+        json!({"active": false})
+    );
+    let r = token_request_at(&app, "introspect", &[("token", &rotated)]).await;
+    assert_eq!(r.status, 401, "no client authentication: {}", r.text);
+    let r = token_request_at(
+        &app,
+        "revoke",
+        &[("token", &access), ("client_id", &client_id)],
+    )
+    .await;
+    assert_eq!(r.json()["error"], "unsupported_token_type", "{}", r.text);
+    let r = token_request_at(
+        &app,
+        "revoke",
+        &[("token", "unknown"), ("client_id", &client_id)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = token_request_at(
+        &app,
+        "revoke",
+        &[("token", &rotated), ("client_id", &client_id)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(introspect(rotated.clone()).await, json!({"active": false}));
+    let r = use_refresh(rotated.clone()).await;
+    assert_eq!(r.json()["error"], "invalid_grant", "revoked: {}", r.text);
 
     // Requests that cannot be trusted are refused on a page, never redirected.
     let mut bad = params.clone();

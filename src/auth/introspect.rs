@@ -1,0 +1,132 @@
+//! Token introspection (RFC 7662) and revocation (RFC 7009) for the apps and resource servers
+//! that hold our tokens. Both require client authentication, as at the token endpoint (a
+//! public app by its `client_id`).
+//!
+//! - `POST /auth/introspect` `token=…`: `{"active": true, …}` for a live access or refresh
+//!   token; `{"active": false}` for anything else, without saying why.
+//! - `POST /auth/revoke` `token=…`: a refresh token of the calling client is revoked; the
+//!   answer is 200 for unknown tokens too (RFC 7009 section 2.2). Access tokens live five
+//!   minutes and are checked without a database round trip, so they are not revocable:
+//!   `unsupported_token_type`.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+use super::routes::{
+    OAuthError, authenticate_app, fhir_base, form_of, no_store_json, origin, server_error, single,
+    token_hash,
+};
+use super::token;
+use crate::http::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/introspect", post(introspect_endpoint))
+        .route("/auth/revoke", post(revoke_endpoint))
+}
+
+fn now() -> i64 {
+    crate::store::now_micros() / 1_000_000
+}
+
+async fn introspect_endpoint(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match introspect(&state, &headers, &body).await {
+        Ok(v) => no_store_json(StatusCode::OK, &v),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn introspect(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Value, OAuthError> {
+    let form = form_of(body);
+    let field = |name: &str| single(&form, name);
+    let caller = authenticate_app(state, headers, &field).await?;
+    let presented =
+        field("token")?.ok_or_else(|| OAuthError::new("invalid_request", "`token` is missing"))?;
+    let (issuer, audience) = (origin(state, headers), fhir_base(state, headers));
+    if let Ok(p) = token::verify(&state.signing_key, &issuer, &audience, presented) {
+        let mut v = json!({
+            "active": true,
+            "token_type": "Bearer",
+            "scope": p.scopes.join(" "),
+            "client_id": p.client_id,
+            "sub": p.subject,
+            "exp": p.expires_at,
+            "iss": issuer,
+            "aud": audience,
+            "role": p.role,
+        });
+        if let Some(o) = p.organization {
+            v["organization"] = json!(o);
+        }
+        if let Some(pt) = p.patient {
+            v["patient"] = json!(pt);
+        }
+        return Ok(v);
+    }
+    let refresh = state
+        .store
+        .live_refresh(&token_hash(presented))
+        .await
+        .map_err(|e| server_error("the refresh token could not be read", e))?;
+    // Another client's refresh token is not the caller's business.
+    Ok(match refresh {
+        Some(r) if r.expires_at > now() && r.client_id == caller.client_id => json!({
+            "active": true,
+            "token_type": "refresh_token",
+            "scope": r.scope,
+            "client_id": r.client_id,
+            "sub": r.username,
+            "exp": r.expires_at,
+            "iss": issuer,
+        }),
+        _ => json!({"active": false}),
+    })
+}
+
+async fn revoke_endpoint(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match revoke(&state, &headers, &body).await {
+        Ok(()) => no_store_json(StatusCode::OK, &json!({})),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn revoke(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), OAuthError> {
+    let form = form_of(body);
+    let field = |name: &str| single(&form, name);
+    let caller = authenticate_app(state, headers, &field).await?;
+    let presented =
+        field("token")?.ok_or_else(|| OAuthError::new("invalid_request", "`token` is missing"))?;
+    let (issuer, audience) = (origin(state, headers), fhir_base(state, headers));
+    if token::verify(&state.signing_key, &issuer, &audience, presented).is_ok() {
+        return Err(OAuthError::new(
+            "unsupported_token_type",
+            "access tokens expire within five minutes and cannot be revoked; revoke the refresh token",
+        ));
+    }
+    let revoked = state
+        .store
+        .revoke_refresh(&token_hash(presented), &caller.client_id)
+        .await
+        .map_err(|e| server_error("the refresh token could not be revoked", e))?;
+    if revoked {
+        tracing::info!(client_id = %caller.client_id, "refresh token revoked");
+    }
+    Ok(())
+}
