@@ -12,13 +12,13 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::post;
 use serde_json::{Value, json};
 
 use super::routes::{
-    OAuthError, authenticate_app, fhir_base, form_of, no_store_json, origin, server_error, single,
+    OAuthError, authenticate_app, fhir_base, form_of, oauth_answer, origin, server_error, single,
     token_hash,
 };
 use super::token;
@@ -39,10 +39,7 @@ async fn introspect_endpoint(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match introspect(&state, &headers, &body).await {
-        Ok(v) => no_store_json(StatusCode::OK, &v),
-        Err(e) => e.into_response(),
-    }
+    oauth_answer(introspect(&state, &headers, &body).await)
 }
 
 async fn introspect(
@@ -101,10 +98,7 @@ async fn revoke_endpoint(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match revoke(&state, &headers, &body).await {
-        Ok(()) => no_store_json(StatusCode::OK, &json!({})),
-        Err(e) => e.into_response(),
-    }
+    oauth_answer(revoke(&state, &headers, &body).await.map(|()| json!({})))
 }
 
 async fn revoke(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), OAuthError> {

@@ -275,7 +275,12 @@ async fn token_endpoint(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match issue_token(&state, &headers, &body).await {
+    oauth_answer(issue_token(&state, &headers, &body).await)
+}
+
+/// An OAuth endpoint's JSON answer or error, never cached.
+pub(super) fn oauth_answer(r: Result<Value, OAuthError>) -> Response {
+    match r {
         Ok(v) => no_store_json(StatusCode::OK, &v),
         Err(e) => e.into_response(),
     }
