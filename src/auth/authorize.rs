@@ -8,6 +8,10 @@
 //! - `POST /auth/authorize`: the form's answer. Wrong passwords count against the account,
 //!   which is locked for [`LOCK_SECONDS`] after [`MAX_FAILURES`] in a row.
 //!
+//! - `POST /auth/launch` `{"patient"}` (with a token that may read that Patient): the `launch`
+//!   value of an EHR launch (https://hl7.org/fhir/smart-app-launch/app-launch.html#launch-app-ehr-launch),
+//!   a signed, five-minute context the app passes back with the `launch` scope.
+//!
 //! A request naming an unknown client or an unregistered redirect URI gets an error page and
 //! is never redirected (RFC 6749 section 4.1.2.1); other errors go back to the app.
 
@@ -36,7 +40,9 @@ pub const CODE_SECONDS: i64 = 60;
 const SIGN_IN_SECONDS: i64 = 300;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/auth/authorize", get(start).post(answer))
+    Router::new()
+        .route("/auth/authorize", get(start).post(answer))
+        .route("/auth/launch", axum::routing::post(new_launch))
 }
 
 /// The parameters of an authorization request, as sent and carried through the forms.
@@ -60,6 +66,9 @@ pub struct AuthRequest {
     pub code_challenge_method: String,
     #[serde(default)]
     pub nonce: Option<String>,
+    /// The EHR launch context ([`new_launch`]).
+    #[serde(default)]
+    pub launch: Option<String>,
 }
 
 const REQUEST_FIELDS: &[&str] = &[
@@ -72,6 +81,7 @@ const REQUEST_FIELDS: &[&str] = &[
     "code_challenge",
     "code_challenge_method",
     "nonce",
+    "launch",
 ];
 
 /// Where an invalid request is answered.
@@ -203,6 +213,12 @@ async fn check(
             &format!("the app may not be granted `{s}`"),
         ));
     }
+    if requested.contains(&"launch") && req.launch.is_none() {
+        return Err(back(
+            "invalid_request",
+            "the launch scope needs the launch value the EHR gave",
+        ));
+    }
     Ok(client)
 }
 
@@ -269,6 +285,99 @@ struct SignIn {
 }
 
 const SIGN_IN_AUDIENCE: &str = "vitalbridge-sign-in";
+const LAUNCH_AUDIENCE: &str = "vitalbridge-launch";
+/// Lifetime of an EHR launch context.
+const LAUNCH_SECONDS: i64 = 300;
+
+/// An EHR launch context, signed by this server.
+#[derive(Debug, Serialize, Deserialize)]
+struct Launch {
+    iss: String,
+    aud: String,
+    exp: i64,
+    patient: String,
+}
+
+/// Signs claims with the issuer's key (launch contexts, sign-ins between the pages).
+fn sign<T: Serialize>(state: &AppState, claims: &T) -> Option<String> {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(state.signing_key.kid.clone());
+    jsonwebtoken::encode(&header, claims, &state.signing_key.encoding).ok()
+}
+
+/// Claims [`sign`] made for `audience`, unexpired.
+fn verify_signed<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    token: &str,
+    audience: &str,
+) -> Option<T> {
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    v.set_issuer(&[origin(state, headers)]);
+    v.set_audience(&[audience]);
+    jsonwebtoken::decode::<T>(token, &state.signing_key.decoding, &v)
+        .ok()
+        .map(|d| d.claims)
+}
+
+fn verify_launch(state: &AppState, headers: &HeaderMap, launch: &str) -> Option<String> {
+    verify_signed::<Launch>(state, headers, launch, LAUNCH_AUDIENCE).map(|l| l.patient)
+}
+
+/// `POST /auth/launch`: an EHR (a clinician's session, or a backend acting for one) asks for
+/// the launch value of a patient it may read.
+async fn new_launch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::Extension(p): axum::Extension<std::sync::Arc<super::Principal>>,
+    body: Result<axum::Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    use crate::http::error::ApiError;
+    let result = async {
+        let axum::Json(body) =
+            body.map_err(|e| ApiError::bad_request("structure", e.body_text()))?;
+        let id = body
+            .get("patient")
+            .and_then(|v| v.as_str())
+            .and_then(ResourceId::parse)
+            .ok_or_else(|| ApiError::bad_request("invalid", "patient must be a Patient id"))?;
+        let base = fhir_base(&state, &headers);
+        let mut policy = super::policy::Policy::of(&p, &base);
+        if policy.sees_customers()
+            && let Some(own) = policy.own_org().map(str::to_owned)
+        {
+            policy = policy.with_customers(state.store.customer_orgs(&own, &base).await?);
+        }
+        policy.check("Patient", super::policy::Perm::Read)?;
+        let ty = ResourceType::parse("Patient")
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("Patient is a resource type")))?;
+        let visible = state
+            .store
+            .read(ty, &id)
+            .await?
+            .and_then(|v| v.content)
+            .is_some_and(|c| policy.sees("Patient", id.as_str(), &c));
+        if !visible {
+            return Err(ApiError::NotFound(format!("Patient/{id} is not known")));
+        }
+        let launch = sign(
+            &state,
+            &Launch {
+                iss: origin(&state, &headers),
+                aud: LAUNCH_AUDIENCE.into(),
+                exp: now() + LAUNCH_SECONDS,
+                patient: id.as_str().to_owned(),
+            },
+        )
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("the launch could not be signed")))?;
+        Ok(crate::auth::routes::no_store_json(
+            StatusCode::OK,
+            &serde_json::json!({"launch": launch, "expires_in": LAUNCH_SECONDS}),
+        ))
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
 
 fn now() -> i64 {
     crate::store::now_micros() / 1_000_000
@@ -334,6 +443,19 @@ async fn answer(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
     // `launch/patient` picks one they may see.
     let patient = if role == Role::Patient {
         patient_of(user.fhir_user.as_deref()).map(str::to_owned)
+    } else if let Some(launch) = req.launch.as_deref().filter(|_| scopes.contains(&"launch")) {
+        // EHR launch: the context the EHR signed, for a patient this user may see.
+        match verify_launch(&state, &headers, launch) {
+            Some(p) if may_see_patient(&state, &headers, &user, role, &p).await => Some(p),
+            _ => {
+                return login_page(
+                    &req,
+                    &client,
+                    StatusCode::FORBIDDEN,
+                    Some("the launch context is not valid for you"),
+                );
+            }
+        }
     } else if scopes.contains(&"launch/patient") {
         match field("patient") {
             Some(p) if may_see_patient(&state, &headers, &user, role, p).await => {
@@ -423,12 +545,9 @@ fn verify_sign_in(
     token: &str,
     req: &AuthRequest,
 ) -> Option<String> {
-    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
-    v.set_issuer(&[origin(state, headers)]);
-    v.set_audience(&[SIGN_IN_AUDIENCE]);
-    let data = jsonwebtoken::decode::<SignIn>(token, &state.signing_key.decoding, &v).ok()?;
-    let same = serde_json::to_string(req).ok()? == data.claims.req;
-    same.then_some(data.claims.sub)
+    let claims = verify_signed::<SignIn>(state, headers, token, SIGN_IN_AUDIENCE)?;
+    let same = serde_json::to_string(req).ok()? == claims.req;
+    same.then_some(claims.sub)
 }
 
 /// The principal of a signed-in user, to apply the access policy to what the pages show.
@@ -497,9 +616,7 @@ async fn picker(
         exp: now() + SIGN_IN_SECONDS,
         req: serde_json::to_string(req).unwrap_or_default(),
     };
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = Some(state.signing_key.kid.clone());
-    let Ok(sign_in) = jsonwebtoken::encode(&header, &claims, &state.signing_key.encoding) else {
+    let Some(sign_in) = sign(state, &claims) else {
         return page(StatusCode::INTERNAL_SERVER_ERROR, "Try again later", "");
     };
     let mut options = String::new();

@@ -204,7 +204,7 @@ async fn smart_app_launch(app: TestApp) {
                 .json(&json!({
                     "role": "patient", "public": true, "name": "Vitals app",
                     "redirect_uris": [REDIRECT],
-                    "scope": "patient/*.rs openid fhirUser launch/patient offline_access"
+                    "scope": "patient/*.rs openid fhirUser launch launch/patient offline_access"
                 })),
         )
         .await;
@@ -546,6 +546,74 @@ async fn smart_app_launch(app: TestApp) {
         observation_subjects(&r.json()),
         vec![format!("Patient/{p2}")]
     );
+
+    // EHR launch: the EHR asks for a launch value; the app brings it back with `launch`.
+    let launch_for = |patient: String| {
+        let app = &app;
+        async move {
+            let r = app
+                .send(
+                    app.client
+                        .post(format!("{}/auth/launch", app.origin()))
+                        .json(&json!({ "patient": patient })),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            r.json()["launch"].as_str().expect("launch").to_owned()
+        }
+    };
+    let ehr = auth_params(&app, &client_id, "launch patient/Observation.rs", &verifier);
+    let launch = launch_for(p2.clone()).await;
+    let (status, location, page) = post_form(
+        &app,
+        &with_fields(
+            &ehr,
+            &[
+                ("launch", &launch),
+                ("username", "doc1"),
+                ("password", PASSWORD),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, 303, "no picker in an EHR launch: {page}");
+    let code = query_param(&location.expect("loc"), "code").expect("code");
+    let r = exchange(&app, &client_id, &code, &verifier).await;
+    assert_eq!(r.json()["patient"], json!(p2), "{}", r.text);
+    let other_clinic = launch_for(p3.clone()).await;
+    // One signature character changed (not the last, whose low bits may be padding).
+    let at = launch.len() - 10;
+    let swap = if &launch[at..=at] == "A" { "B" } else { "A" };
+    let tampered = format!("{}{swap}{}", &launch[..at], &launch[at + 1..]);
+    for bad in [other_clinic.as_str(), tampered.as_str()] {
+        let (status, location, _) = post_form(
+            &app,
+            &with_fields(
+                &ehr,
+                &[
+                    ("launch", bad),
+                    ("username", "doc1"),
+                    ("password", PASSWORD),
+                ],
+            ),
+        )
+        .await;
+        assert_eq!((status, location), (403, None));
+    }
+    let (status, location, _) = get_authorize(&app, &ehr).await;
+    assert_eq!(status, 303, "the launch scope without a launch value");
+    assert_eq!(
+        query_param(&location.expect("loc"), "error").as_deref(),
+        Some("invalid_request")
+    );
+    let r = app
+        .send(
+            app.client
+                .post(format!("{}/auth/launch", app.origin()))
+                .json(&json!({"patient": "no-such-patient"})),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text);
 
     // Brute force: the account locks, and then even the right password is refused.
     for _ in 0..5 {
