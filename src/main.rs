@@ -90,6 +90,37 @@ enum Command {
         #[command(subcommand)]
         command: ClientCommand,
     },
+    /// Manage the people who sign in on the login page (SMART apps)
+    User {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user; the password comes from VB_USER_PASSWORD or the first line of stdin, never
+    /// from the command line (other users of the machine could read it there)
+    Add {
+        username: String,
+        /// admin, distributor, distributor-user, customer, customer-user or patient
+        #[arg(long)]
+        role: String,
+        /// The organization the user acts for (every role but admin)
+        #[arg(long)]
+        organization: Option<String>,
+        /// The FHIR resource the user is, e.g. Patient/123 (required for patients)
+        #[arg(long)]
+        fhir_user: Option<String>,
+    },
+    /// List the users (never their password hashes)
+    List,
+    /// Remove a user
+    Remove { username: String },
+    /// Clear a lockout after repeated failed sign-ins
+    Unlock { username: String },
 }
 
 #[derive(Subcommand)]
@@ -203,6 +234,7 @@ async fn run() -> std::process::ExitCode {
         Command::Reindex { db, batch } => reindex(db.database_url, batch).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Client { db, command } => client(db.database_url, command).await,
+        Command::User { db, command } => user(db.database_url, command).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -288,6 +320,71 @@ async fn reindex(database_url: Option<String>, batch: usize) -> anyhow::Result<(
         "vacuumed and analysed the index tables in {:.1} s",
         tidying.elapsed().as_secs_f64()
     );
+    store.close().await;
+    Ok(())
+}
+
+async fn user(database_url: Option<String>, command: UserCommand) -> anyhow::Result<()> {
+    use vitalbridge::auth;
+    let store = open_store(database_url).await?;
+    match command {
+        UserCommand::Add {
+            username,
+            role,
+            organization,
+            fhir_user,
+        } => {
+            let role = auth::Role::parse(&role).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown role `{role}`: admin, distributor, distributor-user, customer, customer-user or patient"
+                )
+            })?;
+            let password = match std::env::var("VB_USER_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            let record = auth::users::check(auth::users::NewUser {
+                username,
+                password,
+                role,
+                organization,
+                fhir_user,
+            })
+            .map_err(|e| anyhow::anyhow!(e))?;
+            if !store.insert_user(&record).await? {
+                anyhow::bail!("a user `{}` exists already", record.username);
+            }
+            println!("added {}", record.username);
+        }
+        UserCommand::List => {
+            for u in store.users().await? {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    u.username,
+                    u.role,
+                    u.organization.unwrap_or_default(),
+                    u.fhir_user.unwrap_or_default()
+                );
+            }
+        }
+        UserCommand::Remove { username } => {
+            if !store.delete_user(&username).await? {
+                anyhow::bail!("no user `{username}`");
+            }
+            println!("removed {username}");
+        }
+        UserCommand::Unlock { username } => {
+            if store.user(&username).await?.is_none() {
+                anyhow::bail!("no user `{username}`");
+            }
+            store.record_login(&username, true, 0, 0).await?;
+            println!("unlocked {username}");
+        }
+    }
     store.close().await;
     Ok(())
 }

@@ -854,6 +854,7 @@ fn scopes_supported() -> Vec<&'static str> {
         "patient/*.rs",
         "openid",
         "fhirUser",
+        "launch",
         "launch/patient",
         "offline_access",
     ]
@@ -894,6 +895,8 @@ async fn smart_configuration(State(state): State<AppState>, headers: HeaderMap) 
         "client-confidential-asymmetric",
         "client-public",
         "launch-standalone",
+        "launch-ehr",
+        "context-ehr-patient",
         "context-standalone-patient",
         "permission-patient",
         "permission-user",

@@ -645,3 +645,76 @@ async fn smart_app_launch(app: TestApp) {
     assert_eq!(doc2["locked"], true);
 }
 both!(smart_app_launch);
+
+/// `vitalbridge user add|list|unlock|remove`: the password is read from the environment or
+/// stdin, never an argument, and never shown again.
+async fn user_cli(backend: crate::common::Backend) {
+    use std::io::Write as _;
+    let db = crate::common::fresh_database(backend).await;
+    let cli = |args: &[&str], stdin: Option<&str>| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
+            .arg("user")
+            .args(args)
+            .args(["--database-url", &db])
+            .env_remove("VB_USER_PASSWORD")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("runs");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("written");
+        }
+        let out = child.wait_with_output().expect("exits");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let add = [
+        "add",
+        "nurse1",
+        "--role",
+        "customer-user",
+        "--organization",
+        "c1",
+        "--fhir-user",
+        "Practitioner/n1",
+    ];
+    let (ok, _, stderr) = cli(&add, Some(&format!("{PASSWORD}\n")));
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = cli(&add, Some(&format!("{PASSWORD}\n")));
+    assert!(!ok && stderr.contains("exists already"), "{stderr}");
+    let (ok, _, stderr) = cli(
+        &["add", "p9", "--role", "patient", "--organization", "c1"],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert!(!ok && stderr.contains("fhirUser Patient/"), "{stderr}");
+    let (ok, _, stderr) = cli(&["add", "short", "--role", "admin"], Some("abc\n"));
+    assert!(!ok && stderr.contains("at least"), "{stderr}");
+    let (ok, listing, _) = cli(&["list"], None);
+    assert!(ok);
+    assert_eq!(listing, "nurse1\tcustomer-user\tc1\tPractitioner/n1\n");
+    let (ok, stdout, _) = cli(&["unlock", "nurse1"], None);
+    assert!(ok && stdout.contains("unlocked"), "{stdout}");
+    let (ok, _, _) = cli(&["remove", "nurse1"], None);
+    assert!(ok);
+    let (ok, _, stderr) = cli(&["remove", "nurse1"], None);
+    assert!(!ok && stderr.contains("no user"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_cli_postgres() {
+    user_cli(crate::common::Backend::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_cli_sqlite() {
+    user_cli(crate::common::Backend::Sqlite).await
+}
