@@ -273,6 +273,91 @@ pub async fn client_token(app: &TestApp, body: &Value) -> String {
     r.json()["access_token"].as_str().expect("token").to_owned()
 }
 
+/// An access token for a patient of organization `org` whose record is `Patient/{patient_id}`,
+/// obtained the way a patient-facing app does: a public app with `patient/*.rs`, the user's
+/// sign-in on the login page, the authorization code with PKCE, the token exchange.
+pub async fn patient_app_token(app: &TestApp, org: &str, patient_id: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    const REDIRECT: &str = "http://patient-app.test/cb";
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let r = app
+        .send(
+            app.client
+                .post(format!("{}/auth/clients", app.origin()))
+                .json(&serde_json::json!({
+                    "role": "patient", "public": true, "redirect_uris": [REDIRECT],
+                    "scope": "patient/*.rs launch/patient"
+                })),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let client_id = r.json()["client_id"].as_str().expect("id").to_owned();
+    let (username, password) = (format!("patient-{suffix}"), format!("pw-{suffix}"));
+    let r = app
+        .send(
+            app.client
+                .post(format!("{}/auth/users", app.origin()))
+                .json(&serde_json::json!({
+                    "username": username, "password": password, "role": "patient",
+                    "organization": org, "fhirUser": format!("Patient/{patient_id}")
+                })),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let verifier = format!("verifier-{suffix}-{suffix}");
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()));
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let r = browser
+        .post(format!("{}/auth/authorize", app.origin()))
+        .form(&[
+            ("response_type", "code"),
+            ("client_id", &client_id),
+            ("redirect_uri", REDIRECT),
+            ("scope", "patient/*.rs launch/patient"),
+            ("state", "s"),
+            ("aud", &app.base),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+            ("username", &username),
+            ("password", &password),
+        ])
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 303);
+    let location = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    let code = url::Url::parse(&location)
+        .expect("url")
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .expect("code");
+    let r = app
+        .send(
+            reqwest::Client::new()
+                .post(format!("{}/auth/token", app.origin()))
+                .form(&[
+                    ("grant_type", "authorization_code"),
+                    ("code", &code),
+                    ("redirect_uri", REDIRECT),
+                    ("client_id", &client_id),
+                    ("code_verifier", &verifier),
+                ]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["patient"], patient_id);
+    r.json()["access_token"].as_str().expect("token").to_owned()
+}
+
 /// Runs an async test case on PostgreSQL and on SQLite.
 #[macro_export]
 macro_rules! both {

@@ -5,7 +5,8 @@
 //! The tenant tree: distributors `d1` and `d2`, with customers (clinics) `c1` under `d1` and `c2`
 //! under `d2`. Each clinic has a patient, a device, an Observation, an Invoice and a
 //! PractitionerRole. Clients of each role are registered through `POST /auth/clients` and get
-//! their tokens with client credentials, as real clients do.
+//! their tokens with client credentials, as real clients do; the patient role's token comes from
+//! a patient-facing app through the login page and the authorization code flow.
 
 use serde_json::{Value, json};
 
@@ -68,6 +69,19 @@ const GRANTS: &[(&str, [(&str, &str); 6])] = &[
             ("Invoice", ""),
             ("Organization", "rs"),
             ("PractitionerRole", "rs"),
+        ],
+    ),
+    // A patient-facing app of clinic c1's patient, with `patient/*.rs`: the patient's own
+    // compartment, read-only; nothing outside it, even in the patient's own clinic.
+    (
+        "patient",
+        [
+            ("Patient", "rs"),
+            ("Observation", "rs"),
+            ("Device", ""),
+            ("Invoice", ""),
+            ("Organization", ""),
+            ("PractitionerRole", ""),
         ],
     ),
 ];
@@ -171,6 +185,10 @@ async fn seed(app: &TestApp) {
 
 /// Registers a client of `role` through the admin API and returns an access token for it.
 pub async fn role_token(app: &TestApp, role: &str, org: Option<&str>) -> String {
+    if role == "patient" {
+        let org = org.expect("a patient's clinic");
+        return crate::common::patient_app_token(app, org, &fixture_id("Patient", org)).await;
+    }
     let mut body = json!({"role": role});
     if let Some(o) = org {
         body["organization"] = json!(o);
