@@ -123,7 +123,9 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
             (header::X_FRAME_OPTIONS, "DENY"),
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; form-action 'self'; frame-ancestors 'none'",
+                // No `form-action`: browsers apply it to the redirect that follows the form,
+                // which goes to the app's registered redirect URI on another origin.
+                "default-src 'none'; frame-ancestors 'none'",
             ),
         ],
         Html(html),

@@ -264,6 +264,13 @@ async fn smart_app_launch(app: TestApp) {
             .and_then(|v| v.to_str().ok()),
         Some("no-store")
     );
+    // No other site may frame the login page (clickjacking).
+    assert_eq!(
+        r.headers()
+            .get("x-frame-options")
+            .and_then(|v| v.to_str().ok()),
+        Some("DENY")
+    );
     let page = r.text().await.expect("page");
     assert!(
         page.contains("name=\"password\"") && page.contains("Vitals app"),
