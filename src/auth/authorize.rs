@@ -344,12 +344,7 @@ async fn new_launch(
             .and_then(ResourceId::parse)
             .ok_or_else(|| ApiError::bad_request("invalid", "patient must be a Patient id"))?;
         let base = fhir_base(&state, &headers);
-        let mut policy = super::policy::Policy::of(&p, &base);
-        if policy.sees_customers()
-            && let Some(own) = policy.own_org().map(str::to_owned)
-        {
-            policy = policy.with_customers(state.store.customer_orgs(&own, &base).await?);
-        }
+        let policy = super::policy::Policy::for_request(&p, &base, &state.store).await?;
         policy.check("Patient", super::policy::Perm::Read)?;
         let ty = ResourceType::parse("Patient")
             .ok_or_else(|| ApiError::internal(anyhow::anyhow!("Patient is a resource type")))?;

@@ -228,8 +228,9 @@ pub fn router() -> Router<AppState> {
         .route("/auth/clients/{client_id}", delete(remove))
 }
 
-/// The access policy of the caller (DESIGN.md rule 4: no handler checks roles itself).
-fn may_manage(p: &Principal) -> Result<(), ApiError> {
+/// The access policy of the caller (DESIGN.md rule 4: no handler checks roles itself): only
+/// admins manage clients and users.
+pub(super) fn may_manage(p: &Principal) -> Result<(), ApiError> {
     super::policy::Policy::of(p, "").check_manage_clients()
 }
 

@@ -21,8 +21,9 @@ use super::routes::{
     OAuthError, authenticate_app, fhir_base, form_of, oauth_answer, origin, server_error, single,
     token_hash,
 };
-use super::token;
+use super::{Principal, token};
 use crate::http::AppState;
+use crate::store::auth::ClientRecord;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -42,18 +43,47 @@ async fn introspect_endpoint(
     oauth_answer(introspect(&state, &headers, &body).await)
 }
 
+/// What both endpoints are asked: by which client, about which token, and that token's claims
+/// when it is one of our access tokens.
+struct Asked {
+    caller: ClientRecord,
+    token: String,
+    access: Option<Principal>,
+    issuer: String,
+    audience: String,
+}
+
+async fn asked(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Asked, OAuthError> {
+    let form = form_of(body);
+    let field = |name: &str| single(&form, name);
+    let caller = authenticate_app(state, headers, &field).await?;
+    let token = field("token")?
+        .ok_or_else(|| OAuthError::new("invalid_request", "`token` is missing"))?
+        .to_owned();
+    let (issuer, audience) = (origin(state, headers), fhir_base(state, headers));
+    let access = token::verify(&state.signing_key, &issuer, &audience, &token).ok();
+    Ok(Asked {
+        caller,
+        token,
+        access,
+        issuer,
+        audience,
+    })
+}
+
 async fn introspect(
     state: &AppState,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Value, OAuthError> {
-    let form = form_of(body);
-    let field = |name: &str| single(&form, name);
-    let caller = authenticate_app(state, headers, &field).await?;
-    let presented =
-        field("token")?.ok_or_else(|| OAuthError::new("invalid_request", "`token` is missing"))?;
-    let (issuer, audience) = (origin(state, headers), fhir_base(state, headers));
-    if let Ok(p) = token::verify(&state.signing_key, &issuer, &audience, presented) {
+    let Asked {
+        caller,
+        token: presented,
+        access,
+        issuer,
+        audience,
+    } = asked(state, headers, body).await?;
+    if let Some(p) = access {
         let mut v = json!({
             "active": true,
             "token_type": "Bearer",
@@ -75,7 +105,7 @@ async fn introspect(
     }
     let refresh = state
         .store
-        .live_refresh(&token_hash(presented))
+        .live_refresh(&token_hash(&presented))
         .await
         .map_err(|e| server_error("the refresh token could not be read", e))?;
     // Another client's refresh token is not the caller's business.
@@ -102,13 +132,8 @@ async fn revoke_endpoint(
 }
 
 async fn revoke(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), OAuthError> {
-    let form = form_of(body);
-    let field = |name: &str| single(&form, name);
-    let caller = authenticate_app(state, headers, &field).await?;
-    let presented =
-        field("token")?.ok_or_else(|| OAuthError::new("invalid_request", "`token` is missing"))?;
-    let (issuer, audience) = (origin(state, headers), fhir_base(state, headers));
-    if token::verify(&state.signing_key, &issuer, &audience, presented).is_ok() {
+    let a = asked(state, headers, body).await?;
+    if a.access.is_some() {
         return Err(OAuthError::new(
             "unsupported_token_type",
             "access tokens expire within five minutes and cannot be revoked; revoke the refresh token",
@@ -116,11 +141,11 @@ async fn revoke(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<()
     }
     let revoked = state
         .store
-        .revoke_refresh(&token_hash(presented), &caller.client_id)
+        .revoke_refresh(&token_hash(&a.token), &a.caller.client_id)
         .await
         .map_err(|e| server_error("the refresh token could not be revoked", e))?;
     if revoked {
-        tracing::info!(client_id = %caller.client_id, "refresh token revoked");
+        tracing::info!(client_id = %a.caller.client_id, "refresh token revoked");
     }
     Ok(())
 }

@@ -115,6 +115,23 @@ impl Policy {
         }
     }
 
+    /// [`Policy::of`] with a distributor's customers added ([`Policy::with_customers`]): the
+    /// policy of one request.
+    pub async fn for_request(
+        principal: &Principal,
+        base: &str,
+        store: &crate::store::Store,
+    ) -> Result<Policy, crate::store::StoreError> {
+        let policy = Policy::of(principal, base);
+        match policy.own_org().filter(|_| policy.sees_customers()) {
+            Some(own) => {
+                let customers = store.customer_orgs(own, base).await?;
+                Ok(policy.with_customers(customers))
+            }
+            None => Ok(policy),
+        }
+    }
+
     /// A policy that permits nothing (a request without a principal).
     pub fn none() -> Policy {
         Policy::default()

@@ -14,6 +14,7 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::clients::may_manage;
 use super::{Principal, Role, secret};
 use crate::fhir::types::ResourceId;
 use crate::http::AppState;
@@ -120,10 +121,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/auth/users", get(list).post(create))
         .route("/auth/users/{username}", delete(remove))
-}
-
-fn may_manage(p: &Principal) -> Result<(), ApiError> {
-    super::policy::Policy::of(p, "").check_manage_clients()
 }
 
 fn now() -> i64 {

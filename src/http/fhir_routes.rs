@@ -76,18 +76,9 @@ impl FromRequestParts<AppState> for Ctx {
             .map_err(IntoResponse::into_response)?;
         // The bearer-token gate (auth::routes::require_token) put the principal here.
         if let Some(p) = parts.extensions.get::<std::sync::Arc<Principal>>() {
-            let mut policy = Policy::of(p, &ctx.base);
-            if policy.sees_customers()
-                && let Some(own) = policy.own_org().map(str::to_owned)
-            {
-                let customers = state
-                    .store
-                    .customer_orgs(&own, &ctx.base)
-                    .await
-                    .map_err(|e| error_response(e.into(), ctx.n))?;
-                policy = policy.with_customers(customers);
-            }
-            ctx.policy = policy;
+            ctx.policy = Policy::for_request(p, &ctx.base, &state.store)
+                .await
+                .map_err(|e| error_response(e.into(), ctx.n))?;
         }
         Ok(ctx)
     }
