@@ -6,7 +6,8 @@
 #     when it answers; otherwise starts the distribution's cluster, or a private cluster in a
 #     temporary directory (initdb/pg_ctl, as the postgres user when run as root), installing the
 #     distribution package first when no PostgreSQL is installed at all. It never skips.
-#   - the official FHIR R4 examples (npm package hl7.fhir.r4.examples) for the round-trip test.
+#   - the official FHIR R4 examples (npm package hl7.fhir.r4.examples) for the round-trip test;
+#   - npm oidc-provider (tests/oidc), the real OpenID provider of the federation tests.
 # Then it checks formatting and lints and runs the whole test suite on both backends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,8 +82,17 @@ ensure_examples() {
   (cd "$dir" && npm pack --silent hl7.fhir.r4.examples >/dev/null && tar xzf hl7.fhir.r4.examples-*.tgz && rm -f hl7.fhir.r4.examples-*.tgz)
 }
 
+# A real OpenID provider for the federation tests (tests/oidc, npm oidc-provider, locked).
+ensure_oidc_provider() {
+  if [ -d tests/oidc/node_modules/oidc-provider ]; then return; fi
+  command -v npm >/dev/null 2>&1 || die "npm is needed for the OpenID provider of the federation tests"
+  log "installing the test OpenID provider (npm oidc-provider)"
+  npm ci --silent --no-audit --no-fund --prefix tests/oidc >/dev/null || die "could not install oidc-provider"
+}
+
 ensure_postgres
 ensure_examples
+ensure_oidc_provider
 export VB_FHIR_EXAMPLES="$PWD/target/fhir-examples/package"
 
 log "cargo fmt --check"

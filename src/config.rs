@@ -21,6 +21,8 @@ pub struct Settings {
     /// The issuer's signing key as PKCS#8 PEM (`VB_SIGNING_KEY_FILE`); by default one generated
     /// at the first start and kept in the database.
     pub signing_key_pem: Option<String>,
+    /// External OpenID providers whose access tokens are accepted (`VB_OIDC_PROVIDERS`).
+    pub oidc_providers: Vec<crate::auth::federation::ProviderConfig>,
 }
 
 impl Default for Settings {
@@ -33,6 +35,7 @@ impl Default for Settings {
             db_pool: 16,
             bootstrap_client: None,
             signing_key_pem: None,
+            oidc_providers: Vec::new(),
         }
     }
 }
@@ -70,6 +73,7 @@ impl fmt::Debug for Settings {
                 "signing_key_pem",
                 &self.signing_key_pem.as_ref().map(|_| "***"),
             )
+            .field("oidc_providers", &self.oidc_providers)
             .finish()
     }
 }

@@ -58,13 +58,20 @@ impl Application {
         let listener = TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let federation = auth::federation::Federation::new(settings.oidc_providers.clone());
         let state = AppState(Arc::new(Inner {
             store: store.clone(),
             settings,
             signing_key,
             verified_tokens: Default::default(),
+            federation,
             started: store::format_instant(store::now_micros()),
         }));
+        if !state.federation.is_empty() {
+            // In the background: a provider that is down must not delay or stop the start.
+            let s = state.clone();
+            tokio::spawn(async move { s.federation.discover_all().await });
+        }
         Ok(Application {
             listener,
             router: http::router(state),

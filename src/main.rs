@@ -66,6 +66,11 @@ enum Command {
         /// first start and kept in the database]
         #[arg(long, env = "VB_SIGNING_KEY_FILE")]
         signing_key_file: Option<std::path::PathBuf>,
+        /// External OpenID providers whose access tokens are accepted: a JSON array of
+        /// {"issuer", "audience", "role_claim", "role_map", "organization_claim", …} (see the
+        /// README), or the path of a file holding it
+        #[arg(long, env = "VB_OIDC_PROVIDERS")]
+        oidc_providers: Option<String>,
     },
     /// Apply the database migrations and exit
     Migrate {
@@ -202,7 +207,19 @@ async fn run() -> std::process::ExitCode {
             bootstrap_client_id,
             bootstrap_client_secret,
             signing_key_file,
+            oidc_providers,
         } => {
+            let oidc_providers = match oidc_providers
+                .as_deref()
+                .map(vitalbridge::auth::federation::parse_config)
+                .transpose()
+            {
+                Ok(list) => list.unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
             let signing_key_pem = match signing_key_file {
                 Some(path) => match std::fs::read_to_string(&path) {
                     Ok(pem) => Some(pem),
@@ -227,6 +244,7 @@ async fn run() -> std::process::ExitCode {
                 db_pool,
                 bootstrap_client,
                 signing_key_pem,
+                oidc_providers,
             })
             .await
         }

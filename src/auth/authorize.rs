@@ -558,6 +558,7 @@ fn principal_of(user: &UserRecord, role: Role) -> super::Principal {
         patient: None,
         token_id: String::new(),
         expires_at: 0,
+        issuer: None,
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod assertion;
 pub mod authorize;
 pub mod clients;
+pub mod federation;
 pub mod introspect;
 pub mod keys;
 pub mod policy;

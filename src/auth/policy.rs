@@ -560,6 +560,7 @@ mod tests {
             patient: None,
             token_id: "t".into(),
             expires_at: 0,
+            issuer: None,
         }
     }
 

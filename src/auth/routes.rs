@@ -97,7 +97,7 @@ pub async fn require_token(
     if is_public(req.uri().path()) {
         return next.run(req).await;
     }
-    match authenticate(&state, req.headers()) {
+    match authenticate(&state, req.headers()).await {
         Ok(p) => {
             req.extensions_mut().insert(p);
             next.run(req).await
@@ -106,7 +106,10 @@ pub async fn require_token(
     }
 }
 
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<super::Principal>, ApiError> {
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Arc<super::Principal>, ApiError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| ApiError::Unauthorized("a bearer access token is required".into()))?;
@@ -119,15 +122,38 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<super::Prin
         .ok_or_else(|| {
             ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into())
         })?;
-    let (issuer, audience) = (origin(state, headers), fhir_base(state, headers));
+    let (mut issuer, mut audience) = (origin(state, headers), fhir_base(state, headers));
+    // A token of a configured external provider is checked against that provider's keys and
+    // audience; any other goes through our own checks (and fails there if foreign).
+    let external = if state.federation.is_empty() {
+        None
+    } else {
+        super::federation::unverified_issuer(token).filter(|iss| state.federation.knows(iss))
+    };
+    if let Some(iss) = &external {
+        audience = state
+            .federation
+            .audience(iss)
+            .unwrap_or_default()
+            .to_owned();
+        issuer = iss.clone();
+    }
     let now = crate::store::now_micros() / 1_000_000;
     if let Some(p) = state.verified_tokens.get(token, &issuer, &audience, now) {
         return Ok(p);
     }
-    let p = Arc::new(
-        token::verify(&state.signing_key, &issuer, &audience, token)
+    let p = Arc::new(match &external {
+        Some(iss) => state
+            .federation
+            .verify(iss, token)
+            .await
+            .map_err(|e| match e {
+                token::TokenError::Unavailable => ApiError::Unavailable(e.to_string()),
+                _ => ApiError::Unauthorized(e.to_string()),
+            })?,
+        None => token::verify(&state.signing_key, &issuer, &audience, token)
             .map_err(|e| ApiError::Unauthorized(e.to_string()))?,
-    );
+    });
     state
         .verified_tokens
         .put(token, &issuer, &audience, p.clone(), now);

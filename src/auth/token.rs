@@ -52,6 +52,8 @@ pub struct Principal {
     pub token_id: String,
     /// Expiry, seconds since the epoch.
     pub expires_at: i64,
+    /// The external OpenID provider that issued the token; `None` for this server's own.
+    pub issuer: Option<String>,
 }
 
 /// What a token is issued for.
@@ -100,7 +102,7 @@ pub fn issue(
 pub enum TokenError {
     #[error("the access token is malformed")]
     Malformed,
-    #[error("the access token is not signed by this server's key")]
+    #[error("the access token is signed with a key its issuer does not publish")]
     UnknownKey,
     #[error("the access token's signature or algorithm is not valid")]
     BadSignature,
@@ -112,6 +114,28 @@ pub enum TokenError {
     WrongIssuer,
     #[error("the access token is for another audience")]
     WrongAudience,
+    /// An external provider's keys cannot be fetched now (503, not the client's fault).
+    #[error("the access token's issuer cannot be reached to check its keys")]
+    Unavailable,
+    /// An external provider's token whose claims name no usable role.
+    #[error("the access token grants no vitalbridge role: {0}")]
+    NoRole(String),
+}
+
+impl From<jsonwebtoken::errors::Error> for TokenError {
+    fn from(e: jsonwebtoken::errors::Error) -> TokenError {
+        use jsonwebtoken::errors::ErrorKind as K;
+        match e.kind() {
+            K::ExpiredSignature => TokenError::Expired,
+            K::ImmatureSignature => TokenError::NotYetValid,
+            K::InvalidIssuer => TokenError::WrongIssuer,
+            K::InvalidAudience => TokenError::WrongAudience,
+            K::InvalidSignature | K::InvalidAlgorithm | K::InvalidAlgorithmName => {
+                TokenError::BadSignature
+            }
+            _ => TokenError::Malformed,
+        }
+    }
 }
 
 /// Verifies `token` against our key, issuer and audience. Only RS256 with our `kid` is
@@ -135,19 +159,7 @@ pub fn verify(
     v.set_issuer(&[issuer]);
     v.set_audience(&[audience]);
     v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-    let data = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &v).map_err(|e| {
-        use jsonwebtoken::errors::ErrorKind as K;
-        match e.kind() {
-            K::ExpiredSignature => TokenError::Expired,
-            K::ImmatureSignature => TokenError::NotYetValid,
-            K::InvalidIssuer => TokenError::WrongIssuer,
-            K::InvalidAudience => TokenError::WrongAudience,
-            K::InvalidSignature | K::InvalidAlgorithm | K::InvalidAlgorithmName => {
-                TokenError::BadSignature
-            }
-            _ => TokenError::Malformed,
-        }
-    })?;
+    let data = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &v)?;
     let c = data.claims;
     Ok(Principal {
         client_id: c.client_id,
@@ -158,6 +170,7 @@ pub fn verify(
         patient: c.patient,
         token_id: c.jti,
         expires_at: c.exp,
+        issuer: None,
     })
 }
 

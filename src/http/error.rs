@@ -86,6 +86,10 @@ pub enum ApiError {
     /// A valid token whose scopes do not allow the request (403).
     #[error("forbidden")]
     Forbidden(String),
+    /// Something this request needs is down for now, e.g. the OpenID provider whose keys
+    /// would check its token (503).
+    #[error("unavailable")]
+    Unavailable(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -114,6 +118,7 @@ impl ApiError {
             ApiError::NotSupported(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -146,6 +151,7 @@ impl ApiError {
             ApiError::PreconditionFailed(m) | ApiError::Conflict(m) => one("conflict", m),
             ApiError::Unauthorized(m) => one("login", m),
             ApiError::Forbidden(m) => one("forbidden", m),
+            ApiError::Unavailable(m) => one("transient", m),
             ApiError::Internal(_) => {
                 let id = crate::http::request_id::current().unwrap_or_default();
                 one(

@@ -26,6 +26,8 @@ pub struct Inner {
     /// The issuer's key: signs and verifies access tokens.
     pub signing_key: crate::auth::keys::SigningKey,
     pub verified_tokens: crate::auth::routes::VerifiedTokens,
+    /// External OpenID providers and their keys.
+    pub federation: crate::auth::federation::Federation,
     /// Server start time as a FHIR instant (CapabilityStatement.date).
     pub started: String,
 }

@@ -375,6 +375,17 @@ macro_rules! both {
     };
 }
 
+/// Creates Organization `id` (as the admin), under `part_of` when given.
+pub async fn put_organization(app: &TestApp, id: &str, part_of: Option<&str>) {
+    let mut org =
+        serde_json::json!({"resourceType": "Organization", "id": id, "name": format!("Org {id}")});
+    if let Some(p) = part_of {
+        org["partOf"] = serde_json::json!({"reference": format!("Organization/{p}")});
+    }
+    let r = app.put(&format!("Organization/{id}"), &org).await;
+    assert!(r.status == 201 || r.status == 200, "{}", r.text);
+}
+
 pub fn patient(family: &str) -> Value {
     serde_json::json!({
         "resourceType": "Patient",

@@ -11,6 +11,7 @@ mod bundles;
 mod crud;
 mod errors;
 mod examples;
+mod federation;
 mod formats;
 mod granular_scopes;
 mod history;

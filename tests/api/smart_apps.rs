@@ -174,13 +174,7 @@ fn observation_subjects(bundle: &Value) -> Vec<String> {
 
 async fn smart_app_launch(app: TestApp) {
     for org in ["c1", "c2"] {
-        let r = app
-            .put(
-                &format!("Organization/{org}"),
-                &json!({"resourceType": "Organization", "id": org, "name": org}),
-            )
-            .await;
-        assert_eq!(r.status, 201, "{}", r.text);
+        crate::common::put_organization(&app, org, None).await;
     }
     let in_org = |family: &str, org: &str| {
         with(

@@ -158,13 +158,7 @@ async fn seed(app: &TestApp) {
         ("c1", Some("d1")),
         ("c2", Some("d2")),
     ] {
-        let mut org =
-            json!({"resourceType": "Organization", "id": id, "name": format!("Org {id}")});
-        if let Some(p) = part_of {
-            org["partOf"] = org_ref(p);
-        }
-        let r = app.put(&format!("Organization/{id}"), &org).await;
-        assert!(r.status == 201 || r.status == 200, "{}", r.text);
+        crate::common::put_organization(app, id, part_of).await;
     }
     for c in ["c1", "c2"] {
         for ty in [
