@@ -8,6 +8,11 @@
 #   git worktree add /tmp/base <commit> && (cd /tmp/base && cargo build --release)
 #   scripts/bench-ab.sh /tmp/base/target/release/vitalbridge target/release/vitalbridge
 #   SCENARIOS=create,read ROUNDS=3 scripts/bench-ab.sh A B C
+#
+# An argument `NAME=VALUE:BINARY` runs BINARY with that variable set, to compare settings of
+# one build, e.g. what the audit trail costs:
+#   SCENARIOS=read,create scripts/bench-ab.sh VB_AUDIT=off:target/release/vitalbridge \
+#     VB_AUDIT=on:target/release/vitalbridge
 set -uo pipefail
 
 SCENARIOS=${SCENARIOS:-create}
@@ -20,11 +25,14 @@ SECRET=ab-$RANDOM$RANDOM
 
 [ $# -ge 1 ] || { echo "usage: $0 BINARY..." >&2; exit 2; }
 for round in $(seq "$ROUNDS"); do
-  for bin in "$@"; do
+  for arg in "$@"; do
+    setting=()
+    bin=$arg
+    if [[ $arg == *=*:* ]]; then setting=("${arg%%:*}"); bin=${arg#*:}; fi
     db=vb_ab_$$_$round
     psql "$PG_ADMIN" -qc "drop database if exists $db" -c "create database $db" >/dev/null 2>&1
     # Builds before the authorization server ignore the bootstrap variables.
-    VB_LOG=warn VB_BOOTSTRAP_CLIENT_ID=ab VB_BOOTSTRAP_CLIENT_SECRET=$SECRET \
+    env "${setting[@]}" VB_LOG=warn VB_BOOTSTRAP_CLIENT_ID=ab VB_BOOTSTRAP_CLIENT_SECRET=$SECRET \
       DATABASE_URL="${PG_ADMIN%/*}/$db" "$bin" serve --listen "127.0.0.1:$PORT" &
     pid=$!
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
@@ -32,7 +40,7 @@ for round in $(seq "$ROUNDS"); do
     if "$bin" bench --help | grep -q -- --client-id; then
       auth=(--client-id ab --client-secret "$SECRET")
     fi
-    echo "== $bin, round $round"
+    echo "== ${setting[*]} $bin, round $round"
     "$bin" bench --base-url "http://127.0.0.1:$PORT/fhir" --clients "$CLIENTS" \
       --duration "$DURATION" --scenarios "$SCENARIOS" "${auth[@]}" | grep -E '^[a-z-]+ +[0-9]+ +[0-9.]+ +[0-9.]+ '
     kill $pid; wait $pid 2>/dev/null

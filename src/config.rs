@@ -23,6 +23,8 @@ pub struct Settings {
     pub signing_key_pem: Option<String>,
     /// External OpenID providers whose access tokens are accepted (`VB_OIDC_PROVIDERS`).
     pub oidc_providers: Vec<crate::auth::federation::ProviderConfig>,
+    /// Whether requests are recorded in the audit trail (`VB_AUDIT`, on by default).
+    pub audit: bool,
 }
 
 impl Default for Settings {
@@ -36,6 +38,7 @@ impl Default for Settings {
             bootstrap_client: None,
             signing_key_pem: None,
             oidc_providers: Vec::new(),
+            audit: true,
         }
     }
 }
@@ -74,6 +77,7 @@ impl fmt::Debug for Settings {
                 &self.signing_key_pem.as_ref().map(|_| "***"),
             )
             .field("oidc_providers", &self.oidc_providers)
+            .field("audit", &self.audit)
             .finish()
     }
 }

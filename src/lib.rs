@@ -3,6 +3,7 @@
 //! Rooms (DESIGN.md): `config`, `http`, `fhir`, `validate`, `search`, `store`. Tests and `main`
 //! build the same application through [`Application::build`].
 
+pub mod audit;
 pub mod auth;
 pub mod bench;
 pub mod config;
@@ -26,6 +27,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     store: Store,
+    audit: audit::Audit,
 }
 
 impl Application {
@@ -59,12 +61,18 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let federation = auth::federation::Federation::new(settings.oidc_providers.clone());
+        let audit = if settings.audit {
+            audit::Audit::start(store.clone())
+        } else {
+            audit::Audit::disabled()
+        };
         let state = AppState(Arc::new(Inner {
             store: store.clone(),
             settings,
             signing_key,
             verified_tokens: Default::default(),
             federation,
+            audit: audit.clone(),
             started: store::format_instant(store::now_micros()),
         }));
         if !state.federation.is_empty() {
@@ -76,6 +84,7 @@ impl Application {
             listener,
             router: http::router(state),
             store,
+            audit,
         })
     }
 
@@ -92,9 +101,15 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(self.listener, self.router)
+        // The peer address goes into audit rows (AuditEvent.agent.network).
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown)
             .await?;
+        // Audit rows of the last requests are written before the store closes.
+        self.audit.flush().await;
         self.store.close().await;
         Ok(())
     }

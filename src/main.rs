@@ -71,6 +71,10 @@ enum Command {
         /// README), or the path of a file holding it
         #[arg(long, env = "VB_OIDC_PROVIDERS")]
         oidc_providers: Option<String>,
+        /// Record every request in the audit trail (AuditEvent); `off` only where another
+        /// layer audits, or to measure what auditing costs
+        #[arg(long, env = "VB_AUDIT", default_value = "on", value_parser = ["on", "off"])]
+        audit: String,
     },
     /// Apply the database migrations and exit
     Migrate {
@@ -208,6 +212,7 @@ async fn run() -> std::process::ExitCode {
             bootstrap_client_secret,
             signing_key_file,
             oidc_providers,
+            audit,
         } => {
             let oidc_providers = match oidc_providers
                 .as_deref()
@@ -245,6 +250,7 @@ async fn run() -> std::process::ExitCode {
                 bootstrap_client,
                 signing_key_pem,
                 oidc_providers,
+                audit: audit == "on",
             })
             .await
         }

@@ -380,7 +380,25 @@ fn now() -> i64 {
     crate::store::now_micros() / 1_000_000
 }
 
-async fn answer(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+/// The login form's answer, with who tried (the client and the username typed) left for the
+/// audit trail.
+async fn answer(state: State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let field = |name: &str| {
+        url::form_urlencoded::parse(&body)
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    let who = crate::audit::Who {
+        client_id: field("client_id"),
+        subject: field("username"),
+        ..Default::default()
+    };
+    let mut resp = login(state, headers, body).await;
+    resp.extensions_mut().insert(who);
+    resp
+}
+
+async fn login(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&body)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();

@@ -99,8 +99,11 @@ pub async fn require_token(
     }
     match authenticate(&state, req.headers()).await {
         Ok(p) => {
-            req.extensions_mut().insert(p);
-            next.run(req).await
+            req.extensions_mut().insert(p.clone());
+            let mut resp = next.run(req).await;
+            // Who it was, for the audit trail around this gate.
+            resp.extensions_mut().insert(p);
+            resp
         }
         Err(e) => e.into_response(),
     }
@@ -301,7 +304,26 @@ async fn token_endpoint(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    oauth_answer(issue_token(&state, &headers, &body).await)
+    let answer = issue_token(&state, &headers, &body).await;
+    // Who asked, for the audit trail: the caller of the issued token, or the client the
+    // request named.
+    let who = match &answer {
+        Ok(v) => crate::audit::Who::from_token_response(v),
+        Err(_) => None,
+    }
+    .unwrap_or_else(|| crate::audit::Who {
+        client_id: match basic_credentials(&headers) {
+            Some(Ok((id, _))) => Some(id),
+            _ => form_of(&body)
+                .into_iter()
+                .find(|(k, _)| k == "client_id")
+                .map(|(_, v)| v),
+        },
+        ..Default::default()
+    });
+    let mut resp = oauth_answer(answer);
+    resp.extensions_mut().insert(who);
+    resp
 }
 
 /// An OAuth endpoint's JSON answer or error, never cached.

@@ -88,6 +88,8 @@ pub fn grants(role: Role, area: Area) -> Perms {
     use Area as A;
     use Role as R;
     perms(match (role, area) {
+        // The audit trail is written by the server only; admins read and search it.
+        (R::Admin, A::Audit) => "rs",
         (R::Admin, _) => "cruds",
         (_, A::Shared) => "rs",
         (_, A::Audit) => "",

@@ -33,6 +33,25 @@ pub fn router() -> Router<AppState> {
         .route("/Observation/$lastn", get(lastn))
         .route("/{type}/{id}/$everything", get(everything))
         .route("/metadata", get(metadata))
+        // The audit trail: read and searched here, written only by the server (crate::audit).
+        .route(
+            "/AuditEvent",
+            get(audit_search)
+                .post(audit_written_by_server)
+                .put(audit_written_by_server)
+                .delete(audit_written_by_server),
+        )
+        .route("/AuditEvent/_search", post(audit_search_post))
+        .route("/AuditEvent/_history", get(audit_written_by_server))
+        .route(
+            "/AuditEvent/{id}",
+            get(audit_read)
+                .put(audit_written_by_server)
+                .delete(audit_written_by_server)
+                .patch(audit_written_by_server),
+        )
+        .route("/AuditEvent/{id}/_history", get(audit_written_by_server))
+        .route("/AuditEvent/{id}/_history/{vid}", get(audit_vread))
         .route("/_history", get(history_system))
         .route(
             "/{type}",
@@ -643,6 +662,88 @@ async fn form_params(
 }
 
 /// `POST [type]/_search` with form parameters (search.html#Introduction): same results as GET.
+/// AuditEvent search on the audit trail (crate::audit::fhir); admins only.
+async fn audit_run(
+    state: &AppState,
+    ctx: &Ctx,
+    params: &[(String, String)],
+) -> Result<FhirResponse, ApiError> {
+    ctx.policy.check("AuditEvent", Perm::Search)?;
+    let q = crate::audit::fhir::parse(params);
+    let mut issues = q.invalid.clone();
+    if ctx.strict {
+        issues.extend(q.unknown.iter().map(|n| {
+            Issue::error(
+                "not-supported",
+                format!("search parameter '{n}' is not supported on AuditEvent"),
+            )
+        }));
+    }
+    if !issues.is_empty() {
+        return Err(ApiError::BadRequest(issues));
+    }
+    let bundle = crate::audit::fhir::search(&state.store, &q, &ctx.base).await?;
+    Ok(FhirResponse::new(StatusCode::OK, Payload::Value(bundle)))
+}
+
+async fn audit_search(State(state): State<AppState>, ctx: Ctx) -> Response {
+    let result = audit_run(&state, &ctx, &ctx.params).await;
+    ctx.respond(result)
+}
+
+async fn audit_search_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ctx: Ctx,
+    body: Body,
+) -> Response {
+    let result = async {
+        let params = form_params(&state, &ctx, &headers, body).await?;
+        audit_run(&state, &ctx, &params).await
+    }
+    .await;
+    ctx.respond(result)
+}
+
+async fn audit_read(State(state): State<AppState>, Path(id): Path<String>, ctx: Ctx) -> Response {
+    let result = async {
+        ctx.policy.check("AuditEvent", Perm::Read)?;
+        let v = crate::audit::fhir::read(&state.store, &id).await?;
+        Ok(FhirResponse::new(StatusCode::OK, Payload::Value(v)))
+    }
+    .await;
+    ctx.respond(result)
+}
+
+/// Every AuditEvent has one version.
+async fn audit_vread(
+    State(state): State<AppState>,
+    Path((id, vid)): Path<(String, String)>,
+    ctx: Ctx,
+) -> Response {
+    let result = async {
+        ctx.policy.check("AuditEvent", Perm::Read)?;
+        if vid != "1" {
+            return Err(ApiError::NotFound(format!(
+                "AuditEvent/{id} has no version {vid}"
+            )));
+        }
+        let v = crate::audit::fhir::read(&state.store, &id).await?;
+        Ok(FhirResponse::new(StatusCode::OK, Payload::Value(v)))
+    }
+    .await;
+    ctx.respond(result)
+}
+
+/// Writes and history of the audit trail: it is append-only and written by the server.
+async fn audit_written_by_server(ctx: Ctx) -> Response {
+    ctx.respond(Err(ApiError::MethodNotAllowed(
+        "AuditEvent is the server's audit trail: it is written by the server only, one \
+         version per event"
+            .into(),
+    )))
+}
+
 async fn search_post(
     State(state): State<AppState>,
     Path(ty): Path<String>,

@@ -28,6 +28,8 @@ pub struct Inner {
     pub verified_tokens: crate::auth::routes::VerifiedTokens,
     /// External OpenID providers and their keys.
     pub federation: crate::auth::federation::Federation,
+    /// The queue to the audit trail's writer.
+    pub audit: crate::audit::Audit,
     /// Server start time as a FHIR instant (CapabilityStatement.date).
     pub started: String,
 }
@@ -55,6 +57,11 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::auth::routes::require_token,
+        ))
+        // Around the token gate, so that refused requests are audited too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::record_requests,
         ))
         .with_state(state)
         // Outermost: the request id and its log span cover everything below, panics included.

@@ -19,22 +19,6 @@ pub struct ClientRecord {
     pub redirect_uris: String,
 }
 
-/// Runs `$body` with `$pool` bound to the pool for `$kind` (`read` or `write`) of either backend.
-macro_rules! on_pool {
-    ($store:expr, read, $pool:ident => $body:expr) => {
-        match $store {
-            Store::Pg { pool: $pool, .. } => $body,
-            Store::Sqlite { read: $pool, .. } => $body,
-        }
-    };
-    ($store:expr, write, $pool:ident => $body:expr) => {
-        match $store {
-            Store::Pg { pool: $pool, .. } => $body,
-            Store::Sqlite { write: $pool, .. } => $body,
-        }
-    };
-}
-
 const CLIENT_COLUMNS: &str =
     "client_id, secret_hash, role, organization, scope, name, jwks, jwks_url, redirect_uris";
 

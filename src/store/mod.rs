@@ -9,6 +9,23 @@
 //! functions once per sqlx driver, so the two backends cannot drift apart (rule 6). The few
 //! dialect differences are spelled out where they occur.
 
+/// Runs `$body` with `$pool` bound to the pool for `$kind` (`read` or `write`) of either backend.
+macro_rules! on_pool {
+    ($store:expr, read, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Pg { pool: $pool, .. } => $body,
+            Store::Sqlite { read: $pool, .. } => $body,
+        }
+    };
+    ($store:expr, write, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Pg { pool: $pool, .. } => $body,
+            Store::Sqlite { write: $pool, .. } => $body,
+        }
+    };
+}
+
+pub mod audit;
 pub mod auth;
 mod batch;
 pub mod query;

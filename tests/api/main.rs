@@ -2,6 +2,7 @@
 
 mod common;
 
+mod audit;
 mod auth;
 mod backend_services;
 mod batched_creates;

@@ -1,0 +1,435 @@
+//! The audit trail (issue 4, item 7; DESIGN.md room `audit`): every read, search, write, login
+//! and token request becomes an audit row — who (client, user, role, organization, issuer), what
+//! (type and id, never content or search values), when, outcome — served to admins as FHIR
+//! AuditEvent (https://hl7.org/fhir/R4/auditevent.html).
+//!
+//! Off the request path: the middleware hands each row to a bounded in-memory queue and returns;
+//! one background task writes what has queued in multi-row INSERTs, one transaction per batch,
+//! retrying with backoff while the database is down. A full queue makes requests wait for room
+//! rather than drop rows. Shutdown flushes the queue ([`Audit::flush`]).
+
+pub mod fhir;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auth::Principal;
+use crate::http::AppState;
+use crate::store::Store;
+use crate::store::audit::AuditRow;
+
+/// Rows waiting to be written, at most; beyond it requests wait for room.
+const QUEUE: usize = 65_536;
+/// Rows written per transaction, at most.
+const BATCH: usize = 2_000;
+
+/// Who made an audited request when the bearer-token gate did not say: the token endpoint and
+/// the login page put it in their response's extensions.
+#[derive(Debug, Clone, Default)]
+pub struct Who {
+    pub client_id: Option<String>,
+    pub subject: Option<String>,
+    pub role: Option<String>,
+    pub organization: Option<String>,
+}
+
+impl Who {
+    /// The caller named by the access token of a successful token response (ours, just issued:
+    /// its claims are read, not checked again).
+    pub fn from_token_response(body: &Value) -> Option<Who> {
+        let token = body.get("access_token")?.as_str()?;
+        let claims: Value = {
+            use base64::Engine as _;
+            let payload = token.split('.').nth(1)?;
+            serde_json::from_slice(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(payload)
+                    .ok()?,
+            )
+            .ok()?
+        };
+        let s = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+        Some(Who {
+            client_id: s("client_id"),
+            subject: s("sub"),
+            role: s("role"),
+            organization: s("org"),
+        })
+    }
+}
+
+enum Msg {
+    Row(Box<AuditRow>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The queue to the background writer; cheap to clone. A disabled trail records nothing.
+#[derive(Clone, Default)]
+pub struct Audit {
+    tx: Option<mpsc::Sender<Msg>>,
+}
+
+impl Audit {
+    /// Starts the background writer on `store`.
+    pub fn start(store: Store) -> Audit {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(writer(store, rx));
+        Audit { tx: Some(tx) }
+    }
+
+    /// Records nothing (`VB_AUDIT=off`).
+    pub fn disabled() -> Audit {
+        Audit { tx: None }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Queues a row; waits only when the queue is full.
+    pub async fn record(&self, row: AuditRow) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(Msg::Row(Box::new(row))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                let _ = tx.send(msg).await;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("the audit writer has stopped; an audit row is lost");
+            }
+        }
+    }
+
+    /// Returns once every row queued before the call is written.
+    pub async fn flush(&self) {
+        let Some(tx) = &self.tx else { return };
+        let (done, wait) = oneshot::channel();
+        if tx.send(Msg::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// Writes queued rows in batches until every sender is gone.
+async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
+    let mut msgs = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut msgs, BATCH).await > 0 {
+        let mut rows = Vec::with_capacity(msgs.len());
+        let mut flushed = Vec::new();
+        for m in msgs.drain(..) {
+            match m {
+                Msg::Row(r) => rows.push(*r),
+                Msg::Flush(done) => flushed.push(done),
+            }
+        }
+        let mut delay = Duration::from_millis(100);
+        while let Err(e) = store.insert_audit(&rows).await {
+            // Kept, not dropped: retried until the database takes them.
+            tracing::error!(error = %e, rows = rows.len(), "cannot write audit rows; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// What an audited request did: kind (`rest`, `login`, `token`), subtype (the FHIR restful
+/// interaction, or login/token/…), action (C R U D E) and the resource it named.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interaction {
+    pub kind: &'static str,
+    pub subtype: &'static str,
+    pub action: &'static str,
+    pub entity_type: Option<String>,
+    pub entity_id: Option<String>,
+}
+
+fn rest(
+    subtype: &'static str,
+    action: &'static str,
+    ty: Option<&str>,
+    id: Option<&str>,
+) -> Interaction {
+    Interaction {
+        kind: "rest",
+        subtype,
+        action,
+        entity_type: ty.map(str::to_owned),
+        entity_id: id.map(str::to_owned),
+    }
+}
+
+/// The interaction of a request, or `None` for what is not audited (capability and discovery
+/// documents, keys, liveness, the API docs, the login page itself).
+/// Codes: http://hl7.org/fhir/restful-interaction and http://hl7.org/fhir/audit-event-action
+/// (search, operations and Bundles are `E`, as in IHE BALP).
+pub fn classify(method: &Method, path: &str) -> Option<Interaction> {
+    let m = method.as_str();
+    if let Some(rest_of) = path.strip_prefix("/fhir") {
+        let segs: Vec<&str> = rest_of.split('/').filter(|s| !s.is_empty()).collect();
+        return Some(match (m, segs.as_slice()) {
+            (_, ["metadata"]) | (_, [".well-known", ..]) => return None,
+            ("GET", []) | ("POST", ["_search"]) => rest("search-system", "E", None, None),
+            ("POST", []) => rest("batch", "E", None, None),
+            (_, ["_history"]) => rest("history-system", "R", None, None),
+            (_, [op]) if op.starts_with('$') => rest("operation", "E", None, None),
+            ("GET", [ty]) | ("POST", [ty, "_search"]) => rest("search-type", "E", Some(ty), None),
+            ("POST", [ty]) => rest("create", "C", Some(ty), None),
+            ("PUT", [ty]) => rest("update", "U", Some(ty), None),
+            ("DELETE", [ty]) => rest("delete", "D", Some(ty), None),
+            (_, [ty, "_history"]) => rest("history-type", "R", Some(ty), None),
+            (_, [ty, op]) if op.starts_with('$') => rest("operation", "E", Some(ty), None),
+            ("GET", [ty, id]) => rest("read", "R", Some(ty), Some(id)),
+            ("PUT", [ty, id]) => rest("update", "U", Some(ty), Some(id)),
+            ("PATCH", [ty, id]) => rest("patch", "U", Some(ty), Some(id)),
+            ("DELETE", [ty, id]) => rest("delete", "D", Some(ty), Some(id)),
+            (_, [ty, id, "_history"]) => rest("history-instance", "R", Some(ty), Some(id)),
+            (_, [ty, id, "_history", _]) => rest("vread", "R", Some(ty), Some(id)),
+            (_, [ty, id, op]) if op.starts_with('$') => rest("operation", "E", Some(ty), Some(id)),
+            _ => rest("unknown", "E", None, None),
+        });
+    }
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let auth = |subtype, kind| Interaction {
+        kind,
+        subtype,
+        action: "E",
+        entity_type: None,
+        entity_id: None,
+    };
+    Some(match (m, segs.as_slice()) {
+        ("POST", ["auth", "token"]) => auth("token", "token"),
+        ("POST", ["auth", "introspect"]) => auth("introspect", "token"),
+        ("POST", ["auth", "revoke"]) => auth("revoke", "token"),
+        ("POST", ["auth", "authorize"]) => auth("login", "login"),
+        ("POST", ["auth", "launch"]) => auth("launch", "rest"),
+        // The user and client registries: what was managed, by its id.
+        (_, ["auth", registry @ ("clients" | "users"), rest_of @ ..]) => {
+            let ty = if *registry == "clients" {
+                "client"
+            } else {
+                "user"
+            };
+            let (subtype, action) = match (m, rest_of.is_empty()) {
+                ("GET", true) => ("search-type", "E"),
+                ("GET", false) => ("read", "R"),
+                ("POST", _) => ("create", "C"),
+                ("PUT" | "PATCH", _) => ("update", "U"),
+                ("DELETE", _) => ("delete", "D"),
+                _ => ("unknown", "E"),
+            };
+            let mut i = rest(subtype, action, Some(ty), rest_of.first().copied());
+            i.entity_type = Some(ty.to_owned());
+            i
+        }
+        _ => return None,
+    })
+}
+
+/// `type/id` of a `Location` or `Content-Location` (`…/fhir/Patient/1/_history/2`).
+fn located(location: &str) -> Option<(String, String)> {
+    let after = location.split("/fhir/").nth(1)?;
+    let mut segs = after.split('/');
+    Some((segs.next()?.to_owned(), segs.next()?.to_owned()))
+}
+
+/// http://hl7.org/fhir/audit-event-outcome: success, minor failure (the request's fault),
+/// serious failure (ours).
+fn outcome(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        0..=399 => "0",
+        400..=499 => "4",
+        _ => "8",
+    }
+}
+
+/// Records every audited request after it is answered. Outermost of the auth layers, so that
+/// refused tokens (401) are recorded too; the bearer-token gate and the token and login
+/// endpoints leave who it was in the response's extensions.
+pub async fn record_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if !state.audit.enabled() {
+        return next.run(req).await;
+    }
+    let Some(what) = classify(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let recorded = crate::store::now_micros();
+    let address = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let request_id = crate::http::request_id::current();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let (mut entity_type, mut entity_id) = (what.entity_type, what.entity_id);
+    if entity_id.is_none()
+        && matches!(what.subtype, "create" | "update")
+        && let Some((ty, id)) = resp
+            .headers()
+            .get(header::LOCATION)
+            .or_else(|| resp.headers().get(header::CONTENT_LOCATION))
+            .and_then(|v| v.to_str().ok())
+            .and_then(located)
+    {
+        entity_type = Some(ty);
+        entity_id = Some(id);
+    }
+    let mut row = AuditRow {
+        recorded,
+        kind: what.kind.into(),
+        subtype: what.subtype.into(),
+        action: what.action.into(),
+        outcome: outcome(status).into(),
+        status: i32::from(status.as_u16()),
+        entity_type,
+        entity_id,
+        address,
+        request_id,
+        ..Default::default()
+    };
+    if let Some(p) = resp.extensions().get::<Arc<Principal>>() {
+        row.client_id = Some(p.client_id.clone());
+        row.subject = Some(p.subject.clone());
+        row.role = Some(p.role.as_str().to_owned());
+        row.organization = p.organization.clone();
+        row.issuer = p.issuer.clone();
+    } else if let Some(w) = resp.extensions().get::<Who>() {
+        row.client_id = w.client_id.clone();
+        row.subject = w.subject.clone();
+        row.role = w.role.clone();
+        row.organization = w.organization.clone();
+    }
+    state.audit.record(row).await;
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(m: &str, p: &str) -> Option<(&'static str, &'static str, Option<String>, Option<String>)> {
+        classify(&m.parse().expect("method"), p)
+            .map(|i| (i.subtype, i.action, i.entity_type, i.entity_id))
+    }
+
+    fn some(
+        subtype: &'static str,
+        action: &'static str,
+        ty: Option<&str>,
+        id: Option<&str>,
+    ) -> Option<(&'static str, &'static str, Option<String>, Option<String>)> {
+        Some((
+            subtype,
+            action,
+            ty.map(str::to_owned),
+            id.map(str::to_owned),
+        ))
+    }
+
+    #[test]
+    fn requests_map_to_restful_interactions() {
+        let p = Some("Patient");
+        assert_eq!(c("GET", "/fhir/Patient/1"), some("read", "R", p, Some("1")));
+        assert_eq!(
+            c("GET", "/fhir/Patient/1/_history/3"),
+            some("vread", "R", p, Some("1"))
+        );
+        assert_eq!(
+            c("GET", "/fhir/Patient/1/_history"),
+            some("history-instance", "R", p, Some("1"))
+        );
+        assert_eq!(
+            c("GET", "/fhir/Patient/_history"),
+            some("history-type", "R", p, None)
+        );
+        assert_eq!(
+            c("GET", "/fhir/_history"),
+            some("history-system", "R", None, None)
+        );
+        assert_eq!(c("GET", "/fhir/Patient"), some("search-type", "E", p, None));
+        assert_eq!(
+            c("POST", "/fhir/Patient/_search"),
+            some("search-type", "E", p, None)
+        );
+        assert_eq!(c("GET", "/fhir"), some("search-system", "E", None, None));
+        assert_eq!(c("POST", "/fhir/"), some("batch", "E", None, None));
+        assert_eq!(c("POST", "/fhir/Patient"), some("create", "C", p, None));
+        assert_eq!(
+            c("PUT", "/fhir/Patient/1"),
+            some("update", "U", p, Some("1"))
+        );
+        assert_eq!(
+            c("PATCH", "/fhir/Patient/1"),
+            some("patch", "U", p, Some("1"))
+        );
+        assert_eq!(
+            c("DELETE", "/fhir/Patient/1"),
+            some("delete", "D", p, Some("1"))
+        );
+        assert_eq!(c("DELETE", "/fhir/Patient"), some("delete", "D", p, None));
+        assert_eq!(
+            c("GET", "/fhir/Observation/$lastn"),
+            some("operation", "E", Some("Observation"), None)
+        );
+        assert_eq!(
+            c("GET", "/fhir/Patient/1/$everything"),
+            some("operation", "E", p, Some("1"))
+        );
+        assert_eq!(c("POST", "/auth/token"), some("token", "E", None, None));
+        assert_eq!(c("POST", "/auth/authorize"), some("login", "E", None, None));
+        assert_eq!(
+            c("DELETE", "/auth/users/alice"),
+            some("delete", "D", Some("user"), Some("alice"))
+        );
+        for public in [
+            "/fhir/metadata",
+            "/fhir/.well-known/smart-configuration",
+            "/healthz",
+            "/docs",
+            "/auth/jwks",
+        ] {
+            assert_eq!(c("GET", public), None, "{public}");
+        }
+        assert_eq!(c("GET", "/auth/authorize"), None);
+    }
+
+    #[test]
+    fn created_resources_are_found_from_the_location() {
+        assert_eq!(
+            located("http://h/fhir/Observation/abc/_history/1"),
+            Some(("Observation".into(), "abc".into()))
+        );
+        assert_eq!(located("/elsewhere"), None);
+        assert_eq!(outcome(StatusCode::CREATED), "0");
+        assert_eq!(outcome(StatusCode::NOT_FOUND), "4");
+        assert_eq!(outcome(StatusCode::SERVICE_UNAVAILABLE), "8");
+    }
+
+    #[test]
+    fn token_responses_name_the_caller() {
+        use base64::Engine as _;
+        let b64 =
+            |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let token = format!(
+            "{}.{}.sig",
+            b64(&serde_json::json!({"alg": "RS256"})),
+            b64(
+                &serde_json::json!({"client_id": "c1", "sub": "c1", "role": "customer", "org": "o1"})
+            )
+        );
+        let w = Who::from_token_response(&serde_json::json!({"access_token": token})).expect("who");
+        assert_eq!(w.client_id.as_deref(), Some("c1"));
+        assert_eq!(w.role.as_deref(), Some("customer"));
+        assert_eq!(w.organization.as_deref(), Some("o1"));
+    }
+}
