@@ -25,6 +25,8 @@ pub struct Settings {
     pub oidc_providers: Vec<crate::auth::federation::ProviderConfig>,
     /// Whether requests are recorded in the audit trail (`VB_AUDIT`, on by default).
     pub audit: bool,
+    /// HTTPS instead of plain HTTP (`--tls-cert`, `--tls-key`, `--tls-client-ca`).
+    pub tls: Option<crate::http::tls::TlsFiles>,
 }
 
 impl Default for Settings {
@@ -39,6 +41,7 @@ impl Default for Settings {
             signing_key_pem: None,
             oidc_providers: Vec::new(),
             audit: true,
+            tls: None,
         }
     }
 }
@@ -78,6 +81,7 @@ impl fmt::Debug for Settings {
             )
             .field("oidc_providers", &self.oidc_providers)
             .field("audit", &self.audit)
+            .field("tls", &self.tls)
             .finish()
     }
 }

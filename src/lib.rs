@@ -28,6 +28,7 @@ pub struct Application {
     router: axum::Router,
     store: Store,
     audit: audit::Audit,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Application {
@@ -57,6 +58,11 @@ impl Application {
                 .await
                 .context("cannot create the bootstrap admin client")?;
         }
+        let tls = settings
+            .tls
+            .as_ref()
+            .map(http::tls::server_config)
+            .transpose()?;
         let listener = TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -85,6 +91,7 @@ impl Application {
             router: http::router(state),
             store,
             audit,
+            tls,
         })
     }
 
@@ -105,9 +112,29 @@ impl Application {
         let service = self
             .router
             .into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        match self.tls {
+            None => {
+                axum::serve(self.listener, service)
+                    .with_graceful_shutdown(shutdown)
+                    .await?
+            }
+            Some(config) => {
+                let handle = axum_server::Handle::new();
+                let on_shutdown = handle.clone();
+                tokio::spawn(async move {
+                    shutdown.await;
+                    // Like axum::serve: stop accepting, finish the requests in flight.
+                    on_shutdown.graceful_shutdown(None);
+                });
+                axum_server::from_tcp_rustls(
+                    self.listener.into_std()?,
+                    axum_server::tls_rustls::RustlsConfig::from_config(config),
+                )?
+                .handle(handle)
+                .serve(service)
+                .await?
+            }
+        }
         // Audit rows of the last requests are written before the store closes.
         self.audit.flush().await;
         self.store.close().await;

@@ -75,6 +75,15 @@ enum Command {
         /// layer audits, or to measure what auditing costs
         #[arg(long, env = "VB_AUDIT", default_value = "on", value_parser = ["on", "off"])]
         audit: String,
+        /// PEM certificate chain: serve HTTPS (HTTP/2 and HTTP/1.1) instead of plain HTTP
+        #[arg(long, env = "VB_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<std::path::PathBuf>,
+        /// PEM private key of the certificate
+        #[arg(long, env = "VB_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<std::path::PathBuf>,
+        /// PEM CA certificates: require client certificates they issued (mutual TLS)
+        #[arg(long, env = "VB_TLS_CLIENT_CA", requires = "tls_cert")]
+        tls_client_ca: Option<std::path::PathBuf>,
     },
     /// Apply the database migrations and exit
     Migrate {
@@ -213,6 +222,9 @@ async fn run() -> std::process::ExitCode {
             signing_key_file,
             oidc_providers,
             audit,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
         } => {
             let oidc_providers = match oidc_providers
                 .as_deref()
@@ -251,6 +263,13 @@ async fn run() -> std::process::ExitCode {
                 signing_key_pem,
                 oidc_providers,
                 audit: audit == "on",
+                tls: tls_cert
+                    .zip(tls_key)
+                    .map(|(cert, key)| vitalbridge::http::tls::TlsFiles {
+                        cert,
+                        key,
+                        client_ca: tls_client_ca,
+                    }),
             })
             .await
         }
@@ -272,9 +291,15 @@ async fn run() -> std::process::ExitCode {
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let db = redact_url(settings.database_url());
+    let scheme = match &settings.tls {
+        Some(t) if t.client_ca.is_some() => "https (client certificates required)",
+        Some(_) => "https",
+        None => "http",
+    };
     let app = Application::build(settings).await?;
     tracing::info!(
         addr = %app.local_addr()?,
+        scheme,
         database = %db,
         ready_ms = started.elapsed().as_millis() as u64,
         "vitalbridge ready; FHIR base /fhir"

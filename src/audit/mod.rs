@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use serde_json::Value;
@@ -66,8 +66,51 @@ impl Who {
     }
 }
 
+/// What the request path queues: cheap to make (static codes, the caller shared, not copied);
+/// the writer turns it into a row.
+pub struct Entry {
+    pub recorded: i64,
+    pub what: Interaction,
+    pub status: u16,
+    pub principal: Option<Arc<Principal>>,
+    pub who: Option<Who>,
+    pub address: Option<std::net::IpAddr>,
+    pub request_id: Option<String>,
+}
+
+impl Entry {
+    fn into_row(self) -> AuditRow {
+        let mut row = AuditRow {
+            recorded: self.recorded,
+            kind: self.what.kind.into(),
+            subtype: self.what.subtype.into(),
+            action: self.what.action.into(),
+            outcome: outcome(self.status).into(),
+            status: i32::from(self.status),
+            entity_type: self.what.entity_type,
+            entity_id: self.what.entity_id,
+            address: self.address.map(|a| a.to_string()),
+            request_id: self.request_id,
+            ..Default::default()
+        };
+        if let Some(p) = self.principal {
+            row.client_id = Some(p.client_id.clone());
+            row.subject = Some(p.subject.clone());
+            row.role = Some(p.role.as_str().to_owned());
+            row.organization = p.organization.clone();
+            row.issuer = p.issuer.clone();
+        } else if let Some(w) = self.who {
+            row.client_id = w.client_id;
+            row.subject = w.subject;
+            row.role = w.role;
+            row.organization = w.organization;
+        }
+        row
+    }
+}
+
 enum Msg {
-    Row(Box<AuditRow>),
+    Entry(Box<Entry>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -94,10 +137,10 @@ impl Audit {
         self.tx.is_some()
     }
 
-    /// Queues a row; waits only when the queue is full.
-    pub async fn record(&self, row: AuditRow) {
+    /// Queues an entry; waits only when the queue is full.
+    pub async fn record(&self, entry: Entry) {
         let Some(tx) = &self.tx else { return };
-        match tx.try_send(Msg::Row(Box::new(row))) {
+        match tx.try_send(Msg::Entry(Box::new(entry))) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(msg)) => {
                 let _ = tx.send(msg).await;
@@ -126,7 +169,7 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
         let mut flushed = Vec::new();
         for m in msgs.drain(..) {
             match m {
-                Msg::Row(r) => rows.push(*r),
+                Msg::Entry(e) => rows.push(e.into_row()),
                 Msg::Flush(done) => flushed.push(done),
             }
         }
@@ -245,8 +288,8 @@ fn located(location: &str) -> Option<(String, String)> {
 
 /// http://hl7.org/fhir/audit-event-outcome: success, minor failure (the request's fault),
 /// serious failure (ours).
-fn outcome(status: StatusCode) -> &'static str {
-    match status.as_u16() {
+fn outcome(status: u16) -> &'static str {
+    match status {
         0..=399 => "0",
         400..=499 => "4",
         _ => "8",
@@ -267,12 +310,11 @@ pub async fn record_requests(State(state): State<AppState>, req: Request, next: 
     let address = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
+        .map(|c| c.0.ip());
     let request_id = crate::http::request_id::current();
     let resp = next.run(req).await;
-    let status = resp.status();
-    let (mut entity_type, mut entity_id) = (what.entity_type, what.entity_id);
-    if entity_id.is_none()
+    let mut what = what;
+    if what.entity_id.is_none()
         && matches!(what.subtype, "create" | "update")
         && let Some((ty, id)) = resp
             .headers()
@@ -281,35 +323,19 @@ pub async fn record_requests(State(state): State<AppState>, req: Request, next: 
             .and_then(|v| v.to_str().ok())
             .and_then(located)
     {
-        entity_type = Some(ty);
-        entity_id = Some(id);
+        what.entity_type = Some(ty);
+        what.entity_id = Some(id);
     }
-    let mut row = AuditRow {
+    let entry = Entry {
         recorded,
-        kind: what.kind.into(),
-        subtype: what.subtype.into(),
-        action: what.action.into(),
-        outcome: outcome(status).into(),
-        status: i32::from(status.as_u16()),
-        entity_type,
-        entity_id,
+        what,
+        status: resp.status().as_u16(),
+        principal: resp.extensions().get::<Arc<Principal>>().cloned(),
+        who: resp.extensions().get::<Who>().cloned(),
         address,
         request_id,
-        ..Default::default()
     };
-    if let Some(p) = resp.extensions().get::<Arc<Principal>>() {
-        row.client_id = Some(p.client_id.clone());
-        row.subject = Some(p.subject.clone());
-        row.role = Some(p.role.as_str().to_owned());
-        row.organization = p.organization.clone();
-        row.issuer = p.issuer.clone();
-    } else if let Some(w) = resp.extensions().get::<Who>() {
-        row.client_id = w.client_id.clone();
-        row.subject = w.subject.clone();
-        row.role = w.role.clone();
-        row.organization = w.organization.clone();
-    }
-    state.audit.record(row).await;
+    state.audit.record(entry).await;
     resp
 }
 
@@ -410,9 +436,9 @@ mod tests {
             Some(("Observation".into(), "abc".into()))
         );
         assert_eq!(located("/elsewhere"), None);
-        assert_eq!(outcome(StatusCode::CREATED), "0");
-        assert_eq!(outcome(StatusCode::NOT_FOUND), "4");
-        assert_eq!(outcome(StatusCode::SERVICE_UNAVAILABLE), "8");
+        assert_eq!(outcome(201), "0");
+        assert_eq!(outcome(404), "4");
+        assert_eq!(outcome(503), "8");
     }
 
     #[test]

@@ -587,14 +587,23 @@ async fn may_see_patient(
     role: Role,
     id: &str,
 ) -> bool {
+    let policy = super::policy::Policy::of(&principal_of(user, role), &fhir_base(state, headers));
+    reads_patient(&state.store, &policy, id).await
+}
+
+/// Whether `policy` may read Patient `id`: it exists, and is within its tenancy and scopes.
+pub(super) async fn reads_patient(
+    store: &crate::store::Store,
+    policy: &super::policy::Policy,
+    id: &str,
+) -> bool {
     let (Some(ty), Some(rid)) = (ResourceType::parse("Patient"), ResourceId::parse(id)) else {
         return false;
     };
-    let policy = super::policy::Policy::of(&principal_of(user, role), &fhir_base(state, headers));
     if !policy.permits("Patient", super::policy::Perm::Read) {
         return false;
     }
-    match state.store.read(ty, &rid).await {
+    match store.read(ty, &rid).await {
         Ok(Some(v)) => v
             .content
             .as_deref()

@@ -373,6 +373,34 @@ impl Policy {
         }
     }
 
+    /// Whether it may manage sign-in accounts at all (`/auth/users`): admins; a clinic
+    /// (customer) for its staff and patients; a distributor for its own staff and its
+    /// customers' clinic accounts (issue 4, "Roles and tenancy").
+    pub fn check_manage_users(&self) -> Result<(), ApiError> {
+        if matches!(self.role, Role::Admin | Role::Customer | Role::Distributor) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "only admins, clinics and distributors manage users".into(),
+            ))
+        }
+    }
+
+    /// Whether it may create, see or remove a user of `role` acting for `organization`.
+    /// A distributor's policy must carry its customers ([`Policy::for_request`]).
+    pub fn may_manage_user(&self, role: Role, organization: Option<&str>) -> bool {
+        let own = organization.is_some() && organization == self.own_org();
+        match (self.role, role) {
+            (Role::Admin, _) => true,
+            (Role::Customer, Role::CustomerUser | Role::Patient) => own,
+            (Role::Distributor, Role::DistributorUser) => own,
+            (Role::Distributor, Role::Customer | Role::CustomerUser) => {
+                !own && organization.is_some() && self.sees_org(organization)
+            }
+            _ => false,
+        }
+    }
+
     /// True when the organizations it sees include `org`.
     fn sees_org(&self, org: Option<&str>) -> bool {
         match (&self.orgs, org) {

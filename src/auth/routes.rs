@@ -73,7 +73,12 @@ pub fn origin(state: &AppState, headers: &HeaderMap) -> String {
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .unwrap_or("localhost");
-            format!("http://{host}")
+            let scheme = if state.settings.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{host}")
         }
     }
 }

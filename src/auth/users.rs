@@ -1,8 +1,11 @@
-//! People who sign in on the login page ([`super::authorize`]), managed by admins:
+//! People who sign in on the login page ([`super::authorize`]), managed by admins, and within
+//! their tenancy by clinics (their staff and patients) and distributors (their staff and their
+//! customers' clinic accounts); see [`super::policy::Policy::may_manage_user`]:
 //!
 //! - `POST /auth/users` `{"username", "password", "role", "organization"?, "fhirUser"?}`: 201;
-//! - `GET /auth/users`: the users, never their password hashes;
-//! - `DELETE /auth/users/{username}`: 204, or 404.
+//! - `GET /auth/users`: the users the caller manages, never their password hashes;
+//! - `DELETE /auth/users/{username}`: 204, or 404 (also for a user the caller does not manage,
+//!   so that other tenants' usernames do not leak).
 
 use std::sync::Arc;
 
@@ -14,7 +17,7 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::clients::may_manage;
+use super::policy::Policy;
 use super::{Principal, Role, secret};
 use crate::fhir::types::ResourceId;
 use crate::http::AppState;
@@ -123,8 +126,20 @@ pub fn router() -> Router<AppState> {
         .route("/auth/users/{username}", delete(remove))
 }
 
+/// Whether `policy` manages the existing user `u`.
+fn manages(policy: &Policy, u: &UserRecord) -> bool {
+    Role::parse(&u.role).is_some_and(|r| policy.may_manage_user(r, u.organization.as_deref()))
+}
+
 fn now() -> i64 {
     crate::store::now_micros() / 1_000_000
+}
+
+/// The caller's policy for managing users, with a distributor's customers.
+async fn manager(state: &AppState, p: &Principal) -> Result<Policy, ApiError> {
+    let policy = Policy::for_request(p, "", &state.store).await?;
+    policy.check_manage_users()?;
+    Ok(policy)
 }
 
 async fn create(
@@ -133,8 +148,24 @@ async fn create(
     body: Result<Json<NewUser>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let result = async {
-        may_manage(&p)?;
+        let policy = manager(&state, &p).await?;
         let Json(new) = body.map_err(|e| ApiError::bad_request("structure", e.body_text()))?;
+        if !policy.may_manage_user(new.role, new.organization.as_deref()) {
+            return Err(ApiError::Forbidden(format!(
+                "a {} may not create {} users for that organization",
+                p.role, new.role
+            )));
+        }
+        // A clinic's patient user must be one of the clinic's patients.
+        if !policy.all_tenants()
+            && let Some(id) = patient_of(new.fhir_user.as_deref())
+            && !super::authorize::reads_patient(&state.store, &policy, id).await
+        {
+            return Err(ApiError::bad_request(
+                "invalid",
+                "fhirUser must be a Patient of the user's organization",
+            ));
+        }
         let record = check(new).map_err(|m| ApiError::bad_request("invalid", m))?;
         if !state.store.insert_user(&record).await? {
             return Err(ApiError::Conflict(format!(
@@ -151,13 +182,14 @@ async fn create(
 
 async fn list(State(state): State<AppState>, Extension(p): Extension<Arc<Principal>>) -> Response {
     let result = async {
-        may_manage(&p)?;
+        let policy = manager(&state, &p).await?;
         let t = now();
         let users: Vec<UserView> = state
             .store
             .users()
             .await?
             .into_iter()
+            .filter(|u| manages(&policy, u))
             .map(|u| UserView::of(u, t))
             .collect();
         Ok::<_, ApiError>(Json(json!({ "users": users })).into_response())
@@ -172,8 +204,13 @@ async fn remove(
     Path(username): Path<String>,
 ) -> Response {
     let result = async {
-        may_manage(&p)?;
-        if state.store.delete_user(&username).await? {
+        let policy = manager(&state, &p).await?;
+        let managed = state
+            .store
+            .user(&username)
+            .await?
+            .is_some_and(|u| manages(&policy, &u));
+        if managed && state.store.delete_user(&username).await? {
             Ok(StatusCode::NO_CONTENT.into_response())
         } else {
             Err(ApiError::NotFound("no such user".into()))

@@ -4,6 +4,7 @@ pub mod error;
 mod fhir_routes;
 pub mod format;
 pub mod request_id;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -69,6 +70,25 @@ pub fn router(state: AppState) -> Router {
             panic_response,
         ))
         .layer(axum::middleware::from_fn(request_id::middleware))
+        .layer(axum::middleware::from_fn(host_from_authority))
+}
+
+/// HTTP/2 names the host in `:authority`, which hyper gives as the URI's authority and not as a
+/// `Host` header (RFC 9113 section 8.3.1): copied into `Host`, so that the token issuer and the
+/// URLs in responses are the same over HTTP/1.1 and HTTP/2.
+async fn host_from_authority(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !req.headers().contains_key(header::HOST)
+        && let Some(v) = req
+            .uri()
+            .authority()
+            .and_then(|a| axum::http::HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    next.run(req).await
 }
 
 /// Liveness: the process answers and the database answers.

@@ -27,9 +27,6 @@ pub struct AuditRow {
 const COLUMNS: &str = "id, recorded, kind, subtype, action, outcome, status, client_id, subject, \
                        role, organization, issuer, entity_type, entity_id, address, request_id";
 
-/// Rows per INSERT statement: 15 values each stays under both backends' parameter limits.
-const ROWS_PER_STATEMENT: usize = 500;
-
 /// A value bound to a condition's placeholder.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AuditValue {
@@ -77,35 +74,52 @@ macro_rules! bind_all {
 }
 
 impl Store {
-    /// Appends audit rows, in statements of [`ROWS_PER_STATEMENT`], in one transaction.
+    /// Appends audit rows in one transaction. PostgreSQL takes them as one array per column
+    /// (`unnest`): one prepared statement whatever the batch size, no per-row parameters to
+    /// parse. SQLite, in process, takes them row by row through one prepared statement.
     pub async fn insert_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
-        on_pool!(self, write, pool => {
-            let mut tx = pool.begin().await?;
-            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                let mut sql = String::from(
-                    "insert into audit_event (recorded, kind, subtype, action, outcome, status, \
-                     client_id, subject, role, organization, issuer, entity_type, entity_id, \
-                     address, request_id) values ",
+        const INSERT: &str = "insert into audit_event (recorded, kind, subtype, action, outcome, \
+             status, client_id, subject, role, organization, issuer, entity_type, entity_id, \
+             address, request_id)";
+        match self {
+            Store::Pg { pool, .. } => {
+                let col = |f: fn(&AuditRow) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
+                let opt = |f: fn(&AuditRow) -> Option<&str>| rows.iter().map(f).collect::<Vec<_>>();
+                let sql = format!(
+                    "{INSERT} select * from unnest($1::bigint[], $2::text[], $3::text[], \
+                     $4::text[], $5::text[], $6::int[], $7::text[], $8::text[], $9::text[], \
+                     $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])"
                 );
-                for i in 0..chunk.len() {
-                    if i > 0 {
-                        sql.push(',');
-                    }
-                    sql.push('(');
-                    for c in 0..15 {
-                        if c > 0 {
-                            sql.push(',');
-                        }
-                        sql.push_str(&format!("${}", i * 15 + c + 1));
-                    }
-                    sql.push(')');
-                }
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for r in chunk {
-                    q = q
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(rows.iter().map(|r| r.recorded).collect::<Vec<i64>>())
+                    .bind(col(|r| &r.kind))
+                    .bind(col(|r| &r.subtype))
+                    .bind(col(|r| &r.action))
+                    .bind(col(|r| &r.outcome))
+                    .bind(rows.iter().map(|r| r.status).collect::<Vec<i32>>())
+                    .bind(opt(|r| r.client_id.as_deref()))
+                    .bind(opt(|r| r.subject.as_deref()))
+                    .bind(opt(|r| r.role.as_deref()))
+                    .bind(opt(|r| r.organization.as_deref()))
+                    .bind(opt(|r| r.issuer.as_deref()))
+                    .bind(opt(|r| r.entity_type.as_deref()))
+                    .bind(opt(|r| r.entity_id.as_deref()))
+                    .bind(opt(|r| r.address.as_deref()))
+                    .bind(opt(|r| r.request_id.as_deref()))
+                    .execute(pool)
+                    .await?;
+            }
+            Store::Sqlite { write, .. } => {
+                let sql = format!(
+                    "{INSERT} values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                     $14, $15)"
+                );
+                let mut tx = write.begin().await?;
+                for r in rows {
+                    sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                         .bind(r.recorded)
                         .bind(&r.kind)
                         .bind(&r.subtype)
@@ -120,12 +134,13 @@ impl Store {
                         .bind(&r.entity_type)
                         .bind(&r.entity_id)
                         .bind(&r.address)
-                        .bind(&r.request_id);
+                        .bind(&r.request_id)
+                        .execute(&mut *tx)
+                        .await?;
                 }
-                q.execute(&mut *tx).await?;
+                tx.commit().await?;
             }
-            tx.commit().await?;
-        });
+        }
         Ok(())
     }
 

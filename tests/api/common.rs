@@ -81,7 +81,12 @@ pub fn test_settings(database_url: &str) -> Settings {
 /// credentials with HTTP Basic authentication at the token endpoint (`origin` is the server's
 /// scheme, host and port).
 pub async fn admin_token(origin: &str) -> String {
-    let r = reqwest::Client::new()
+    admin_token_with(&reqwest::Client::new(), origin).await
+}
+
+/// [`admin_token`] through `http` (e.g. a client that trusts a test CA).
+pub async fn admin_token_with(http: &reqwest::Client, origin: &str) -> String {
+    let r = http
         .post(format!("{origin}/auth/token"))
         .basic_auth(
             // RFC 6749 section 2.3.1: form-urlencoded before Basic encoding.

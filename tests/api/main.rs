@@ -27,3 +27,5 @@ mod search_results;
 mod search_terminology;
 mod smart_apps;
 mod tenancy;
+mod tls;
+mod user_management;
