@@ -66,7 +66,8 @@ impl Application {
         let listener = TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        let federation = auth::federation::Federation::new(settings.oidc_providers.clone());
+        let federation = auth::federation::Federation::new(settings.oidc_providers.clone())
+            .context("cannot set up the external OpenID providers")?;
         let audit = if settings.audit {
             audit::Audit::start(store.clone())
         } else {

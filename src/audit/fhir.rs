@@ -147,7 +147,12 @@ fn date_cond(value: &str) -> Option<AuditCond> {
         Some(p @ ("eq" | "ne" | "gt" | "lt" | "ge" | "le" | "sa" | "eb")) => (p, &value[2..]),
         _ => ("eq", value),
     };
-    let (lo, hi) = parse_instant_range(rest)?;
+    let (lo, mut hi) = parse_instant_range(rest)?;
+    // An instant given to the second covers that second (search.html#date: the value's
+    // precision is its range); the trail records microseconds.
+    if lo == hi && !rest.contains('.') {
+        hi = lo + 999_999;
+    }
     let (sql, values) = match prefix {
         "eq" => ("(recorded >= ? and recorded <= ?)", vec![lo, hi]),
         "ne" => ("(recorded < ? or recorded > ?)", vec![lo, hi]),
@@ -202,7 +207,10 @@ pub fn parse(params: &[(String, String)]) -> AuditQuery {
             _ => None,
         };
         if let Some(col) = column {
-            q.conds.push(any_of(col, codes(value)));
+            match codes(value) {
+                c if c.is_empty() => q.invalid.push(bad("no value")),
+                c => q.conds.push(any_of(col, c)),
+            }
             continue;
         }
         match name.as_str() {
@@ -222,7 +230,7 @@ pub fn parse(params: &[(String, String)]) -> AuditQuery {
                 }),
             },
             "type" => {
-                let kinds = codes(value)
+                let kinds: Vec<String> = codes(value)
                     .into_iter()
                     .flat_map(|c| match c.as_str() {
                         "rest" => vec!["rest".to_owned()],
@@ -230,23 +238,38 @@ pub fn parse(params: &[(String, String)]) -> AuditQuery {
                         _ => vec![c],
                     })
                     .collect();
-                q.conds.push(any_of("kind", kinds));
+                if kinds.is_empty() {
+                    q.invalid.push(bad("no value"));
+                } else {
+                    q.conds.push(any_of("kind", kinds));
+                }
             }
             "date" => match date_cond(value) {
                 Some(c) => q.conds.push(c),
                 None => q.invalid.push(bad("not a FHIR date")),
             },
             "agent" => {
-                let orgs = value
+                let orgs: Vec<String> = value
                     .split(',')
-                    .map(|v| v.rsplit("Organization/").next().unwrap_or(v).to_owned())
+                    .map(|v| {
+                        v.rsplit("Organization/")
+                            .next()
+                            .unwrap_or(v)
+                            .trim()
+                            .to_owned()
+                    })
+                    .filter(|v| !v.is_empty())
                     .collect();
-                q.conds.push(any_of("organization", orgs));
+                if orgs.is_empty() {
+                    q.invalid.push(bad("no value"));
+                } else {
+                    q.conds.push(any_of("organization", orgs));
+                }
             }
             "entity" => {
                 let mut sql = Vec::new();
                 let mut values = Vec::new();
-                for v in value.split(',') {
+                for v in value.split(',').filter(|v| !v.trim().is_empty()) {
                     let local = v.split("/fhir/").last().unwrap_or(v);
                     match local.split_once('/') {
                         Some((t, id)) => {
@@ -260,10 +283,14 @@ pub fn parse(params: &[(String, String)]) -> AuditQuery {
                         }
                     }
                 }
-                q.conds.push(AuditCond {
-                    sql: format!("({})", sql.join(" or ")),
-                    values,
-                });
+                if sql.is_empty() {
+                    q.invalid.push(bad("no value"));
+                } else {
+                    q.conds.push(AuditCond {
+                        sql: format!("({})", sql.join(" or ")),
+                        values,
+                    });
+                }
             }
             "_count" => match value.parse::<i64>() {
                 Ok(n) if n >= 0 => q.count = n.min(MAX_COUNT),
@@ -371,8 +398,25 @@ mod tests {
         assert!(q.oldest_first);
         assert_eq!(q.count, 10);
         assert_eq!(q.unknown, ["foo"]);
-        let bad = parse(&p(&[("date", "yesterday"), ("_sort", "outcome")]));
-        assert_eq!(bad.invalid.len(), 2);
+        let bad = parse(&p(&[
+            ("date", "yesterday"),
+            ("_sort", "outcome"),
+            ("action", ""),
+            ("type", ","),
+            ("entity", ","),
+            ("agent", ""),
+        ]));
+        assert_eq!(bad.invalid.len(), 6);
+        assert!(bad.conds.is_empty());
+        // To the second: that whole second.
+        let c = date_cond("eq2026-12-01T10:00:00Z").expect("date");
+        assert_eq!(
+            c.values,
+            [
+                AuditValue::Int(1_796_119_200_000_000),
+                AuditValue::Int(1_796_119_200_999_999)
+            ]
+        );
     }
 
     #[test]

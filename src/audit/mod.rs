@@ -3,9 +3,9 @@
 //! (type and id, never content or search values), when, outcome — served to admins as FHIR
 //! AuditEvent (https://hl7.org/fhir/R4/auditevent.html).
 //!
-//! Off the request path: the middleware hands each row to a bounded in-memory queue and returns;
-//! one background task writes what has queued in multi-row INSERTs, one transaction per batch,
-//! retrying with backoff while the database is down. A full queue makes requests wait for room
+//! Off the request path: the middleware hands each entry to a bounded in-memory queue and
+//! returns; one background task gathers what arrives for up to [`GATHER`] and writes it in one
+//! statement and transaction, retrying with backoff while the database is down. A full queue makes requests wait for room
 //! rather than drop rows. Shutdown flushes the queue ([`Audit::flush`]).
 
 pub mod fhir;
@@ -29,7 +29,10 @@ use crate::store::audit::AuditRow;
 /// Rows waiting to be written, at most; beyond it requests wait for room.
 const QUEUE: usize = 65_536;
 /// Rows written per transaction, at most.
-const BATCH: usize = 2_000;
+const BATCH: usize = 4_000;
+/// How long the writer gathers entries after the first one before it writes them: one
+/// transaction (one WAL flush) per this interval under load, not one per request.
+const GATHER: Duration = Duration::from_millis(100);
 
 /// Who made an audited request when the bearer-token gate did not say: the token endpoint and
 /// the login page put it in their response's extensions.
@@ -87,10 +90,10 @@ impl Entry {
             action: self.what.action.into(),
             outcome: outcome(self.status).into(),
             status: i32::from(self.status),
-            entity_type: self.what.entity_type,
-            entity_id: self.what.entity_id,
+            entity_type: clean(self.what.entity_type),
+            entity_id: clean(self.what.entity_id),
             address: self.address.map(|a| a.to_string()),
-            request_id: self.request_id,
+            request_id: clean(self.request_id),
             ..Default::default()
         };
         if let Some(p) = self.principal {
@@ -100,10 +103,10 @@ impl Entry {
             row.organization = p.organization.clone();
             row.issuer = p.issuer.clone();
         } else if let Some(w) = self.who {
-            row.client_id = w.client_id;
-            row.subject = w.subject;
-            row.role = w.role;
-            row.organization = w.organization;
+            row.client_id = clean(w.client_id);
+            row.subject = clean(w.subject);
+            row.role = clean(w.role);
+            row.organization = clean(w.organization);
         }
         row
     }
@@ -165,6 +168,17 @@ impl Audit {
 async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
     let mut msgs = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut msgs, BATCH).await > 0 {
+        // Let entries gather (unless a flush waits or the batch is full already): senders only
+        // push to the queue meanwhile, nothing wakes this task per entry.
+        if msgs.len() < BATCH && !msgs.iter().any(|m| matches!(m, Msg::Flush(_))) {
+            tokio::time::sleep(GATHER).await;
+            while msgs.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(m) => msgs.push(m),
+                    Err(_) => break,
+                }
+            }
+        }
         let mut rows = Vec::with_capacity(msgs.len());
         let mut flushed = Vec::new();
         for m in msgs.drain(..) {
@@ -173,17 +187,46 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
                 Msg::Flush(done) => flushed.push(done),
             }
         }
-        let mut delay = Duration::from_millis(100);
-        while let Err(e) = store.insert_audit(&rows).await {
-            // Kept, not dropped: retried until the database takes them.
-            tracing::error!(error = %e, rows = rows.len(), "cannot write audit rows; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(30));
-        }
+        write(&store, &rows).await;
         for done in flushed {
             let _ = done.send(());
         }
     }
+}
+
+/// Writes a batch. While the database is down the batch is kept and retried with backoff; after
+/// a few failures the rows go one by one, so that a row the database refuses whatever happens
+/// is logged and dropped rather than stopping the trail.
+async fn write(store: &Store, rows: &[AuditRow]) {
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1.. {
+        let Err(e) = store.insert_audit(rows).await else {
+            return;
+        };
+        tracing::error!(error = %e, rows = rows.len(), attempt, "cannot write audit rows; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+        if attempt >= 3 && store.ping().await {
+            // The database answers, so some row is refused: one by one.
+            for row in rows {
+                if let Err(e) = store.insert_audit(std::slice::from_ref(row)).await {
+                    tracing::error!(error = %e, subtype = %row.subtype, "an audit row was refused and is dropped");
+                }
+            }
+            return;
+        }
+    }
+}
+
+/// Text from the request (a typed username, a client id) as stored: without control characters
+/// (PostgreSQL refuses NUL in text) and at most 256 characters.
+fn clean(s: Option<String>) -> Option<String> {
+    s.map(|s| {
+        if s.len() <= 256 && !s.chars().any(char::is_control) {
+            return s;
+        }
+        s.chars().filter(|c| !c.is_control()).take(256).collect()
+    })
 }
 
 /// What an audited request did: kind (`rest`, `login`, `token`), subtype (the FHIR restful
@@ -306,16 +349,30 @@ pub async fn record_requests(State(state): State<AppState>, req: Request, next: 
     let Some(what) = classify(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
-    let recorded = crate::store::now_micros();
     let address = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let request_id = crate::http::request_id::current();
+    // Recorded even when the client goes away before the answer (the future is dropped, a
+    // write may still commit): then as status 499, client closed request.
+    let mut pending = Pending {
+        audit: state.audit.clone(),
+        entry: Some(Entry {
+            recorded: crate::store::now_micros(),
+            what,
+            status: 499,
+            principal: None,
+            who: None,
+            address,
+            request_id: crate::http::request_id::current(),
+        }),
+    };
     let resp = next.run(req).await;
-    let mut what = what;
-    if what.entity_id.is_none()
-        && matches!(what.subtype, "create" | "update")
+    let Some(mut entry) = pending.entry.take() else {
+        return resp;
+    };
+    if entry.what.entity_id.is_none()
+        && matches!(entry.what.subtype, "create" | "update")
         && let Some((ty, id)) = resp
             .headers()
             .get(header::LOCATION)
@@ -323,20 +380,30 @@ pub async fn record_requests(State(state): State<AppState>, req: Request, next: 
             .and_then(|v| v.to_str().ok())
             .and_then(located)
     {
-        what.entity_type = Some(ty);
-        what.entity_id = Some(id);
+        entry.what.entity_type = Some(ty);
+        entry.what.entity_id = Some(id);
     }
-    let entry = Entry {
-        recorded,
-        what,
-        status: resp.status().as_u16(),
-        principal: resp.extensions().get::<Arc<Principal>>().cloned(),
-        who: resp.extensions().get::<Who>().cloned(),
-        address,
-        request_id,
-    };
+    entry.status = resp.status().as_u16();
+    entry.principal = resp.extensions().get::<Arc<Principal>>().cloned();
+    entry.who = resp.extensions().get::<Who>().cloned();
     state.audit.record(entry).await;
     resp
+}
+
+/// An entry not recorded yet; recorded on drop if the request never finished.
+struct Pending {
+    audit: Audit,
+    entry: Option<Entry>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let (Some(entry), Some(tx)) = (self.entry.take(), &self.audit.tx)
+            && tx.try_send(Msg::Entry(Box::new(entry))).is_err()
+        {
+            tracing::error!("the audit queue is full; the entry of an abandoned request is lost");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -54,6 +54,14 @@ pub struct ProviderConfig {
     /// The claim naming the Patient (its resource id) of a patient-facing app's user.
     #[serde(default = "default_patient_claim")]
     pub patient_claim: String,
+    /// The vitalbridge roles this provider may grant. By default every role but `admin`: a
+    /// clinic's identity server must not make platform admins unless it is told it may.
+    #[serde(default = "default_roles")]
+    pub roles: Vec<String>,
+    /// The Organizations (resource ids) this provider may speak for; without a list, any. A
+    /// clinic's or distributor's own identity server should be limited to its organizations.
+    #[serde(default)]
+    pub organizations: Option<Vec<String>>,
     /// Scopes granted when a token carries no SMART scope (providers that know nothing of
     /// SMART); the role still bounds them.
     #[serde(default)]
@@ -68,6 +76,18 @@ pub struct ProviderConfig {
 
 fn default_role_claim() -> String {
     "vitalbridge_role".into()
+}
+fn default_roles() -> Vec<String> {
+    [
+        Role::Distributor,
+        Role::DistributorUser,
+        Role::Customer,
+        Role::CustomerUser,
+        Role::Patient,
+    ]
+    .iter()
+    .map(|r| r.as_str().to_owned())
+    .collect()
 }
 fn default_organization_claim() -> String {
     "vitalbridge_organization".into()
@@ -123,6 +143,14 @@ fn check_config(p: &ProviderConfig) -> anyhow::Result<()> {
     if p.audience.trim().is_empty() {
         anyhow::bail!("issuer {}: the audience must not be empty", p.issuer);
     }
+    for r in &p.roles {
+        if Role::parse(r).is_none() {
+            anyhow::bail!(
+                "issuer {}: roles names {r:?}, which is not a vitalbridge role",
+                p.issuer
+            );
+        }
+    }
     for (theirs, ours) in &p.role_map {
         if Role::parse(ours).is_none() {
             anyhow::bail!(
@@ -160,17 +188,20 @@ impl Federation {
     /// The providers, not contacted yet: discovery happens on the first token of each (and at
     /// start, by [`Federation::discover_all`]), so that a provider that is down does not stop
     /// the server.
-    pub fn new(configs: Vec<ProviderConfig>) -> Federation {
-        let http = (!configs.is_empty()).then(|| {
+    pub fn new(configs: Vec<ProviderConfig>) -> anyhow::Result<Federation> {
+        let http = if configs.is_empty() {
+            None
+        } else {
             // No redirects: discovery and JWKS URLs are fetched exactly as configured and
             // advertised (the openidconnect crate's advice against SSRF).
-            reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap_or_default()
-        });
-        Federation {
+            Some(
+                reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .timeout(Duration::from_secs(5))
+                    .build()?,
+            )
+        };
+        Ok(Federation {
             providers: configs
                 .into_iter()
                 .map(|config| Provider {
@@ -179,7 +210,7 @@ impl Federation {
                 })
                 .collect(),
             http,
-        }
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -349,6 +380,11 @@ fn check_token(
     v.set_audience(&[config.audience.as_str()]);
     v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
     let claims = jsonwebtoken::decode::<Value>(token, key, &v)?.claims;
+    // An ID token is not an access token (RFC 9068 section 4): a `nonce` or `at_hash` marks one,
+    // whatever audience the provider gave it.
+    if claims.get("nonce").is_some() || claims.get("at_hash").is_some() {
+        return Err(TokenError::Malformed);
+    }
     // A token issued in the future is as suspicious as one not valid yet.
     if claims
         .get("iat")
@@ -413,7 +449,19 @@ fn principal_of(
             )));
         }
     };
+    if !config.roles.iter().any(|r| r == role.as_str()) {
+        return Err(TokenError::NoRole(format!(
+            "this provider may not grant role {role}"
+        )));
+    }
     let organization = claim_str(claims, &config.organization_claim).map(str::to_owned);
+    if let (Some(allowed), Some(org)) = (&config.organizations, &organization)
+        && !allowed.iter().any(|a| a == org)
+    {
+        return Err(TokenError::NoRole(format!(
+            "this provider may not speak for organization {org}"
+        )));
+    }
     let patient = claim_str(claims, &config.patient_claim).map(str::to_owned);
     // The same rules as for our own clients: who belongs to an organization, who to a patient.
     match (role, &organization, &patient) {
@@ -502,6 +550,7 @@ mod tests {
             "role_claim": "realm_access.roles",
             "role_map": {"clinic-admin": "customer", "clinic-staff": "customer-user"},
             "organization_claim": "https://vitalbridge/org",
+            "organizations": ["org-1", "org-2"],
             "default_scope": "system/*.rs",
             "clock_skew_seconds": 30
         }))
@@ -573,6 +622,34 @@ mod tests {
             check(&dec, &sign(&enc, &none), t),
             Err(TokenError::NoRole(_))
         ));
+        let mut foreign = claims(t);
+        foreign["https://vitalbridge/org"] = json!("org-9");
+        assert!(matches!(
+            check(&dec, &sign(&enc, &foreign), t),
+            Err(TokenError::NoRole(_))
+        ));
+        // An admin needs the provider to be allowed to make admins.
+        let mut admin = claims(t);
+        admin["realm_access"]["roles"] = json!(["admin"]);
+        admin
+            .as_object_mut()
+            .expect("object")
+            .remove("https://vitalbridge/org");
+        let mut c = config();
+        c.role_map.clear();
+        let h = jsonwebtoken::decode_header(sign(&enc, &admin)).expect("header");
+        let refused = check_token(&c, Algorithm::ES384, &dec, &h, &sign(&enc, &admin), t);
+        assert!(matches!(refused, Err(TokenError::NoRole(_))), "{refused:?}");
+        c.roles.push("admin".into());
+        let granted = check_token(&c, Algorithm::ES384, &dec, &h, &sign(&enc, &admin), t);
+        assert_eq!(granted.map(|p| p.role), Ok(Role::Admin));
+        // An ID token of the same provider.
+        let mut id_token = claims(t);
+        id_token["nonce"] = json!("n-1");
+        assert_eq!(
+            check(&dec, &sign(&enc, &id_token), t).map(|_| ()),
+            Err(TokenError::Malformed)
+        );
         let mut orgless = claims(t);
         orgless
             .as_object_mut()

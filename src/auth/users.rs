@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Extension, Json, Router};
@@ -136,19 +136,21 @@ fn now() -> i64 {
 }
 
 /// The caller's policy for managing users, with a distributor's customers.
-async fn manager(state: &AppState, p: &Principal) -> Result<Policy, ApiError> {
-    let policy = Policy::for_request(p, "", &state.store).await?;
+async fn manager(state: &AppState, headers: &HeaderMap, p: &Principal) -> Result<Policy, ApiError> {
+    let base = super::routes::fhir_base(state, headers);
+    let policy = Policy::for_request(p, &base, &state.store).await?;
     policy.check_manage_users()?;
     Ok(policy)
 }
 
 async fn create(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Extension(p): Extension<Arc<Principal>>,
     body: Result<Json<NewUser>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let result = async {
-        let policy = manager(&state, &p).await?;
+        let policy = manager(&state, &headers, &p).await?;
         let Json(new) = body.map_err(|e| ApiError::bad_request("structure", e.body_text()))?;
         if !policy.may_manage_user(new.role, new.organization.as_deref()) {
             return Err(ApiError::Forbidden(format!(
@@ -180,9 +182,13 @@ async fn create(
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn list(State(state): State<AppState>, Extension(p): Extension<Arc<Principal>>) -> Response {
+async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Extension(p): Extension<Arc<Principal>>,
+) -> Response {
     let result = async {
-        let policy = manager(&state, &p).await?;
+        let policy = manager(&state, &headers, &p).await?;
         let t = now();
         let users: Vec<UserView> = state
             .store
@@ -200,11 +206,12 @@ async fn list(State(state): State<AppState>, Extension(p): Extension<Arc<Princip
 
 async fn remove(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Extension(p): Extension<Arc<Principal>>,
     Path(username): Path<String>,
 ) -> Response {
     let result = async {
-        let policy = manager(&state, &p).await?;
+        let policy = manager(&state, &headers, &p).await?;
         let managed = state
             .store
             .user(&username)

@@ -70,6 +70,21 @@ pub fn router() -> Router<AppState> {
         .route("/{type}/{id}/_history/{vid}", get(vread))
 }
 
+/// Refuses parameters holding NUL: no FHIR string may contain one (datatypes.html#string: no
+/// control characters but tab, CR and LF), and PostgreSQL cannot compare text with one.
+fn no_nul(params: &[(String, String)]) -> Result<(), ApiError> {
+    match params
+        .iter()
+        .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+    {
+        Some((k, _)) => Err(ApiError::bad_request(
+            "invalid",
+            format!("parameter {} holds a NUL character", k.replace('\0', "\\0")),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// What every FHIR handler needs from the request.
 pub(super) struct Ctx {
     n: Negotiated,
@@ -111,6 +126,7 @@ impl Ctx {
     ) -> Result<Ctx, ApiError> {
         let raw_query = raw_query.unwrap_or_default();
         let params = search::decode_query(&raw_query);
+        no_nul(&params)?;
         let n = negotiate(&params, headers)?;
         let base = crate::auth::routes::fhir_base(state, headers);
         let mut prefer_return = Return::Representation;
@@ -658,6 +674,7 @@ async fn form_params(
     let bytes = read_body(body, state.settings.body_limit).await?;
     let mut params = ctx.params.clone();
     params.extend(url::form_urlencoded::parse(&bytes).into_owned());
+    no_nul(&params)?;
     Ok(params)
 }
 

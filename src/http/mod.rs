@@ -59,16 +59,17 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::auth::routes::require_token,
         ))
-        // Around the token gate, so that refused requests are audited too.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::audit::record_requests,
-        ))
-        .with_state(state)
-        // Outermost: the request id and its log span cover everything below, panics included.
+        .with_state(state.clone())
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
+        // Around the token gate, so that refused requests are audited too, and around the panic
+        // catcher, so that requests that panicked are.
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            crate::audit::record_requests,
+        ))
+        // The request id and its log span cover everything below, panics included.
         .layer(axum::middleware::from_fn(request_id::middleware))
         .layer(axum::middleware::from_fn(host_from_authority))
 }

@@ -95,6 +95,20 @@ async fn every_request_is_audited_and_admins_search_the_trail(app: TestApp) {
         "search values leaked into the trail"
     );
 
+    // A client id PostgreSQL could not store as text (NUL) does not stop the trail: what
+    // follows is still recorded.
+    let r = app
+        .send(
+            reqwest::Client::new()
+                .post(format!("{}/auth/token", app.origin()))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("grant_type=client_credentials&client_id=evil%00name&client_secret=x"),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let evil = events(&app, "agent-name=evilname", 1).await;
+    assert_eq!(evil[0]["outcome"], "4");
+
     // A refused token and a refused client are recorded as failures.
     let r = app
         .send(
@@ -121,7 +135,7 @@ async fn every_request_is_audited_and_admins_search_the_trail(app: TestApp) {
             .map(|d| d.starts_with("HTTP 401")),
         Some(true)
     );
-    let tokens = events(&app, "type=110114&outcome=4", 1).await;
+    let tokens = events(&app, "type=110114&outcome=4&agent-name=no-such-client", 1).await;
     assert_eq!(
         tokens[0]["agent"][0]["who"]["identifier"]["value"],
         "no-such-client"

@@ -411,3 +411,30 @@ async fn deep_but_well_formed_nesting(app: TestApp) {
     );
 }
 both!(deep_but_well_formed_nesting);
+
+/// A NUL in a search value (no FHIR string may hold one; PostgreSQL cannot compare text with
+/// one) is a bad request, not a server error, on GET and POST searches.
+async fn nul_in_search_values_is_a_bad_request(app: TestApp) {
+    for q in [
+        "Patient?name=%00",
+        "Patient?_id=a%00b",
+        "Observation?code=%00",
+        "Patient?identifier=x%7C%00",
+        "Patient?_has:Observation:subject:code=%00",
+        "AuditEvent?altid=%00",
+    ] {
+        let r = app.get(q).await;
+        assert_eq!(r.status, 400, "{q}: {}", r.text);
+        assert_eq!(r.outcome_issues()[0]["code"], "invalid", "{q}");
+    }
+    let r = app
+        .send(
+            app.client
+                .post(app.url("Patient/_search"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("name=a%00b"),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+}
+both!(nul_in_search_values_is_a_bad_request);

@@ -123,6 +123,11 @@ async fn setup(backend: Backend) -> (OpenIdProvider, TestApp) {
         ),
         client("nobody", "system/*.rs", json!({"vb_org": "fc1"})),
         client(
+            "outsider",
+            "system/*.rs",
+            json!({"vb_role": "clinic-admin", "vb_org": "fc9"})
+        ),
+        client(
             "greedy",
             "system/*.rs",
             json!({"vb_role": ["clinic-admin", "platform-admin"], "vb_org": "fc1"})
@@ -139,6 +144,9 @@ async fn setup(backend: Backend) -> (OpenIdProvider, TestApp) {
                 "platform-admin": "admin"
             },
             "organization_claim": "vb_org",
+            // This provider may make admins, and speak for the two clinics only.
+            "roles": ["admin", "customer", "customer-user"],
+            "organizations": ["fc1", "fc2"],
             "clock_skew_seconds": 30,
             "jwks_max_age_seconds": 1
         },
@@ -219,8 +227,8 @@ async fn external_tokens_act_in_the_role_and_tenant_their_claims_name(backend: B
     let operator = provider.token("operator", "system/*.cruds", AUD).await;
     assert_eq!(get_as(&app, &operator, "Patient/pat-fc2").await.0, 200);
 
-    // No mapped role, or two: refused.
-    for who in ["nobody", "greedy"] {
+    // No mapped role, two roles, or an organization this provider may not speak for: refused.
+    for who in ["nobody", "greedy", "outsider"] {
         let t = provider.token(who, "system/*.rs", AUD).await;
         let (status, body) = get_as(&app, &t, "Patient/pat-fc1").await;
         assert_eq!(status, 401, "{who}: {body}");
