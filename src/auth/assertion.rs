@@ -8,7 +8,6 @@
 //! the client id; `aud` is this token endpoint; `exp` is in the future and at most five minutes
 //! ahead; `jti` is new (the caller records it, [`crate::store::Store::remember_assertion`]).
 
-use base64::Engine as _;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -60,15 +59,11 @@ struct Claims {
 
 /// The `iss` of an assertion before it is verified: which client's keys to verify it with.
 pub fn claimed_client(assertion: &str) -> Option<String> {
-    let payload = assertion.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
     #[derive(Deserialize)]
     struct Iss {
         iss: String,
     }
-    serde_json::from_slice::<Iss>(&bytes).ok().map(|c| c.iss)
+    super::token::unverified_claims::<Iss>(assertion).map(|c| c.iss)
 }
 
 /// The key of `keys` an assertion with this header names.
