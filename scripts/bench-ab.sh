@@ -13,7 +13,14 @@
 # one build, e.g. what the audit trail costs:
 #   SCENARIOS=read,create scripts/bench-ab.sh VB_AUDIT=off:target/release/vitalbridge \
 #     VB_AUDIT=on:target/release/vitalbridge
+#
+# Each run also prints the CPU time the server and PostgreSQL spent during it, per request, to
+# tell which side a difference comes from.
 set -uo pipefail
+
+# CPU time (clock ticks) of the processes given, and of every PostgreSQL process.
+ticks() { awk '{ s += $14 + $15 } END { print s + 0 }' "${@/#//proc/}" 2>/dev/null; }
+pg_pids() { for p in $(pgrep -x postgres); do printf '%s/stat ' "$p"; done; }
 
 SCENARIOS=${SCENARIOS:-create}
 ROUNDS=${ROUNDS:-2}
@@ -41,8 +48,18 @@ for round in $(seq "$ROUNDS"); do
       auth=(--client-id ab --client-secret "$SECRET")
     fi
     echo "== ${setting[*]} $bin, round $round"
+    # shellcheck disable=SC2046
+    server0=$(ticks "$pid/stat"); pg0=$(ticks $(pg_pids))
     "$bin" bench --base-url "http://127.0.0.1:$PORT/fhir" --clients "$CLIENTS" \
-      --duration "$DURATION" --scenarios "$SCENARIOS" "${auth[@]}" | grep -E '^[a-z-]+ +[0-9]+ +[0-9.]+ +[0-9.]+ '
+      --duration "$DURATION" --scenarios "$SCENARIOS" "${auth[@]}" | tee /tmp/bench-ab.$$ \
+      | grep -E '^[a-z-]+ +[0-9]+ +[0-9.]+ +[0-9.]+ '
+    # shellcheck disable=SC2046
+    server1=$(ticks "$pid/stat"); pg1=$(ticks $(pg_pids))
+    requests=$(awk '/^[a-z-]+ +[0-9]+ +[0-9.]+ +[0-9.]+ / { n += $2 } END { print n + 0 }' /tmp/bench-ab.$$)
+    hz=$(getconf CLK_TCK)
+    awk -v s=$((server1 - server0)) -v p=$((pg1 - pg0)) -v n="$requests" -v hz="$hz" 'BEGIN {
+      printf "cpu: server %.1f s, postgres %.1f s; per request: server %.1f us, postgres %.1f us\n",
+        s / hz, p / hz, n ? s / hz / n * 1e6 : 0, n ? p / hz / n * 1e6 : 0 }'
     kill $pid; wait $pid 2>/dev/null
     psql "$PG_ADMIN" -qc "drop database if exists $db" >/dev/null 2>&1
   done
