@@ -288,7 +288,9 @@ pub fn classify(method: &Method, path: &str) -> Option<Interaction> {
         ("POST", ["auth", "token"]) => auth("token", "token"),
         ("POST", ["auth", "introspect"]) => auth("introspect", "token"),
         ("POST", ["auth", "revoke"]) => auth("revoke", "token"),
-        ("POST", ["auth", "authorize"]) => auth("login", "login"),
+        ("POST", ["auth", "authorize"]) | ("GET", ["auth", "federated", "callback"]) => {
+            auth("login", "login")
+        }
         ("POST", ["auth", "launch"]) => auth("launch", "rest"),
         // The user and client registries: what was managed, by its id.
         (_, ["auth", registry @ ("clients" | "users"), rest_of @ ..]) => {
@@ -471,6 +473,10 @@ mod tests {
         );
         assert_eq!(c("POST", "/auth/token"), some("token", "E", None, None));
         assert_eq!(c("POST", "/auth/authorize"), some("login", "E", None, None));
+        assert_eq!(
+            c("GET", "/auth/federated/callback"),
+            some("login", "E", None, None)
+        );
         assert_eq!(
             c("DELETE", "/auth/users/alice"),
             some("delete", "D", Some("user"), Some("alice"))

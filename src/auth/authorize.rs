@@ -85,14 +85,14 @@ const REQUEST_FIELDS: &[&str] = &[
 ];
 
 /// Where an invalid request is answered.
-enum Refusal {
+pub(super) enum Refusal {
     /// On an error page: the client or redirect URI cannot be trusted.
     Page(StatusCode, String),
     /// Back at the app's redirect URI, with an OAuth error code.
     Redirect(String, &'static str, String),
 }
 
-fn escape(s: &str) -> String {
+pub(super) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -108,7 +108,7 @@ fn escape(s: &str) -> String {
 }
 
 /// A page no cache keeps and no other site frames.
-fn page(status: StatusCode, title: &str, body: &str) -> Response {
+pub(super) fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
          <meta name=\"viewport\" content=\"width=device-width\"></head><body><main>\
@@ -133,7 +133,7 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
         .into_response()
 }
 
-fn refuse(r: Refusal, state: Option<&str>) -> Response {
+pub(super) fn refuse(r: Refusal, state: Option<&str>) -> Response {
     match r {
         Refusal::Page(status, msg) => page(
             status,
@@ -158,7 +158,7 @@ fn refuse(r: Refusal, state: Option<&str>) -> Response {
     }
 }
 
-fn redirect(to: &str) -> Response {
+pub(super) fn redirect(to: &str) -> Response {
     (
         StatusCode::SEE_OTHER,
         [(header::LOCATION, to), (header::CACHE_CONTROL, "no-store")],
@@ -167,7 +167,7 @@ fn redirect(to: &str) -> Response {
 }
 
 /// Checks an authorization request; the client it names.
-async fn check(
+pub(super) async fn check(
     state: &AppState,
     headers: &HeaderMap,
     req: &AuthRequest,
@@ -224,7 +224,7 @@ async fn check(
     Ok(client)
 }
 
-fn hidden_fields(req: &AuthRequest) -> String {
+pub(super) fn hidden_fields(req: &AuthRequest) -> String {
     let v = serde_json::to_value(req).unwrap_or_default();
     REQUEST_FIELDS
         .iter()
@@ -239,6 +239,7 @@ fn hidden_fields(req: &AuthRequest) -> String {
 }
 
 fn login_page(
+    state: &AppState,
     req: &AuthRequest,
     client: &ClientRecord,
     status: StatusCode,
@@ -256,10 +257,11 @@ fn login_page(
              <form method=\"post\" action=\"/auth/authorize\">{}\
              <p><label>Username <input name=\"username\" autocomplete=\"username\" required></label></p>\
              <p><label>Password <input name=\"password\" type=\"password\" autocomplete=\"current-password\" required></label></p>\
-             <p><button type=\"submit\">Sign in</button></p></form>",
+             <p><button type=\"submit\">Sign in</button></p></form>{}",
             escape(app),
             escape(&req.scope),
-            hidden_fields(req)
+            hidden_fields(req),
+            super::federated_login::buttons(state, req)
         ),
     )
 }
@@ -270,7 +272,7 @@ async fn start(
     Query(req): Query<AuthRequest>,
 ) -> Response {
     match check(&state, &headers, &req).await {
-        Ok(client) => login_page(&req, &client, StatusCode::OK, None),
+        Ok(client) => login_page(&state, &req, &client, StatusCode::OK, None),
         Err(r) => refuse(r, req.state.as_deref()),
     }
 }
@@ -301,14 +303,14 @@ struct Launch {
 }
 
 /// Signs claims with the issuer's key (launch contexts, sign-ins between the pages).
-fn sign<T: Serialize>(state: &AppState, claims: &T) -> Option<String> {
+pub(super) fn sign<T: Serialize>(state: &AppState, claims: &T) -> Option<String> {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some(state.signing_key.kid.clone());
     jsonwebtoken::encode(&header, claims, &state.signing_key.encoding).ok()
 }
 
 /// Claims [`sign`] made for `audience`, unexpired.
-fn verify_signed<T: serde::de::DeserializeOwned>(
+pub(super) fn verify_signed<T: serde::de::DeserializeOwned>(
     state: &AppState,
     headers: &HeaderMap,
     token: &str,
@@ -376,7 +378,7 @@ async fn new_launch(
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     crate::store::now_micros() / 1_000_000
 }
 
@@ -398,22 +400,33 @@ async fn answer(state: State<AppState>, headers: HeaderMap, body: Bytes) -> Resp
     resp
 }
 
-async fn login(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let form: Vec<(String, String)> = url::form_urlencoded::parse(&body)
+/// A form's fields, decoded.
+pub(super) fn form(body: &[u8]) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(body)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The first value of field `name`.
+pub(super) fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    form.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The authorization request a form carries in its hidden fields.
+pub(super) fn request_of(form: &[(String, String)]) -> AuthRequest {
+    let map: serde_json::Map<String, serde_json::Value> = REQUEST_FIELDS
+        .iter()
+        .filter_map(|k| field(form, k).map(|v| (k.to_string(), serde_json::Value::from(v))))
         .collect();
-    let field = |name: &str| {
-        form.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let req: AuthRequest = {
-        let map: serde_json::Map<String, serde_json::Value> = REQUEST_FIELDS
-            .iter()
-            .filter_map(|k| field(k).map(|v| (k.to_string(), serde_json::Value::from(v))))
-            .collect();
-        serde_json::from_value(serde_json::Value::Object(map)).unwrap_or_default()
-    };
+    serde_json::from_value(serde_json::Value::Object(map)).unwrap_or_default()
+}
+
+async fn login(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let form = form(&body);
+    let field = |name: &str| field(&form, name);
+    let req = request_of(&form);
     let client = match check(&state, &headers, &req).await {
         Ok(c) => c,
         Err(r) => return refuse(r, req.state.as_deref()),
@@ -429,6 +442,7 @@ async fn login(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -
                 Some(u) => u,
                 None => {
                     return login_page(
+                        &state,
                         &req,
                         &client,
                         StatusCode::UNAUTHORIZED,
@@ -446,10 +460,26 @@ async fn login(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -
             .await
             {
                 Ok(u) => u,
-                Err(msg) => return login_page(&req, &client, StatusCode::UNAUTHORIZED, Some(msg)),
+                Err(msg) => {
+                    return login_page(&state, &req, &client, StatusCode::UNAUTHORIZED, Some(msg));
+                }
             }
         }
     };
+    proceed(&state, &headers, &req, &client, &user, field("patient")).await
+}
+
+/// After the user is known (signed in here, back from the picker, or from an external
+/// provider): the patient in context, then the code back to the app. `picked` is the patient
+/// chosen in the picker.
+pub(super) async fn proceed(
+    state: &AppState,
+    headers: &HeaderMap,
+    req: &AuthRequest,
+    client: &ClientRecord,
+    user: &UserRecord,
+    picked: Option<&str>,
+) -> Response {
     let Some(role) = Role::parse(&user.role) else {
         return page(StatusCode::INTERNAL_SERVER_ERROR, "Unknown role", "");
     };
@@ -460,31 +490,31 @@ async fn login(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -
         patient_of(user.fhir_user.as_deref()).map(str::to_owned)
     } else if let Some(launch) = req.launch.as_deref().filter(|_| scopes.contains(&"launch")) {
         // EHR launch: the context the EHR signed, for a patient this user may see.
-        match verify_launch(&state, &headers, launch) {
-            Some(p) if may_see_patient(&state, &headers, &user, role, &p).await => Some(p),
+        match verify_launch(state, headers, launch) {
+            Some(p) if may_see_patient(state, headers, user, role, &p).await => Some(p),
             _ => {
                 return login_page(
-                    &req,
-                    &client,
+                    state,
+                    req,
+                    client,
                     StatusCode::FORBIDDEN,
                     Some("the launch context is not valid for you"),
                 );
             }
         }
     } else if scopes.contains(&"launch/patient") {
-        match field("patient") {
-            Some(p) if may_see_patient(&state, &headers, &user, role, p).await => {
-                Some(p.to_owned())
-            }
+        match picked {
+            Some(p) if may_see_patient(state, headers, user, role, p).await => Some(p.to_owned()),
             Some(_) => {
                 return login_page(
-                    &req,
-                    &client,
+                    state,
+                    req,
+                    client,
                     StatusCode::FORBIDDEN,
                     Some("that patient is not available"),
                 );
             }
-            None => return picker(&state, &headers, &req, &user, role).await,
+            None => return picker(state, headers, req, user, role).await,
         }
     } else {
         None

@@ -72,6 +72,40 @@ pub struct ProviderConfig {
     /// How long a fetched JWKS is used before it is fetched again, in seconds.
     #[serde(default = "default_jwks_max_age")]
     pub jwks_max_age_seconds: u64,
+    /// When set, people sign in through this provider on the login page
+    /// ([`super::federated_login`]) with this client of it.
+    #[serde(default)]
+    pub login: Option<LoginConfig>,
+}
+
+/// vitalbridge as a client (relying party) of a provider, for the login page.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoginConfig {
+    /// The button's label: "Sign in with {name}".
+    pub name: String,
+    pub client_id: String,
+    /// Sent to the provider's token endpoint (HTTP Basic); never logged.
+    pub client_secret: String,
+    /// Scopes asked for: `openid` and those that release the role, organization and patient
+    /// claims.
+    #[serde(default = "default_login_scope")]
+    pub scope: String,
+}
+
+impl std::fmt::Debug for LoginConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginConfig")
+            .field("name", &self.name)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"…")
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+fn default_login_scope() -> String {
+    "openid profile".into()
 }
 
 fn default_role_claim() -> String {
@@ -159,6 +193,14 @@ fn check_config(p: &ProviderConfig) -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(login) = &p.login {
+        if login.name.trim().is_empty() || login.client_id.is_empty() {
+            anyhow::bail!("issuer {}: login needs a name and a client_id", p.issuer);
+        }
+        if !login.scope.split_whitespace().any(|s| s == "openid") {
+            anyhow::bail!("issuer {}: the login scope must include openid", p.issuer);
+        }
+    }
     Ok(())
 }
 
@@ -224,6 +266,36 @@ impl Federation {
 
     fn provider(&self, issuer: &str) -> Option<&Provider> {
         self.providers.iter().find(|p| p.config.issuer == issuer)
+    }
+
+    /// The providers people may sign in through on the login page: issuer and client.
+    pub fn login_providers(&self) -> impl Iterator<Item = (&str, &LoginConfig)> {
+        self.providers
+            .iter()
+            .filter_map(|p| Some((p.config.issuer.as_str(), p.config.login.as_ref()?)))
+    }
+
+    /// The login client of provider `issuer`.
+    pub fn login_of(&self, issuer: &str) -> Option<&LoginConfig> {
+        self.provider(issuer)?.config.login.as_ref()
+    }
+
+    /// The HTTP client for the providers (no redirects, short timeouts).
+    pub fn http(&self) -> Option<&reqwest::Client> {
+        self.http.as_ref()
+    }
+
+    /// The person that signed in through provider `issuer`, from the verified claims of the ID
+    /// token and userinfo: role, organization and patient by the same configured claims and
+    /// allow-lists as the provider's access tokens.
+    pub fn login_principal(&self, issuer: &str, claims: &Value) -> Result<Principal, String> {
+        let p = self
+            .provider(issuer)
+            .ok_or_else(|| "unknown provider".to_owned())?;
+        principal_of(&p.config, claims, "").map_err(|e| match e {
+            TokenError::NoRole(why) => why,
+            other => other.to_string(),
+        })
     }
 
     /// The audience configured for `issuer`.

@@ -11,6 +11,7 @@
 pub mod assertion;
 pub mod authorize;
 pub mod clients;
+pub mod federated_login;
 pub mod federation;
 pub mod introspect;
 pub mod keys;

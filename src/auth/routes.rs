@@ -52,6 +52,8 @@ fn is_public(path: &str) -> bool {
             | "/.well-known/openid-configuration"
             | "/auth/token"
             | "/auth/authorize"
+            | "/auth/federated/start"
+            | "/auth/federated/callback"
             | "/auth/introspect"
             | "/auth/revoke"
             | "/auth/jwks"

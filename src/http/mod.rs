@@ -51,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::auth::routes::router())
         .merge(crate::auth::clients::router())
         .merge(crate::auth::authorize::router())
+        .merge(crate::auth::federated_login::router())
         .merge(crate::auth::users::router())
         .merge(crate::auth::introspect::router())
         .fallback(not_found)

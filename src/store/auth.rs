@@ -159,9 +159,27 @@ impl Store {
 
     /// Creates a user; false when the name is taken.
     pub async fn insert_user(&self, u: &UserRecord) -> Result<bool, StoreError> {
+        self.write_user(u, "do nothing").await
+    }
+
+    /// Creates or updates the account of a person who signs in through an external provider
+    /// (`u.password_hash` is the provider's marker): role, organization and patient as the
+    /// provider says now. False when a local account (another hash) holds the name: it is not
+    /// taken over.
+    pub async fn upsert_federated_user(&self, u: &UserRecord) -> Result<bool, StoreError> {
+        self.write_user(
+            u,
+            "do update set role = excluded.role, organization = excluded.organization, \
+             fhir_user = excluded.fhir_user where auth_user.password_hash = excluded.password_hash",
+        )
+        .await
+    }
+
+    /// Inserts `u`, or does `on_conflict` when the name exists; whether a row was written.
+    async fn write_user(&self, u: &UserRecord, on_conflict: &str) -> Result<bool, StoreError> {
         let sql = format!(
             "insert into auth_user ({USER_COLUMNS}, created_at) values ($1, $2, $3, $4, $5, $6, $7, $8) \
-             on conflict (username) do nothing"
+             on conflict (username) {on_conflict}"
         );
         let now = super::now_micros();
         let n = on_pool!(self, write, pool => sqlx::query(sqlx::AssertSqlSafe(sql))

@@ -62,7 +62,7 @@ fn assertion(
     jsonwebtoken::encode(&h, &claims, key).expect("sign")
 }
 
-async fn register(app: &TestApp, body: Value) -> crate::common::Resp {
+pub(crate) async fn register(app: &TestApp, body: Value) -> crate::common::Resp {
     app.send(
         app.client
             .post(format!("{}/auth/clients", app.origin()))

@@ -9,6 +9,9 @@ use std::process::{Child, Command, Stdio};
 use serde_json::{Value, json};
 
 use crate::common::{Backend, TestApp, patient, spawn_with};
+use crate::smart_apps::{REDIRECT, auth_params, browser, exchange, query_param};
+
+const LOGIN_SECRET: &str = "login-secret-of-vitalbridge-at-the-provider";
 
 /// The audience the provider puts in tokens for this server, and one for another server.
 const AUD: &str = "https://vitalbridge.test/fhir";
@@ -30,6 +33,12 @@ impl Drop for OpenIdProvider {
 impl OpenIdProvider {
     /// Starts tests/oidc/provider.mjs with `clients` (each with the claims its tokens carry).
     pub fn start(clients: &Value) -> OpenIdProvider {
+        Self::start_with(clients, &json!({}), &json!([]))
+    }
+
+    /// Starts the provider with `clients`, the people who can sign in (`accounts`, account id →
+    /// claims) and the relying parties of the code flow (`login_clients`).
+    pub fn start_with(clients: &Value, accounts: &Value, login_clients: &Value) -> OpenIdProvider {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc");
         assert!(
             std::path::Path::new(dir)
@@ -42,6 +51,8 @@ impl OpenIdProvider {
             .arg("provider.mjs")
             .current_dir(dir)
             .env("OIDC_CLIENTS", clients.to_string())
+            .env("OIDC_ACCOUNTS", accounts.to_string())
+            .env("OIDC_LOGIN_CLIENTS", login_clients.to_string())
             .env(
                 "OIDC_RESOURCES",
                 json!({ AUD: scopes, OTHER_AUD: scopes }).to_string(),
@@ -52,9 +63,10 @@ impl OpenIdProvider {
             .expect("node runs tests/oidc/provider.mjs");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("provider output");
+        let mut out = BufReader::new(stdout);
+        out.read_line(&mut line).expect("provider output");
+        // The provider prints notices later: keep reading, or its writes fail and it exits.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         let port = line
             .trim()
             .strip_prefix("listening ")
@@ -153,6 +165,11 @@ async fn setup(backend: Backend) -> (OpenIdProvider, TestApp) {
         // Configured, but nothing listens there.
         {"issuer": "http://127.0.0.1:9", "audience": AUD}
     ]);
+    (provider, serve_trusting(backend, &config).await)
+}
+
+/// A server trusting the providers of `config`, with two clinics and a patient in each.
+async fn serve_trusting(backend: Backend, config: &Value) -> TestApp {
     let providers = vitalbridge::auth::federation::parse_config(&config.to_string())
         .expect("valid provider list");
     let app = spawn_with(backend, |s| s.oidc_providers = providers).await;
@@ -164,7 +181,7 @@ async fn setup(backend: Backend) -> (OpenIdProvider, TestApp) {
         let r = app.put(&format!("Patient/pat-{org}"), &p).await;
         assert_eq!(r.status, 201, "{}", r.text);
     }
-    (provider, app)
+    app
 }
 
 async fn get_as(app: &TestApp, token: &str, path: &str) -> (u16, Value) {
@@ -294,6 +311,293 @@ async fn rotated_keys_are_followed_and_retired_keys_refused(backend: Backend) {
     assert_eq!(get_as(&app, &second, "Patient/pat-fc1").await.0, 200);
 }
 
+/// A browser's cookies by name, with the path each is for (hosts are not told apart: the
+/// provider and the server are both on 127.0.0.1, where browsers do not tell ports apart either).
+#[derive(Default)]
+struct Jar(std::collections::BTreeMap<String, (String, String)>);
+
+impl Jar {
+    fn take(&mut self, r: &reqwest::Response) {
+        for c in r.headers().get_all("set-cookie") {
+            let c = c.to_str().expect("cookie");
+            let mut attrs = c.split(';');
+            let (name, value) = attrs
+                .next()
+                .and_then(|nv| nv.split_once('='))
+                .expect("name=value");
+            let mut path = "/".to_owned();
+            let mut expired = value.is_empty();
+            for a in attrs {
+                let (k, v) = a.trim().split_once('=').unwrap_or((a.trim(), ""));
+                match k.to_ascii_lowercase().as_str() {
+                    "path" => path = v.to_owned(),
+                    "max-age" => expired |= v == "0",
+                    "expires" => expired |= v.contains("1970"),
+                    _ => {}
+                }
+            }
+            if expired {
+                self.0.remove(name);
+            } else {
+                self.0.insert(name.to_owned(), (value.to_owned(), path));
+            }
+        }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    /// The Cookie header for `url` (RFC 6265 section 5.1.4 path match).
+    fn header(&self, url: &str) -> String {
+        let path = url::Url::parse(url)
+            .map(|u| u.path().to_owned())
+            .unwrap_or_default();
+        self.0
+            .iter()
+            .filter(|(_, (_, p))| {
+                path == *p
+                    || (path.starts_with(p.as_str())
+                        && (p.ends_with('/') || path[p.len()..].starts_with('/')))
+            })
+            .map(|(k, (v, _))| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Sends `req` with the cookies for its URL, keeps what it sets; status, Location, page.
+    async fn send(&mut self, req: reqwest::RequestBuilder) -> (u16, String, String) {
+        let (client, req) = req.build_split();
+        let mut req = req.expect("request");
+        let cookies = self.header(req.url().as_str());
+        if !cookies.is_empty() {
+            req.headers_mut()
+                .insert("cookie", cookies.parse().expect("header value"));
+        }
+        let r = client.execute(req).await.expect("sent");
+        self.take(&r);
+        let status = r.status().as_u16();
+        let location = r
+            .headers()
+            .get("location")
+            .and_then(|l| l.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (status, location, r.text().await.unwrap_or_default())
+    }
+}
+
+/// From the login page's provider button to the provider sending the browser back: the
+/// callback URL, with the browser's cookies (vitalbridge's among them).
+async fn sign_in_at_provider(
+    app: &TestApp,
+    provider: &OpenIdProvider,
+    request: &[(String, String)],
+    account: &str,
+) -> (Jar, String) {
+    let mut jar = Jar::default();
+    let b = browser();
+    let (status, _, page) = jar
+        .send(
+            b.get(format!("{}/auth/authorize", app.origin()))
+                .query(request),
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Sign in with Clinic SSO"), "{page}");
+    let mut form = request.to_vec();
+    form.push(("provider".into(), provider.issuer.clone()));
+    let (status, at_provider, page) = jar
+        .send(
+            b.post(format!("{}/auth/federated/start", app.origin()))
+                .form(&form),
+        )
+        .await;
+    assert_eq!(status, 303, "{page}");
+    assert!(
+        at_provider.starts_with(&format!("{}/auth?", provider.issuer)),
+        "{at_provider}"
+    );
+    assert!(jar.has("vb_federated"));
+    for p in ["code_challenge", "nonce", "state"] {
+        assert!(at_provider.contains(&format!("{p}=")), "{p}: {at_provider}");
+    }
+    // The provider's sign-in page, then its answer.
+    let (status, interaction, _) = jar.send(b.get(&at_provider)).await;
+    assert_eq!(status, 303);
+    let interaction = format!("{}{interaction}", provider.issuer);
+    let (status, resume, page) = jar
+        .send(
+            b.post(format!("{interaction}/login"))
+                .form(&[("login", account)]),
+        )
+        .await;
+    assert_eq!(status, 303, "{page}");
+    let (status, callback, page) = jar.send(b.get(&resume)).await;
+    assert_eq!(status, 303, "{page}");
+    assert!(
+        callback.starts_with(&format!("{}/auth/federated/callback?", app.origin())),
+        "{callback}"
+    );
+    (jar, callback)
+}
+
+/// Signs `account` in through the provider; the status, Location and page of the callback.
+async fn federated_sign_in(
+    app: &TestApp,
+    provider: &OpenIdProvider,
+    request: &[(String, String)],
+    account: &str,
+) -> (u16, String, String) {
+    let (mut jar, callback) = sign_in_at_provider(app, provider, request, account).await;
+    let answer = jar.send(browser().get(&callback)).await;
+    assert!(
+        !jar.0.contains_key("vb_federated"),
+        "the started sign-in is spent"
+    );
+    answer
+}
+
+/// People of a clinic sign in on the login page through the clinic's own provider (OpenID
+/// Connect code flow): their role, organization and patient come from the provider's claims,
+/// under its allow-lists; the app then gets its code, token and compartment as usual.
+async fn people_sign_in_through_their_organizations_provider(backend: Backend) {
+    let provider = OpenIdProvider::start_with(
+        &json!([]),
+        &json!({
+            "alice": {"vb_role": "clinic-staff", "vb_org": "fc1"},
+            "pat": {"vb_role": "member", "vb_org": "fc1", "vb_patient": "pat-fc1"},
+            "eve": {"vb_role": "clinic-staff", "vb_org": "fc9"},
+            "root": {"vb_role": "platform-admin"},
+            "bob": {"vb_role": "clinic-staff", "vb_org": "fc1"}
+        }),
+        &json!([{"client_id": "vitalbridge", "client_secret": LOGIN_SECRET}]),
+    );
+    let config = json!([{
+        "issuer": provider.issuer,
+        "audience": AUD,
+        "role_claim": "vb_role",
+        "role_map": {
+            "clinic-staff": "customer-user",
+            "member": "patient",
+            "platform-admin": "admin"
+        },
+        "organization_claim": "vb_org",
+        "patient_claim": "vb_patient",
+        "organizations": ["fc1", "fc2"],
+        "login": {
+            "name": "Clinic SSO",
+            "client_id": "vitalbridge",
+            "client_secret": LOGIN_SECRET,
+            "scope": "openid vb"
+        }
+    }]);
+    let app = serve_trusting(backend, &config).await;
+    let r = crate::backend_services::register(
+        &app,
+        json!({
+            "role": "patient", "public": true, "name": "Vitals app",
+            "redirect_uris": [REDIRECT],
+            "scope": "patient/*.rs user/*.rs openid fhirUser launch/patient"
+        }),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let app_id = r.json()["client_id"].as_str().expect("id").to_owned();
+
+    // Clinic staff: customer-user of fc1, from the userinfo claims.
+    let verifier = "federated-verifier-0123456789-0123456789-abc";
+    let request = auth_params(&app, &app_id, "user/Patient.rs openid fhirUser", verifier);
+    let (status, location, page) = federated_sign_in(&app, &provider, &request, "alice").await;
+    assert_eq!(status, 303, "{page}");
+    assert!(location.starts_with(REDIRECT), "{location}");
+    assert_eq!(query_param(&location, "state").as_deref(), Some("st-42"));
+    let code = query_param(&location, "code").expect("code");
+    let r = exchange(&app, &app_id, &code, verifier).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let token = r.json()["access_token"].as_str().expect("token").to_owned();
+    assert_eq!(get_as(&app, &token, "Patient/pat-fc1").await.0, 200);
+    assert_eq!(get_as(&app, &token, "Patient/pat-fc2").await.0, 404);
+    let (_, bundle) = get_as(&app, &token, "Patient?_total=accurate").await;
+    assert_eq!(bundle["total"], 1, "{bundle}");
+
+    // The account is the provider's: listed with its role, no password signs in with it.
+    let username = format!("{}#alice", provider.issuer);
+    let r = app
+        .send(app.client.get(format!("{}/auth/users", app.origin())))
+        .await;
+    let users = r.json();
+    let listed = users
+        .as_array()
+        .or_else(|| users["users"].as_array())
+        .expect("user list")
+        .iter()
+        .find(|u| u["username"] == json!(username))
+        .cloned()
+        .unwrap_or_else(|| panic!("{username} not in {users}"));
+    assert_eq!(listed["role"], "customer-user");
+    assert_eq!(listed["organization"], "fc1");
+    let mut form = auth_params(&app, &app_id, "user/Patient.rs", verifier);
+    form.push(("username".into(), username.clone()));
+    form.push(("password".into(), "!federated".into()));
+    let r = browser()
+        .post(format!("{}/auth/authorize", app.origin()))
+        .form(&form)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 401);
+
+    // A patient: the patient claim puts the own record in context.
+    let request = auth_params(
+        &app,
+        &app_id,
+        "patient/*.rs launch/patient openid fhirUser",
+        verifier,
+    );
+    let (status, location, page) = federated_sign_in(&app, &provider, &request, "pat").await;
+    assert_eq!(status, 303, "{page}");
+    let code = query_param(&location, "code").expect("code");
+    let r = exchange(&app, &app_id, &code, verifier).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["patient"], "pat-fc1", "{}", r.text);
+    let token = r.json()["access_token"].as_str().expect("token").to_owned();
+    assert_eq!(get_as(&app, &token, "Patient/pat-fc1").await.0, 200);
+    assert_eq!(get_as(&app, &token, "Patient/pat-fc2").await.0, 404);
+
+    // An organization the provider may not speak for, and a role it may not grant (admin).
+    let request = auth_params(&app, &app_id, "user/Patient.rs", verifier);
+    for (account, why) in [("eve", "organization fc9"), ("root", "role admin")] {
+        let (status, _, page) = federated_sign_in(&app, &provider, &request, account).await;
+        assert_eq!(status, 403, "{account}: {page}");
+        assert!(page.contains(why), "{account}: {page}");
+    }
+
+    // A local account already holds the name a sign-in maps to: it is not taken over.
+    let r = app
+        .send(
+            app.client
+                .post(format!("{}/auth/users", app.origin()))
+                .json(&json!({
+                    "username": format!("{}#bob", provider.issuer),
+                    "password": "a local password of bob", "role": "customer-user",
+                    "organization": "fc2"
+                })),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let (status, _, page) = federated_sign_in(&app, &provider, &request, "bob").await;
+    assert_eq!(status, 409, "{page}");
+
+    // The callback in another browser (no cookie), or with another state: refused.
+    let (mut jar, callback) = sign_in_at_provider(&app, &provider, &request, "alice").await;
+    let (status, _, _) = Jar::default().send(browser().get(&callback)).await;
+    assert_eq!(status, 400);
+    let forged = callback.replace("state=", "state=x");
+    let (status, _, _) = jar.send(browser().get(&forged)).await;
+    assert_eq!(status, 400);
+}
+
 macro_rules! on_both {
     ($case:ident) => {
         mod $case {
@@ -311,3 +615,4 @@ macro_rules! on_both {
 
 on_both!(external_tokens_act_in_the_role_and_tenant_their_claims_name);
 on_both!(rotated_keys_are_followed_and_retired_keys_refused);
+on_both!(people_sign_in_through_their_organizations_provider);

@@ -10,22 +10,22 @@ use sha2::Digest as _;
 use crate::both;
 use crate::common::{TestApp, heart_rate, patient, with};
 
-const REDIRECT: &str = "http://app.test/callback";
+pub(crate) const REDIRECT: &str = "http://app.test/callback";
 const PASSWORD: &str = "correct horse battery";
 
-fn browser() -> reqwest::Client {
+pub(crate) fn browser() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client")
 }
 
-fn challenge(verifier: &str) -> String {
+pub(crate) fn challenge(verifier: &str) -> String {
     B64URL.encode(sha2::Sha256::digest(verifier.as_bytes()))
 }
 
 /// The authorization request of `scope`, PKCE-protected by `verifier`.
-fn auth_params(
+pub(crate) fn auth_params(
     app: &TestApp,
     client_id: &str,
     scope: &str,
@@ -89,7 +89,7 @@ fn with_fields(base: &[(String, String)], more: &[(&str, &str)]) -> Vec<(String,
 }
 
 /// `name` of the redirect's query.
-fn query_param(location: &str, name: &str) -> Option<String> {
+pub(crate) fn query_param(location: &str, name: &str) -> Option<String> {
     url::Url::parse(location)
         .ok()?
         .query_pairs()
@@ -129,7 +129,7 @@ async fn token_request_at(
     .await
 }
 
-async fn exchange(
+pub(crate) async fn exchange(
     app: &TestApp,
     client_id: &str,
     code: &str,
