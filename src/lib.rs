@@ -9,6 +9,7 @@ pub mod bench;
 pub mod config;
 pub mod fhir;
 pub mod http;
+pub mod ingest;
 pub mod search;
 pub mod store;
 pub mod validate;
