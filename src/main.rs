@@ -108,6 +108,19 @@ enum Command {
         #[command(subcommand)]
         command: ClientCommand,
     },
+    /// Decode a Bluetooth characteristic value as a device sent it (for field engineers);
+    /// exits with status 2 when the value cannot be decoded
+    Decode {
+        /// The characteristic: 0x2A35, 2A35 or its 128-bit UUID
+        #[arg(long)]
+        characteristic: String,
+        /// The value in wire byte order, as hex (spaces and colons allowed)
+        #[arg(long)]
+        hex: String,
+        /// The device model, e.g. "Beurer BM85", to apply its profile's quirks
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Manage the people who sign in on the login page (SMART apps)
     User {
         #[command(flatten)]
@@ -210,6 +223,23 @@ fn main() -> std::process::ExitCode {
 async fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    if let Command::Decode {
+        characteristic,
+        hex,
+        model,
+    } = &cli.command
+    {
+        return match vitalbridge::ingest::decode_command(characteristic, hex, model.as_deref()) {
+            Ok(json) => {
+                println!("{json}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(why) => {
+                eprintln!("error: {why}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let result = match cli.command {
         Command::Serve {
             listen,
@@ -278,6 +308,7 @@ async fn run() -> std::process::ExitCode {
         Command::Bench(args) => bench::run(args).await,
         Command::Client { db, command } => client(db.database_url, command).await,
         Command::User { db, command } => user(db.database_url, command).await,
+        Command::Decode { .. } => Ok(()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

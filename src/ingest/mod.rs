@@ -2,3 +2,112 @@
 //! cellular and PHD endpoints, normalisation to profiled Observations, and the device registry.
 
 pub mod gatt;
+pub mod profiles;
+
+use serde_json::json;
+
+/// A characteristic's 16-bit assigned number from `0x2A35`, `2A35` or the 128-bit Bluetooth
+/// base UUID `00002a35-0000-1000-8000-00805f9b34fb`.
+pub fn parse_uuid16(text: &str) -> Option<u16> {
+    let t = text.trim().to_ascii_lowercase();
+    let short = match t.strip_suffix("-0000-1000-8000-00805f9b34fb") {
+        Some(long) => long.strip_prefix("0000")?,
+        None => t.strip_prefix("0x").unwrap_or(&t),
+    };
+    if short.len() != 4 {
+        return None;
+    }
+    u16::from_str_radix(short, 16).ok()
+}
+
+/// Hexadecimal bytes; spaces, colons and dashes between them are allowed.
+pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
+    let digits: String = text
+        .chars()
+        .filter(|c| !matches!(c, ' ' | ':' | '-'))
+        .collect();
+    let digits = digits.strip_prefix("0x").unwrap_or(&digits);
+    if !digits.len().is_multiple_of(2) {
+        return Err(format!(
+            "{} hex digits: bytes need an even number",
+            digits.len()
+        ));
+    }
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&digits[i..i + 2], 16)
+                .map_err(|_| format!("{:?} is not a hex byte", &digits[i..i + 2]))
+        })
+        .collect()
+}
+
+/// `vitalbridge decode`: the decoded measurement as pretty JSON, or why it cannot be decoded.
+pub fn decode_command(
+    characteristic: &str,
+    hex: &str,
+    model: Option<&str>,
+) -> Result<String, String> {
+    let uuid = parse_uuid16(characteristic).ok_or_else(|| {
+        format!("{characteristic:?} is not a 16-bit characteristic UUID (e.g. 0x2A35)")
+    })?;
+    let bytes = parse_hex(hex)?;
+    let profile = match model {
+        Some(m) => Some(profiles::profile_named(m).ok_or_else(|| {
+            format!(
+                "no device profile matches {m:?}; known: {}",
+                known_profiles()
+            )
+        })?),
+        None => None,
+    };
+    let quirks = profile.map(|p| p.quirks.clone()).unwrap_or_default();
+    let measurement = gatt::decode_with(uuid, &bytes, &quirks)
+        .map_err(|e| format!("cannot decode 0x{uuid:04X}: {e}"))?;
+    let out = json!({
+        "characteristic": format!("0x{uuid:04X}"),
+        "profile": profile.map(|p| p.name),
+        "measurement": measurement,
+    });
+    serde_json::to_string_pretty(&out).map_err(|e| e.to_string())
+}
+
+fn known_profiles() -> String {
+    profiles::PROFILES
+        .iter()
+        .map(|p| p.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_and_hex_are_read_leniently_and_checked() {
+        assert_eq!(parse_uuid16("0x2A35"), Some(0x2A35));
+        assert_eq!(parse_uuid16("2a35"), Some(0x2A35));
+        assert_eq!(
+            parse_uuid16("00002A35-0000-1000-8000-00805F9B34FB"),
+            Some(0x2A35)
+        );
+        assert_eq!(parse_uuid16("0x2A3"), None);
+        assert_eq!(parse_hex("1e:8a 00"), Ok(vec![0x1e, 0x8a, 0]));
+        assert!(parse_hex("1e8").unwrap_err().contains("even"));
+        assert!(parse_hex("zz").unwrap_err().contains("not a hex byte"));
+    }
+
+    #[test]
+    fn the_command_decodes_or_says_why() {
+        let out = decode_command("0x2A35", "1e8a00580078000000041114293b3c00012700", None)
+            .expect("decodes");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(v["measurement"]["systolic"]["value"], "138");
+        let e = decode_command("0x2A35", "010203040506", None).unwrap_err();
+        assert!(e.contains("truncated: mean arterial pressure"), "{e}");
+        let e = decode_command("0x2A35", "00", Some("Nobody X1")).unwrap_err();
+        assert!(e.contains("Beurer BM series"), "{e}");
+    }
+}

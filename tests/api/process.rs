@@ -524,3 +524,50 @@ async fn reindex_rebuilds_lost_rows_postgres() {
 async fn reindex_rebuilds_lost_rows_sqlite() {
     reindex_rebuilds_lost_rows(Backend::Sqlite).await;
 }
+
+/// `vitalbridge decode` (issue 5, item 4): JSON on stdout for a packet it can read; status 2
+/// and the reason on stderr for one it cannot.
+#[test]
+fn decode_command_prints_the_measurement_or_exits_2() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
+            .arg("decode")
+            .args(args)
+            .output()
+            .expect("vitalbridge runs")
+    };
+    let out = run(&[
+        "--characteristic",
+        "0x2A1C",
+        "--hex",
+        "06b00e00fedc070c050b321b04",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["measurement"]["temperature"]["value"], "37.60");
+    assert_eq!(v["measurement"]["temperature_type"]["name"], "finger");
+
+    let out = run(&[
+        "--characteristic",
+        "0x2A1C",
+        "--hex",
+        "06b00e00fedc070c050b321b",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("truncated: temperature type"), "{err}");
+
+    let out = run(&[
+        "--characteristic",
+        "0x2A35",
+        "--hex",
+        "14780050005d00004802 0001",
+        "--model",
+        "Beurer BM85",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["profile"], "Beurer BM series");
+    assert_eq!(v["measurement"]["pulse_rate"]["value"], "72");
+    assert_eq!(v["measurement"]["user_id"], 2);
+}
