@@ -2,6 +2,7 @@
 //! cellular and PHD endpoints, normalisation to profiled Observations, and the device registry.
 
 pub mod gatt;
+pub mod normalize;
 pub mod profiles;
 
 use serde_json::json;
@@ -64,10 +65,25 @@ pub fn decode_command(
     let quirks = profile.map(|p| p.quirks.clone()).unwrap_or_default();
     let measurement = gatt::decode_with(uuid, &bytes, &quirks)
         .map_err(|e| format!("cannot decode 0x{uuid:04X}: {e}"))?;
+    // The Observations the server would store, without the patient and device it would
+    // resolve from its registry, received now.
+    let ctx = normalize::Context {
+        patient: None,
+        device: None,
+        gateway: None,
+        device_key: "0000000000000000".into(),
+        received: time::OffsetDateTime::now_utc(),
+        clock_offset_seconds: 0,
+    };
+    let resources: Vec<serde_json::Value> = normalize::observations(&measurement, &ctx)
+        .into_iter()
+        .map(|p| p.resource)
+        .collect();
     let out = json!({
         "characteristic": format!("0x{uuid:04X}"),
         "profile": profile.map(|p| p.name),
         "measurement": measurement,
+        "fhir": resources,
     });
     serde_json::to_string_pretty(&out).map_err(|e| e.to_string())
 }
@@ -105,6 +121,8 @@ mod tests {
             .expect("decodes");
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");
         assert_eq!(v["measurement"]["systolic"]["value"], "138");
+        assert_eq!(v["fhir"][0]["component"][0]["valueQuantity"]["value"], 138);
+        assert_eq!(v["fhir"][1]["code"]["coding"][1]["code"], "8867-4");
         let e = decode_command("0x2A35", "010203040506", None).unwrap_err();
         assert!(e.contains("truncated: mean arterial pressure"), "{e}");
         let e = decode_command("0x2A35", "00", Some("Nobody X1")).unwrap_err();

@@ -1,0 +1,563 @@
+//! Decoded measurements → FHIR R4 Observations shaped by the HL7 Personal Health Device IG 2.0.0
+//! (http://hl7.org/fhir/uv/phd/) and the R4 vital-signs profiles
+//! (http://hl7.org/fhir/R4/observation-vitalsigns.html). Pure: the caller gives the patient,
+//! the device and the times; nothing here reads the database or the clock.
+//!
+//! - `code`: the MDC code (urn:iso:std:iso:11073:10101) first, then LOINC for vital signs;
+//!   categories `vital-signs` (when one) and PHD's `phd`.
+//! - Values in UCUM only, with the precision the device sent; IEEE special values become
+//!   `dataAbsentReason` (PHD IG "FLOATs and SFLOATs").
+//! - Blood pressure is one compound Observation (systolic, diastolic, mean components); its
+//!   pulse rate is an Observation of its own; its measurement-status flags are a third, a
+//!   PhdBitsEnumerationObservation (MDC 8410608) `derivedFrom` the pressure.
+//! - `effectiveDateTime`: the device's time stamp corrected by its known clock offset, or the
+//!   hub's receive time when the device sends none (or an incomplete one).
+//! - `identifier`: the PHD IG 2.0.0 de-duplication identifier
+//!   `device-patient-type-timestamp` (seconds since 2000-01-01 of the device's own time stamp),
+//!   for readings that carry a time stamp; conditional creates on it make replays harmless.
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use super::gatt::{DateTime, Float, Measurement, Quantity};
+
+const MDC: &str = "urn:iso:std:iso:11073:10101";
+const LOINC: &str = "http://loinc.org";
+const UCUM: &str = "http://unitsofmeasure.org";
+const PHD: &str = "http://hl7.org/fhir/uv/phd/StructureDefinition/";
+const VITAL_SIGNS: &str = "http://hl7.org/fhir/StructureDefinition/";
+
+/// Who and what a reading belongs to, and when it arrived.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The Patient (resource id) the device was assigned to at measurement time.
+    pub patient: Option<String>,
+    /// The Device (resource id) that measured.
+    pub device: Option<String>,
+    /// The hub or gateway Device (resource id) that forwarded the reading.
+    pub gateway: Option<String>,
+    /// The device's identity for the de-duplication identifier: its EUI-64 system id (16 hex
+    /// digits) or Bluetooth address (12), upper case, no separators.
+    pub device_key: String,
+    /// When the hub received the reading.
+    pub received: OffsetDateTime,
+    /// How far the device's clock is ahead of true time, in seconds (negative: behind).
+    pub clock_offset_seconds: i64,
+}
+
+/// One Observation of a reading, with the local name other Observations of the same reading
+/// use to point at it (`urn:uuid:` in a transaction Bundle).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Produced {
+    pub full_url: String,
+    pub resource: Value,
+}
+
+/// An Observation kind: its MDC code and reference id, and its LOINC code when a vital sign.
+struct Kind {
+    mdc: u32,
+    mdc_name: &'static str,
+    loinc: Option<(&'static str, &'static str)>,
+    text: &'static str,
+    /// The R4 vital-signs profile it claims, if any.
+    profile: Option<&'static str>,
+}
+
+const fn kind(
+    mdc: u32,
+    mdc_name: &'static str,
+    loinc: Option<(&'static str, &'static str)>,
+    text: &'static str,
+    profile: Option<&'static str>,
+) -> Kind {
+    Kind {
+        mdc,
+        mdc_name,
+        loinc,
+        text,
+        profile,
+    }
+}
+
+/// The kinds of Observation produced: MDC code and reference id, LOINC when a vital sign, text,
+/// R4 vital-signs profile. Sources: PHD IG 2.0.0 examples and the IEEE 11073-10101 tables; the
+/// capillary plasma glucose has no LOINC equivalent and is sent with its MDC code only.
+#[rustfmt::skip]
+mod kinds {
+    use super::{Kind, kind};
+    pub const BLOOD_PRESSURE: Kind = kind(150020, "MDC_PRESS_BLD_NONINV", Some(("85354-9", "Blood pressure panel with all children optional")), "Blood pressure", Some("bp"));
+    pub const PULSE_CUFF: Kind = kind(149546, "MDC_PULS_RATE_NON_INV", Some(("8867-4", "Heart rate")), "Pulse rate", Some("heartrate"));
+    pub const PULSE_OXIMETER: Kind = kind(149530, "MDC_PULS_OXIM_PULS_RATE", Some(("8867-4", "Heart rate")), "Pulse rate", Some("heartrate"));
+    pub const HEART_RATE: Kind = kind(147842, "MDC_ECG_HEART_RATE", Some(("8867-4", "Heart rate")), "Heart rate", Some("heartrate"));
+    pub const BODY_WEIGHT: Kind = kind(188736, "MDC_MASS_BODY_ACTUAL", Some(("29463-7", "Body weight")), "Body weight", Some("bodyweight"));
+    pub const BODY_HEIGHT: Kind = kind(188740, "MDC_LEN_BODY_ACTUAL", Some(("8302-2", "Body height")), "Body height", Some("bodyheight"));
+    pub const BMI: Kind = kind(188752, "MDC_RATIO_MASS_BODY_LEN_SQ", Some(("39156-5", "Body mass index (BMI) [Ratio]")), "Body mass index", Some("bmi"));
+    pub const BODY_FAT: Kind = kind(188748, "MDC_BODY_FAT", Some(("41982-0", "Percentage of body fat Measured")), "Body fat", None);
+    pub const BODY_TEMPERATURE: Kind = kind(150364, "MDC_TEMP_BODY", Some(("8310-5", "Body temperature")), "Body temperature", Some("bodytemp"));
+    pub const SPO2: Kind = kind(150456, "MDC_PULS_OXIM_SAT_O2", Some(("2708-6", "Oxygen saturation in Arterial blood")), "Oxygen saturation", Some("oxygensat"));
+    pub const GLUCOSE_WHOLE_BLOOD: Kind = kind(160184, "MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD", Some(("41653-7", "Glucose [Mass/volume] in Capillary blood by Glucometer")), "Blood glucose", None);
+    pub const GLUCOSE_PLASMA: Kind = kind(160188, "MDC_CONC_GLU_CAPILLARY_PLASMA", None, "Blood glucose (capillary plasma)", None);
+    pub const BP_STATUS: Kind = kind(8410608, "MDC_BLOOD_PRESSURE_MEASUREMENT_STATUS", None, "Blood pressure measurement status", None);
+}
+use kinds::*;
+
+/// The UCUM code of a decoder unit.
+fn ucum(unit: &str) -> &str {
+    match unit {
+        "mmHg" => "mm[Hg]",
+        "bpm" => "/min",
+        "lb" => "[lb_av]",
+        "in" => "[in_i]",
+        "degC" => "Cel",
+        "degF" => "[degF]",
+        other => other,
+    }
+}
+
+/// The data-absent reason of an IEEE special value.
+fn absent_reason(f: Float) -> &'static str {
+    match f {
+        Float::NaN => "not-a-number",
+        Float::PositiveInfinity => "positive-infinity",
+        Float::NegativeInfinity => "negative-infinity",
+        _ => "error",
+    }
+}
+
+fn number(d: super::gatt::Decimal) -> Value {
+    serde_json::from_str::<serde_json::Number>(&d.to_string())
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
+}
+
+/// `valueQuantity`, or `dataAbsentReason` for a special value, merged into `target`.
+fn put_value(target: &mut Value, q: &Quantity) {
+    match q.value {
+        Float::Value(d) => {
+            let code = ucum(q.unit);
+            target["valueQuantity"] =
+                json!({"value": number(d), "unit": code, "system": UCUM, "code": code});
+        }
+        special => {
+            target["dataAbsentReason"] = json!({"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                "code": absent_reason(special)
+            }]});
+        }
+    }
+}
+
+fn code(kind: &Kind) -> Value {
+    let mut codings =
+        vec![json!({"system": MDC, "code": kind.mdc.to_string(), "display": kind.mdc_name})];
+    if let Some((c, display)) = kind.loinc {
+        codings.push(json!({"system": LOINC, "code": c, "display": display}));
+    }
+    json!({"coding": codings, "text": kind.text})
+}
+
+/// Seconds from 2000-01-01T00:00:00 of a device time stamp (the PHD IG 2.0.0 time-stamp part
+/// of the de-duplication identifier).
+fn since_2000(t: &DateTime) -> Option<i64> {
+    let epoch = time::macros::datetime!(2000-01-01 0:00);
+    Some((t.primitive()? - epoch).whole_seconds())
+}
+
+struct Builder<'a> {
+    ctx: &'a Context,
+    /// The device's own time stamp (for the identifier) and the corrected effective time.
+    stamp: Option<DateTime>,
+    effective: String,
+    out: Vec<Produced>,
+    seq: usize,
+    id_base: String,
+}
+
+impl<'a> Builder<'a> {
+    fn new(ctx: &'a Context, stamp: Option<DateTime>) -> Builder<'a> {
+        let corrected = stamp
+            .and_then(|s| s.primitive())
+            .map(|p| p.assume_utc() - time::Duration::seconds(ctx.clock_offset_seconds));
+        let effective = corrected.unwrap_or(ctx.received);
+        let effective = effective
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        // The reading's own name, stable across replays: the base of its entries' urn:uuid.
+        let id_base = format!(
+            "{}-{}-{}",
+            ctx.device_key,
+            ctx.patient.as_deref().unwrap_or(""),
+            stamp.as_ref().and_then(since_2000).map_or_else(
+                || ctx.received.unix_timestamp().to_string(),
+                |s| s.to_string()
+            )
+        );
+        Builder {
+            ctx,
+            stamp,
+            effective,
+            out: Vec::new(),
+            seq: 0,
+            id_base,
+        }
+    }
+
+    /// A new Observation of `kind`; returns its index.
+    fn observation(&mut self, kind: &Kind, vital: bool) -> usize {
+        let mut profiles = vec![];
+        if let Some(p) = kind.profile {
+            profiles.push(format!("{VITAL_SIGNS}{p}"));
+        }
+        let mut categories = vec![];
+        if vital {
+            categories.push(json!({"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                "code": "vital-signs", "display": "Vital Signs"}]}));
+        }
+        categories.push(json!({"coding": [{
+            "system": "http://hl7.org/fhir/uv/phd/CodeSystem/PhdObservationCategories",
+            "code": "phd"}]}));
+        let mut o = json!({
+            "resourceType": "Observation",
+            "meta": {"profile": profiles},
+            "status": "final",
+            "category": categories,
+            "code": code(kind),
+            "effectiveDateTime": self.effective,
+        });
+        if let Some(stamp) = self.stamp.as_ref().and_then(since_2000) {
+            o["identifier"] = json!([{"value": format!(
+                "{}-{}-{}-{stamp}",
+                self.ctx.device_key,
+                self.ctx.patient.as_deref().unwrap_or(""),
+                kind.mdc
+            )}]);
+        }
+        if let Some(p) = &self.ctx.patient {
+            o["subject"] = json!({"reference": format!("Patient/{p}")});
+        }
+        if let Some(d) = &self.ctx.device {
+            o["device"] = json!({"reference": format!("Device/{d}")});
+        }
+        if let Some(g) = &self.ctx.gateway {
+            o["extension"] = json!([{
+                "url": "http://hl7.org/fhir/StructureDefinition/observation-gatewayDevice",
+                "valueReference": {"reference": format!("Device/{g}")}
+            }]);
+        }
+        self.seq += 1;
+        let full_url = format!(
+            "urn:uuid:{}",
+            uuid::Uuid::new_v5(
+                &uuid::Uuid::NAMESPACE_URL,
+                format!("{}-{}-{}", self.id_base, kind.mdc, self.seq).as_bytes()
+            )
+        );
+        self.out.push(Produced {
+            full_url,
+            resource: o,
+        });
+        self.out.len() - 1
+    }
+
+    /// A PhdNumericObservation of `kind` valued `q`; returns its index.
+    fn numeric(&mut self, kind: &Kind, q: &Quantity, vital: bool) -> usize {
+        let i = self.observation(kind, vital);
+        let o = &mut self.out[i].resource;
+        put_value(o, q);
+        push_profile(o, &format!("{PHD}PhdNumericObservation"));
+        i
+    }
+
+    /// Body height, if measured, in the units of the R4 bodyheight profile: m becomes cm.
+    fn height(&mut self, h: Option<&Quantity>) {
+        let Some(h) = h else { return };
+        let h = match (h.unit, h.value) {
+            ("m", Float::Value(d)) => Quantity::new(Float::Value(d.shifted(2)), "cm"),
+            _ => *h,
+        };
+        self.numeric(&BODY_HEIGHT, &h, true);
+    }
+}
+
+fn push_profile(o: &mut Value, url: &str) {
+    if let Some(list) = o["meta"]["profile"].as_array_mut() {
+        list.insert(0, Value::from(url));
+    }
+}
+
+fn component(code_kind: (u32, &str, Option<(&str, &str)>), q: &Quantity) -> Value {
+    let (mdc, name, loinc) = code_kind;
+    let mut codings = vec![json!({"system": MDC, "code": mdc.to_string(), "display": name})];
+    if let Some((c, d)) = loinc {
+        codings.push(json!({"system": LOINC, "code": c, "display": d}));
+    }
+    let mut c = json!({"code": {"coding": codings}});
+    put_value(&mut c, q);
+    c
+}
+
+/// The Observations of one decoded measurement. Measurements that are not readings (battery,
+/// time, RACP answers, glucose context) produce none: they update the Device or steer the
+/// gateway.
+pub fn observations(m: &Measurement, ctx: &Context) -> Vec<Produced> {
+    match m {
+        Measurement::BloodPressure(bp) => {
+            let mut b = Builder::new(ctx, bp.timestamp);
+            let i = b.observation(&BLOOD_PRESSURE, true);
+            {
+                let o = &mut b.out[i].resource;
+                push_profile(o, &format!("{PHD}PhdCompoundNumericObservation"));
+                if bp.units != "mmHg" {
+                    // The R4 bp profile fixes the components' unit to mm[Hg]; kPa readings are
+                    // kept as sent and do not claim it.
+                    if let Some(list) = o["meta"]["profile"].as_array_mut() {
+                        list.retain(|p| p != &json!(format!("{VITAL_SIGNS}bp")));
+                    }
+                }
+                o["component"] = json!([
+                    component(
+                        (
+                            150021,
+                            "MDC_PRESS_BLD_NONINV_SYS",
+                            Some(("8480-6", "Systolic blood pressure"))
+                        ),
+                        &bp.systolic
+                    ),
+                    component(
+                        (
+                            150022,
+                            "MDC_PRESS_BLD_NONINV_DIA",
+                            Some(("8462-4", "Diastolic blood pressure"))
+                        ),
+                        &bp.diastolic
+                    ),
+                    component(
+                        (150023, "MDC_PRESS_BLD_NONINV_MEAN", None),
+                        &bp.mean_arterial_pressure
+                    ),
+                ]);
+            }
+            if let Some(pulse) = &bp.pulse_rate {
+                b.numeric(&PULSE_CUFF, pulse, true);
+            }
+            if let Some(raw) = bp
+                .measurement_status_raw
+                .as_deref()
+                .and_then(|r| u16::from_str_radix(r.trim_start_matches("0x"), 16).ok())
+                .filter(|r| *r != 0)
+            {
+                let pressure = b.out[i].full_url.clone();
+                let s = b.observation(&BP_STATUS, false);
+                let o = &mut b.out[s].resource;
+                push_profile(o, &format!("{PHD}PhdBitsEnumerationObservation"));
+                o["derivedFrom"] = json!([{"reference": pressure}]);
+                // Event bits: only those set are reported (PHD IG, ASN1ToHL7 code system).
+                o["component"] = Value::Array(
+                    (0..6)
+                        .filter(|bit| raw & (1 << bit) != 0)
+                        .map(|bit| {
+                            json!({
+                                "code": {"coding": [{
+                                    "system": "http://hl7.org/fhir/uv/phd/CodeSystem/ASN1ToHL7",
+                                    "code": format!("8410608.{bit}")
+                                }]},
+                                "valueCodeableConcept": {"coding": [{
+                                    "system": "http://terminology.hl7.org/CodeSystem/v2-0136",
+                                    "code": "Y"
+                                }]}
+                            })
+                        })
+                        .collect(),
+                );
+            }
+            b.out
+        }
+        Measurement::Weight(w) => {
+            let mut b = Builder::new(ctx, w.timestamp);
+            b.numeric(&BODY_WEIGHT, &w.weight, true);
+            if let Some(bmi) = &w.bmi {
+                b.numeric(&BMI, bmi, true);
+            }
+            b.height(w.height.as_ref());
+            b.out
+        }
+        Measurement::BodyComposition(c) => {
+            let mut b = Builder::new(ctx, c.timestamp);
+            b.numeric(&BODY_FAT, &c.body_fat_percentage, false);
+            if let Some(w) = &c.weight {
+                b.numeric(&BODY_WEIGHT, w, true);
+            }
+            b.height(c.height.as_ref());
+            b.out
+        }
+        Measurement::Temperature(t) => {
+            let mut b = Builder::new(ctx, t.timestamp);
+            b.numeric(&BODY_TEMPERATURE, &t.temperature, true);
+            b.out
+        }
+        Measurement::PlxSpotCheck(p) => oximetry(ctx, p.timestamp, &p.spo2, &p.pulse_rate),
+        Measurement::PlxContinuous(p) => oximetry(ctx, None, &p.spo2, &p.pulse_rate),
+        Measurement::HeartRate(h) => {
+            let mut b = Builder::new(ctx, None);
+            b.numeric(&HEART_RATE, &h.heart_rate, true);
+            b.out
+        }
+        Measurement::Glucose(g) => {
+            let Some(value) = g.concentration_conventional.as_ref() else {
+                return Vec::new();
+            };
+            let kind = match g.sample_type.map(|t| t.code) {
+                Some(2 | 4 | 6 | 8) => &GLUCOSE_PLASMA,
+                _ => &GLUCOSE_WHOLE_BLOOD,
+            };
+            let mut b = Builder::new(ctx, Some(g.timestamp));
+            b.numeric(kind, value, false);
+            b.out
+        }
+        Measurement::GlucoseContext(_)
+        | Measurement::Battery(_)
+        | Measurement::Time(_)
+        | Measurement::RecordAccess(_) => Vec::new(),
+    }
+}
+
+/// An oximeter's reading: SpO2 and pulse rate.
+fn oximetry(
+    ctx: &Context,
+    stamp: Option<DateTime>,
+    spo2: &Quantity,
+    pulse: &Quantity,
+) -> Vec<Produced> {
+    let mut b = Builder::new(ctx, stamp);
+    let i = b.numeric(&SPO2, spo2, true);
+    add_pulse_oximetry_coding(&mut b.out[i].resource);
+    b.numeric(&PULSE_OXIMETER, pulse, true);
+    b.out
+}
+
+/// SpO2 carries LOINC 59408-5 (by pulse oximetry) beside the 2708-6 the R4 profile requires.
+fn add_pulse_oximetry_coding(o: &mut Value) {
+    if let Some(codings) = o["code"]["coding"].as_array_mut() {
+        codings.push(json!({"system": LOINC, "code": "59408-5",
+            "display": "Oxygen saturation in Arterial blood by Pulse oximetry"}));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::ingest::gatt::decode;
+
+    fn ctx() -> Context {
+        Context {
+            patient: Some("p1".into()),
+            device: Some("cuff-1".into()),
+            gateway: Some("hub-1".into()),
+            device_key: "0011223344556677".into(),
+            received: time::macros::datetime!(2026-12-01 10:00:00 UTC),
+            clock_offset_seconds: 0,
+        }
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        crate::ingest::parse_hex(s).unwrap()
+    }
+
+    #[test]
+    fn blood_pressure_is_a_compound_a_pulse_and_a_status() {
+        // BP1 of the shared vectors, with a full date: 2024-04-17 20:41:59.
+        let m = decode(
+            0x2A35,
+            &hex("1e 8a00 5800 7800 e807 04 11 14 29 3b 3c00 01 2700"),
+        )
+        .unwrap();
+        let out = observations(&m, &ctx());
+        assert_eq!(out.len(), 3);
+        let bp = &out[0].resource;
+        assert_eq!(bp["code"]["coding"][0]["code"], "150020");
+        assert_eq!(bp["code"]["coding"][1]["code"], "85354-9");
+        assert_eq!(bp["component"][0]["valueQuantity"]["value"], json!(138));
+        assert_eq!(bp["component"][0]["valueQuantity"]["code"], "mm[Hg]");
+        assert_eq!(bp["component"][1]["code"]["coding"][1]["code"], "8462-4");
+        assert_eq!(bp["effectiveDateTime"], "2024-04-17T20:41:59Z");
+        assert_eq!(bp["subject"]["reference"], "Patient/p1");
+        assert_eq!(bp["device"]["reference"], "Device/cuff-1");
+        assert!(bp["meta"]["profile"].to_string().contains("/bp\""));
+        // 2024-04-17T20:41:59 is 766701719 s after 2000-01-01.
+        assert_eq!(
+            bp["identifier"][0]["value"],
+            "0011223344556677-p1-150020-766701719"
+        );
+        let pulse = &out[1].resource;
+        assert_eq!(pulse["code"]["coding"][1]["code"], "8867-4");
+        assert_eq!(pulse["valueQuantity"]["code"], "/min");
+        let status = &out[2].resource;
+        assert_eq!(status["code"]["coding"][0]["code"], "8410608");
+        assert_eq!(
+            status["derivedFrom"][0]["reference"],
+            json!(out[0].full_url)
+        );
+        let bits: Vec<&str> = status["component"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["code"]["coding"][0]["code"].as_str().unwrap())
+            .collect();
+        assert_eq!(bits, ["8410608.0", "8410608.1", "8410608.2", "8410608.5"]);
+        // The same bytes again: the same names and identifiers (replays are recognisable).
+        assert_eq!(observations(&m, &ctx()), out);
+    }
+
+    #[test]
+    fn precision_units_specials_and_times() {
+        // Weight 70.000 kg with BMI and height (WS5): 1.750 m becomes 175.0 cm.
+        let m = decode(0x2A9D, &hex("08b036f500d606")).unwrap();
+        let out = observations(&m, &ctx());
+        assert_eq!(
+            out[0].resource["valueQuantity"]["value"].to_string(),
+            "70.000"
+        );
+        assert_eq!(
+            out[2].resource["valueQuantity"]["value"].to_string(),
+            "175.0"
+        );
+        assert_eq!(out[2].resource["valueQuantity"]["code"], "cm");
+        assert!(
+            out[0].resource.get("identifier").is_none(),
+            "no time stamp, no identifier"
+        );
+        assert_eq!(out[0].resource["effectiveDateTime"], "2026-12-01T10:00:00Z");
+
+        // A thermometer sending NaN: no value, a data-absent reason.
+        let m = decode(0x2A1C, &hex("00ffff7f00")).unwrap();
+        let o = &observations(&m, &ctx())[0].resource;
+        assert!(o.get("valueQuantity").is_none());
+        assert_eq!(o["dataAbsentReason"]["coding"][0]["code"], "not-a-number");
+
+        // A device clock 90 s fast (HT1 at 2012-12-05T11:50:27).
+        let mut c = ctx();
+        c.clock_offset_seconds = 90;
+        let m = decode(0x2A1C, &hex("06b00e00fedc070c050b321b04")).unwrap();
+        let o = &observations(&m, &c)[0].resource;
+        assert_eq!(o["effectiveDateTime"], "2012-12-05T11:48:57Z");
+        assert_eq!(o["valueQuantity"]["value"].to_string(), "37.60");
+        assert_eq!(o["valueQuantity"]["code"], "Cel");
+
+        // SpO2 with both LOINC codes; glucose in mg/dL, not a vital sign.
+        let m = decode(0x2A5E, &hex("0facf3bef5e8070b1d170839204022000066e3")).unwrap();
+        let out = observations(&m, &ctx());
+        assert_eq!(out[0].resource["code"]["coding"][1]["code"], "2708-6");
+        assert_eq!(out[0].resource["code"]["coding"][2]["code"], "59408-5");
+        assert_eq!(
+            out[0].resource["valueQuantity"]["value"].to_string(),
+            "94.0"
+        );
+        let m = decode(0x2A18, &hex("1b0100e307021b0b0a1efbff1e00120501")).unwrap();
+        let g = &observations(&m, &ctx())[0].resource;
+        assert_eq!(g["valueQuantity"]["code"], "mg/dL");
+        assert_eq!(g["code"]["coding"][0]["code"], "160188", "capillary plasma");
+        assert_eq!(g["category"].as_array().unwrap().len(), 1, "phd only");
+    }
+}
