@@ -7,6 +7,27 @@ pub mod profiles;
 
 use serde_json::json;
 
+/// What the fuzz targets (`fuzz/`) and the randomized test run on arbitrary bytes: decode as
+/// `uuid` by the specification and with every device profile's quirks, then normalise what
+/// decodes. Panics only on a bug.
+pub fn fuzz_one(uuid: u16, data: &[u8]) {
+    let plain = std::iter::once(gatt::Quirks::default());
+    for quirks in plain.chain(profiles::PROFILES.iter().map(|p| p.quirks.clone())) {
+        if let Ok(m) = gatt::decode_with(uuid, data, &quirks) {
+            let ctx = normalize::Context {
+                patient: Some("p".into()),
+                device: Some("d".into()),
+                gateway: None,
+                device_key: "0000000000000000".into(),
+                received: time::OffsetDateTime::UNIX_EPOCH,
+                clock_offset_seconds: i64::from(data.first().copied().unwrap_or(0)) - 128,
+            };
+            let _ = normalize::observations(&m, &ctx);
+            let _ = serde_json::to_string(&m);
+        }
+    }
+}
+
 /// A characteristic's 16-bit assigned number from `0x2A35`, `2A35` or the 128-bit Bluetooth
 /// base UUID `00002a35-0000-1000-8000-00805f9b34fb`.
 pub fn parse_uuid16(text: &str) -> Option<u16> {
