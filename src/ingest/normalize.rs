@@ -510,6 +510,33 @@ mod tests {
         assert_eq!(observations(&m, &ctx()), out);
     }
 
+    /// Every Observation made from the shared vectors passes the checks of the server's write
+    /// path (R4 structure, primitive formats, required bindings).
+    #[test]
+    fn every_observation_from_the_vectors_is_valid_r4() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/data/vectors/gatt.json"
+        );
+        let all: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let ty = crate::fhir::types::ResourceType::parse("Observation").unwrap();
+        let mut made = 0;
+        for v in all["vectors"].as_array().unwrap() {
+            let (Some(c), Some(true)) = (v["characteristic"].as_str(), v["valid"].as_bool()) else {
+                continue;
+            };
+            let uuid = crate::ingest::parse_uuid16(c).unwrap();
+            let m = decode(uuid, &hex(v["hex"].as_str().unwrap())).unwrap();
+            for p in observations(&m, &ctx()) {
+                if let Err(e) = crate::fhir::parse::check_structure(&p.resource, ty) {
+                    panic!("{}: {e:?}\n{:#}", v["id"], p.resource);
+                }
+                made += 1;
+            }
+        }
+        assert!(made >= 30, "{made} Observations");
+    }
+
     #[test]
     fn precision_units_specials_and_times() {
         // Weight 70.000 kg with BMI and height (WS5): 1.750 m becomes 175.0 cm.
