@@ -4,6 +4,7 @@
 pub mod gatt;
 pub mod normalize;
 pub mod profiles;
+pub mod rules;
 
 use serde_json::json;
 
@@ -21,6 +22,7 @@ pub fn fuzz_one(uuid: u16, data: &[u8]) {
                 device_key: "0000000000000000".into(),
                 received: time::OffsetDateTime::UNIX_EPOCH,
                 clock_offset_seconds: i64::from(data.first().copied().unwrap_or(0)) - 128,
+                thresholds: None,
             };
             let _ = normalize::observations(&m, &ctx);
             let _ = serde_json::to_string(&m);
@@ -95,11 +97,13 @@ pub fn decode_command(
         device_key: "0000000000000000".into(),
         received: time::OffsetDateTime::now_utc(),
         clock_offset_seconds: 0,
+        thresholds: None,
     };
-    let resources: Vec<serde_json::Value> = normalize::observations(&measurement, &ctx)
-        .into_iter()
-        .map(|p| p.resource)
-        .collect();
+    // A reading the server would refuse says why instead.
+    let resources = match normalize::observations(&measurement, &ctx) {
+        Ok(produced) => json!(produced.into_iter().map(|p| p.resource).collect::<Vec<_>>()),
+        Err(reasons) => json!({"refused": reasons}),
+    };
     let out = json!({
         "characteristic": format!("0x{uuid:04X}"),
         "profile": profile.map(|p| p.name),

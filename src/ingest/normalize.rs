@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::gatt::{DateTime, Float, Measurement, Quantity};
+use super::rules::{Thresholds, implausible, interpret};
 
 const MDC: &str = "urn:iso:std:iso:11073:10101";
 const LOINC: &str = "http://loinc.org";
@@ -43,7 +44,13 @@ pub struct Context {
     pub received: OffsetDateTime,
     /// How far the device's clock is ahead of true time, in seconds (negative: behind).
     pub clock_offset_seconds: i64,
+    /// The patient's own alert thresholds; the defaults of [`super::rules`] without them.
+    pub thresholds: Option<Thresholds>,
 }
+
+/// How far ahead of its arrival a reading's corrected time stamp may be (clock drift beyond
+/// the known offset); later is a fault.
+const FUTURE_SECONDS: i64 = 600;
 
 /// One Observation of a reading, with the local name other Observations of the same reading
 /// use to point at it (`urn:uuid:` in a transaction Bundle).
@@ -130,13 +137,30 @@ fn number(d: super::gatt::Decimal) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// `valueQuantity`, or `dataAbsentReason` for a special value, merged into `target`.
-fn put_value(target: &mut Value, q: &Quantity) {
+/// What the rules ([`super::rules`]) need while values are written, and what they found.
+struct Grading<'a> {
+    thresholds: Option<&'a Thresholds>,
+    problems: &'a mut Vec<String>,
+}
+
+/// `valueQuantity`, or `dataAbsentReason` for a special value, merged into `target`; a value a
+/// patient cannot show is a problem, a value beyond the thresholds gets its `interpretation`.
+/// `key` names the quantity for the rules (its LOINC code, `mean` or `glucose`).
+fn put_value(target: &mut Value, q: &Quantity, key: &str, label: &str, g: Grading<'_>) {
     match q.value {
         Float::Value(d) => {
             let code = ucum(q.unit);
             target["valueQuantity"] =
                 json!({"value": number(d), "unit": code, "system": UCUM, "code": code});
+            let v = d.as_f64();
+            if let Some(why) = implausible(key, code, v, label) {
+                g.problems.push(why);
+            } else if let Some(i) = interpret(key, code, v, g.thresholds) {
+                target["interpretation"] = json!([{"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                    "code": i
+                }]}]);
+            }
         }
         special => {
             target["dataAbsentReason"] = json!({"coding": [{
@@ -171,6 +195,8 @@ struct Builder<'a> {
     out: Vec<Produced>,
     seq: usize,
     id_base: String,
+    /// Why the reading cannot be stored, if it cannot.
+    problems: Vec<String>,
 }
 
 impl<'a> Builder<'a> {
@@ -178,6 +204,16 @@ impl<'a> Builder<'a> {
         let corrected = stamp
             .and_then(|s| s.primitive())
             .map(|p| p.assume_utc() - time::Duration::seconds(ctx.clock_offset_seconds));
+        let mut problems = Vec::new();
+        if let Some(t) = corrected
+            && (t - ctx.received).whole_seconds() > FUTURE_SECONDS
+        {
+            problems.push(format!(
+                "the time stamp {} is more than {FUTURE_SECONDS} s after the reading arrived",
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            ));
+        }
         let effective = corrected.unwrap_or(ctx.received);
         let effective = effective
             .format(&time::format_description::well_known::Rfc3339)
@@ -199,6 +235,7 @@ impl<'a> Builder<'a> {
             out: Vec::new(),
             seq: 0,
             id_base,
+            problems,
         }
     }
 
@@ -264,7 +301,11 @@ impl<'a> Builder<'a> {
     fn numeric(&mut self, kind: &Kind, q: &Quantity, vital: bool) -> usize {
         let i = self.observation(kind, vital);
         let o = &mut self.out[i].resource;
-        put_value(o, q);
+        let g = Grading {
+            thresholds: self.ctx.thresholds.as_ref(),
+            problems: &mut self.problems,
+        };
+        put_value(o, q, key_of(kind), kind.text, g);
         push_profile(o, &format!("{PHD}PhdNumericObservation"));
         i
     }
@@ -286,21 +327,43 @@ fn push_profile(o: &mut Value, url: &str) {
     }
 }
 
-fn component(code_kind: (u32, &str, Option<(&str, &str)>), q: &Quantity) -> Value {
+/// The name the rules know a kind's value by.
+fn key_of(kind: &Kind) -> &'static str {
+    match kind.mdc {
+        160184 | 160188 => "glucose",
+        _ => kind.loinc.map_or("", |(code, _)| code),
+    }
+}
+
+fn component(
+    code_kind: (u32, &str, Option<(&str, &str)>),
+    q: &Quantity,
+    label: &str,
+    g: Grading<'_>,
+) -> Value {
     let (mdc, name, loinc) = code_kind;
     let mut codings = vec![json!({"system": MDC, "code": mdc.to_string(), "display": name})];
     if let Some((c, d)) = loinc {
         codings.push(json!({"system": LOINC, "code": c, "display": d}));
     }
     let mut c = json!({"code": {"coding": codings}});
-    put_value(&mut c, q);
+    put_value(&mut c, q, loinc.map_or("mean", |(code, _)| code), label, g);
     c
 }
 
 /// The Observations of one decoded measurement. Measurements that are not readings (battery,
 /// time, RACP answers, glucose context) produce none: they update the Device or steer the
-/// gateway.
-pub fn observations(m: &Measurement, ctx: &Context) -> Vec<Produced> {
+/// gateway. A reading a patient cannot have produced is refused with the reasons.
+pub fn observations(m: &Measurement, ctx: &Context) -> Result<Vec<Produced>, Vec<String>> {
+    let (out, problems) = build(m, ctx);
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+fn build(m: &Measurement, ctx: &Context) -> (Vec<Produced>, Vec<String>) {
     match m {
         Measurement::BloodPressure(bp) => {
             let mut b = Builder::new(ctx, bp.timestamp);
@@ -315,28 +378,42 @@ pub fn observations(m: &Measurement, ctx: &Context) -> Vec<Produced> {
                         list.retain(|p| p != &json!(format!("{VITAL_SIGNS}bp")));
                     }
                 }
-                o["component"] = json!([
-                    component(
+                let parts = [
+                    (
                         (
                             150021,
                             "MDC_PRESS_BLD_NONINV_SYS",
-                            Some(("8480-6", "Systolic blood pressure"))
+                            Some(("8480-6", "Systolic blood pressure")),
                         ),
-                        &bp.systolic
+                        &bp.systolic,
+                        "systolic",
                     ),
-                    component(
+                    (
                         (
                             150022,
                             "MDC_PRESS_BLD_NONINV_DIA",
-                            Some(("8462-4", "Diastolic blood pressure"))
+                            Some(("8462-4", "Diastolic blood pressure")),
                         ),
-                        &bp.diastolic
+                        &bp.diastolic,
+                        "diastolic",
                     ),
-                    component(
+                    (
                         (150023, "MDC_PRESS_BLD_NONINV_MEAN", None),
-                        &bp.mean_arterial_pressure
+                        &bp.mean_arterial_pressure,
+                        "mean arterial pressure",
                     ),
-                ]);
+                ];
+                let components: Vec<Value> = parts
+                    .into_iter()
+                    .map(|(code, q, label)| {
+                        let g = Grading {
+                            thresholds: ctx.thresholds.as_ref(),
+                            problems: &mut b.problems,
+                        };
+                        component(code, q, label, g)
+                    })
+                    .collect();
+                o["component"] = Value::Array(components);
             }
             if let Some(pulse) = &bp.pulse_rate {
                 b.numeric(&PULSE_CUFF, pulse, true);
@@ -371,7 +448,7 @@ pub fn observations(m: &Measurement, ctx: &Context) -> Vec<Produced> {
                         .collect(),
                 );
             }
-            b.out
+            (b.out, b.problems)
         }
         Measurement::Weight(w) => {
             let mut b = Builder::new(ctx, w.timestamp);
@@ -380,7 +457,7 @@ pub fn observations(m: &Measurement, ctx: &Context) -> Vec<Produced> {
                 b.numeric(&BMI, bmi, true);
             }
             b.height(w.height.as_ref());
-            b.out
+            (b.out, b.problems)
         }
         Measurement::BodyComposition(c) => {
             let mut b = Builder::new(ctx, c.timestamp);
@@ -389,23 +466,23 @@ pub fn observations(m: &Measurement, ctx: &Context) -> Vec<Produced> {
                 b.numeric(&BODY_WEIGHT, w, true);
             }
             b.height(c.height.as_ref());
-            b.out
+            (b.out, b.problems)
         }
         Measurement::Temperature(t) => {
             let mut b = Builder::new(ctx, t.timestamp);
             b.numeric(&BODY_TEMPERATURE, &t.temperature, true);
-            b.out
+            (b.out, b.problems)
         }
         Measurement::PlxSpotCheck(p) => oximetry(ctx, p.timestamp, &p.spo2, &p.pulse_rate),
         Measurement::PlxContinuous(p) => oximetry(ctx, None, &p.spo2, &p.pulse_rate),
         Measurement::HeartRate(h) => {
             let mut b = Builder::new(ctx, None);
             b.numeric(&HEART_RATE, &h.heart_rate, true);
-            b.out
+            (b.out, b.problems)
         }
         Measurement::Glucose(g) => {
             let Some(value) = g.concentration_conventional.as_ref() else {
-                return Vec::new();
+                return (Vec::new(), Vec::new());
             };
             let kind = match g.sample_type.map(|t| t.code) {
                 Some(2 | 4 | 6 | 8) => &GLUCOSE_PLASMA,
@@ -413,12 +490,12 @@ pub fn observations(m: &Measurement, ctx: &Context) -> Vec<Produced> {
             };
             let mut b = Builder::new(ctx, Some(g.timestamp));
             b.numeric(kind, value, false);
-            b.out
+            (b.out, b.problems)
         }
         Measurement::GlucoseContext(_)
         | Measurement::Battery(_)
         | Measurement::Time(_)
-        | Measurement::RecordAccess(_) => Vec::new(),
+        | Measurement::RecordAccess(_) => (Vec::new(), Vec::new()),
     }
 }
 
@@ -428,12 +505,12 @@ fn oximetry(
     stamp: Option<DateTime>,
     spo2: &Quantity,
     pulse: &Quantity,
-) -> Vec<Produced> {
+) -> (Vec<Produced>, Vec<String>) {
     let mut b = Builder::new(ctx, stamp);
     let i = b.numeric(&SPO2, spo2, true);
     add_pulse_oximetry_coding(&mut b.out[i].resource);
     b.numeric(&PULSE_OXIMETER, pulse, true);
-    b.out
+    (b.out, b.problems)
 }
 
 /// SpO2 carries LOINC 59408-5 (by pulse oximetry) beside the 2708-6 the R4 profile requires.
@@ -458,6 +535,7 @@ mod tests {
             device_key: "0011223344556677".into(),
             received: time::macros::datetime!(2026-12-01 10:00:00 UTC),
             clock_offset_seconds: 0,
+            thresholds: None,
         }
     }
 
@@ -473,7 +551,7 @@ mod tests {
             &hex("1e 8a00 5800 7800 e807 04 11 14 29 3b 3c00 01 2700"),
         )
         .unwrap();
-        let out = observations(&m, &ctx());
+        let out = observations(&m, &ctx()).unwrap();
         assert_eq!(out.len(), 3);
         let bp = &out[0].resource;
         assert_eq!(bp["code"]["coding"][0]["code"], "150020");
@@ -507,7 +585,7 @@ mod tests {
             .collect();
         assert_eq!(bits, ["8410608.0", "8410608.1", "8410608.2", "8410608.5"]);
         // The same bytes again: the same names and identifiers (replays are recognisable).
-        assert_eq!(observations(&m, &ctx()), out);
+        assert_eq!(observations(&m, &ctx()).unwrap(), out);
     }
 
     /// Every Observation made from the shared vectors passes the checks of the server's write
@@ -527,21 +605,65 @@ mod tests {
             };
             let uuid = crate::ingest::parse_uuid16(c).unwrap();
             let m = decode(uuid, &hex(v["hex"].as_str().unwrap())).unwrap();
-            for p in observations(&m, &ctx()) {
+            // Some vectors hold values no patient shows (glucose of 30 kg/L): refused, not made.
+            let Ok(produced) = observations(&m, &ctx()) else {
+                continue;
+            };
+            for p in produced {
                 if let Err(e) = crate::fhir::parse::check_structure(&p.resource, ty) {
                     panic!("{}: {e:?}\n{:#}", v["id"], p.resource);
                 }
                 made += 1;
             }
         }
-        assert!(made >= 30, "{made} Observations");
+        assert!(made >= 25, "{made} Observations");
+    }
+
+    #[test]
+    fn impossible_and_future_readings_are_refused_and_high_ones_graded() {
+        // 900/88 mmHg: refused, saying which value.
+        let m = decode(0x2A35, &hex("00 8403 5800 7800")).unwrap();
+        let why = observations(&m, &ctx()).unwrap_err();
+        assert_eq!(
+            why,
+            ["systolic 900 mm[Hg] is outside the plausible 40–300 mm[Hg]"]
+        );
+        // A time stamp an hour after the reading arrived.
+        let m = decode(0x2A1C, &hex("02 b00e00fe ea07 0c 01 0b 00 00")).unwrap();
+        let why = observations(&m, &ctx()).unwrap_err();
+        assert!(why[0].contains("2026-12-01T11:00:00Z"), "{why:?}");
+        // 150/95 mmHg: H on both components, under the default limits.
+        let m = decode(0x2A35, &hex("00 9600 5f00 7800")).unwrap();
+        let bp = &observations(&m, &ctx()).unwrap()[0].resource;
+        for c in 0..2 {
+            assert_eq!(
+                bp["component"][c]["interpretation"][0]["coding"][0]["code"],
+                "H"
+            );
+        }
+        assert!(bp["component"][2].get("interpretation").is_none());
+        // The patient's own limits: 150 is critical for them.
+        let mut c = ctx();
+        let mut t = Thresholds::default();
+        t.0.insert(
+            "8480-6".into(),
+            serde_json::from_value(json!({"critical_low": null, "low": null,
+                "high": 130.0, "critical_high": 145.0}))
+            .unwrap(),
+        );
+        c.thresholds = Some(t);
+        let bp = &observations(&m, &c).unwrap()[0].resource;
+        assert_eq!(
+            bp["component"][0]["interpretation"][0]["coding"][0]["code"],
+            "HH"
+        );
     }
 
     #[test]
     fn precision_units_specials_and_times() {
         // Weight 70.000 kg with BMI and height (WS5): 1.750 m becomes 175.0 cm.
         let m = decode(0x2A9D, &hex("08b036f500d606")).unwrap();
-        let out = observations(&m, &ctx());
+        let out = observations(&m, &ctx()).unwrap();
         assert_eq!(
             out[0].resource["valueQuantity"]["value"].to_string(),
             "70.000"
@@ -559,7 +681,7 @@ mod tests {
 
         // A thermometer sending NaN: no value, a data-absent reason.
         let m = decode(0x2A1C, &hex("00ffff7f00")).unwrap();
-        let o = &observations(&m, &ctx())[0].resource;
+        let o = &observations(&m, &ctx()).unwrap()[0].resource;
         assert!(o.get("valueQuantity").is_none());
         assert_eq!(o["dataAbsentReason"]["coding"][0]["code"], "not-a-number");
 
@@ -567,23 +689,28 @@ mod tests {
         let mut c = ctx();
         c.clock_offset_seconds = 90;
         let m = decode(0x2A1C, &hex("06b00e00fedc070c050b321b04")).unwrap();
-        let o = &observations(&m, &c)[0].resource;
+        let o = &observations(&m, &c).unwrap()[0].resource;
         assert_eq!(o["effectiveDateTime"], "2012-12-05T11:48:57Z");
         assert_eq!(o["valueQuantity"]["value"].to_string(), "37.60");
         assert_eq!(o["valueQuantity"]["code"], "Cel");
 
         // SpO2 with both LOINC codes; glucose in mg/dL, not a vital sign.
         let m = decode(0x2A5E, &hex("0facf3bef5e8070b1d170839204022000066e3")).unwrap();
-        let out = observations(&m, &ctx());
+        let out = observations(&m, &ctx()).unwrap();
         assert_eq!(out[0].resource["code"]["coding"][1]["code"], "2708-6");
         assert_eq!(out[0].resource["code"]["coding"][2]["code"], "59408-5");
         assert_eq!(
             out[0].resource["valueQuantity"]["value"].to_string(),
             "94.0"
         );
-        let m = decode(0x2A18, &hex("1b0100e307021b0b0a1efbff1e00120501")).unwrap();
-        let g = &observations(&m, &ctx())[0].resource;
+        let m = decode(0x2A18, &hex("02 0100 e307021b0b0a1e 70b0 12")).unwrap();
+        let g = &observations(&m, &ctx()).unwrap()[0].resource;
         assert_eq!(g["valueQuantity"]["code"], "mg/dL");
+        assert_eq!(
+            g["valueQuantity"]["value"].to_string(),
+            "112",
+            "0.00112 kg/L"
+        );
         assert_eq!(g["code"]["coding"][0]["code"], "160188", "capillary plasma");
         assert_eq!(g["category"].as_array().unwrap().len(), 1, "phd only");
     }
