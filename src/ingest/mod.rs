@@ -9,9 +9,9 @@ pub mod rules;
 
 use serde_json::json;
 
-/// What the fuzz targets (`fuzz/`) and the randomized test run on arbitrary bytes: decode as
-/// `uuid` by the specification and with every device profile's quirks, then normalise what
-/// decodes. Panics only on a bug.
+/// What the randomized test runs on arbitrary bytes: decode as `uuid` by the specification and
+/// with every device profile's quirks, then normalise what decodes (the fuzz targets in `fuzz/`
+/// run the decoding part under libFuzzer). Panics only on a bug.
 pub fn fuzz_one(uuid: u16, data: &[u8]) {
     let plain = std::iter::once(gatt::Quirks::default());
     for quirks in plain.chain(profiles::PROFILES.iter().map(|p| p.quirks.clone())) {
