@@ -5,6 +5,7 @@ pub mod device;
 pub mod gatt;
 pub mod normalize;
 pub mod profiles;
+pub mod registry;
 pub mod rules;
 
 use serde_json::json;

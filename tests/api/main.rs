@@ -16,6 +16,7 @@ mod federation;
 mod formats;
 mod granular_scopes;
 mod history;
+mod ingest;
 mod process;
 mod search;
 mod search_date;
