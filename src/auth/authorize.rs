@@ -548,29 +548,37 @@ pub(super) async fn proceed(
     redirect(url.as_str())
 }
 
-/// Checks a username and password; the same answer, after the same work, for an unknown user
-/// and a wrong password, so that neither timing nor message tells which names exist.
+/// Checks a username and password. An unknown user, a wrong password, a locked account and an
+/// account that signs in elsewhere (an external provider's) get the same answer after the same
+/// work, so that neither the message nor the timing tells which names exist or are locked.
 async fn sign_in(
     state: &AppState,
     username: &str,
     password: &str,
 ) -> Result<UserRecord, &'static str> {
-    const WRONG: &str = "wrong username or password";
+    const REFUSED: &str = "wrong username or password, or the account is locked after repeated \
+                           failures: try again later";
     let user = state
         .store
         .user(username)
         .await
         .map_err(|_| "try again later")?;
-    let hash = user
+    // Accounts without a password of ours are checked against the dummy hash, as unknown
+    // names are: the same argon2 work, and never a match.
+    let local = user
         .as_ref()
+        .filter(|u| u.password_hash != super::federated_login::FEDERATED_HASH);
+    let hash = local
         .map(|u| u.password_hash.clone())
         .unwrap_or_else(|| dummy_hash().to_owned());
-    let ok = secret::verify_slowly(password.to_owned(), hash).await;
-    let Some(user) = user else { return Err(WRONG) };
+    let ok = secret::verify_slowly(password.to_owned(), hash).await && local.is_some();
+    let Some(user) = local.cloned() else {
+        return Err(REFUSED);
+    };
     let t = now();
     if user.locked_until.is_some_and(|until| until > t) {
         tracing::info!("sign-in refused: account locked");
-        return Err("this account is locked after repeated failed sign-ins; try again later");
+        return Err(REFUSED);
     }
     let _ = state
         .store
@@ -580,7 +588,7 @@ async fn sign_in(
         Ok(user)
     } else {
         tracing::info!("sign-in refused: wrong password");
-        Err(WRONG)
+        Err(REFUSED)
     }
 }
 

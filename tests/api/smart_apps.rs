@@ -634,7 +634,18 @@ async fn smart_app_launch(app: TestApp) {
     )
     .await;
     assert_eq!((status, location), (401, None));
-    assert!(page.contains("locked"), "{page}");
+    // The same page as for a name that does not exist: a lockout does not tell that the
+    // account exists.
+    let (_, _, unknown) = post_form(
+        &app,
+        &with_fields(
+            &params,
+            &[("username", "nobody-at-all"), ("password", PASSWORD)],
+        ),
+    )
+    .await;
+    assert_eq!(page, unknown);
+    assert!(page.contains("locked after repeated failures"), "{page}");
     let r = app
         .send(app.client.get(format!("{}/auth/users", app.origin())))
         .await;
