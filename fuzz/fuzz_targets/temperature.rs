@@ -1,22 +1,7 @@
 #![no_main]
-//! Arbitrary bytes as characteristic 0x2A1C: decoded (by the specification and with every
-//! vendor quirk) or refused with an error, never a panic.
+//! Characteristic 0x2A1C (see common.rs).
 
-#[path = "../../src/ingest/gatt/mod.rs"]
-#[allow(dead_code, unused_imports)]
-mod gatt;
+#[path = "common.rs"]
+mod common;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let quirks = [
-        gatt::Quirks::default(),
-        gatt::Quirks {
-            bp_big_endian_pulse_and_status: true,
-            bp_always_user_id: true,
-        },
-    ];
-    for q in &quirks {
-        if let Ok(m) = gatt::decode_with(0x2A1C, data, q) {
-            let _ = serde_json::to_string(&m);
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| common::run(0x2A1C, data));

@@ -5,8 +5,9 @@
 //!
 //! Off the request path: the middleware hands each entry to a bounded in-memory queue and
 //! returns; one background task gathers what arrives for up to [`GATHER`] and writes it in one
-//! statement and transaction, retrying with backoff while the database is down. A full queue makes requests wait for room
-//! rather than drop rows. Shutdown flushes the queue ([`Audit::flush`]).
+//! statement and transaction, retrying with backoff while the database is down. A full queue
+//! makes requests wait for room rather than drop rows. Shutdown flushes the queue
+//! ([`Audit::flush`]).
 
 pub mod fhir;
 

@@ -385,14 +385,10 @@ pub(super) fn now() -> i64 {
 /// The login form's answer, with who tried (the client and the username typed) left for the
 /// audit trail.
 async fn answer(state: State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let field = |name: &str| {
-        url::form_urlencoded::parse(&body)
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
-    };
+    let fields = form(&body);
     let who = crate::audit::Who {
-        client_id: field("client_id"),
-        subject: field("username"),
+        client_id: field(&fields, "client_id").map(str::to_owned),
+        subject: field(&fields, "username").map(str::to_owned),
         ..Default::default()
     };
     let mut resp = login(state, headers, body).await;

@@ -418,12 +418,7 @@ fn build(m: &Measurement, ctx: &Context) -> (Vec<Produced>, Vec<String>) {
             if let Some(pulse) = &bp.pulse_rate {
                 b.numeric(&PULSE_CUFF, pulse, true);
             }
-            if let Some(raw) = bp
-                .measurement_status_raw
-                .as_deref()
-                .and_then(|r| u16::from_str_radix(r.trim_start_matches("0x"), 16).ok())
-                .filter(|r| *r != 0)
-            {
+            if let Some(raw) = bp.measurement_status_raw.map(|b| b.0).filter(|r| *r != 0) {
                 let pressure = b.out[i].full_url.clone();
                 let s = b.observation(&BP_STATUS, false);
                 let o = &mut b.out[s].resource;

@@ -11,12 +11,24 @@ fn bit(flags: u32, n: u32) -> bool {
     flags & (1 << n) != 0
 }
 
-fn hex16(v: u16) -> String {
-    format!("0x{v:04X}")
+/// A raw 16-bit status field, kept as a number and written as `0x0027`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bits16(pub u16);
+
+/// A raw 24-bit status field, written as `0x000022`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bits24(pub u32);
+
+impl Serialize for Bits16 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("0x{:04X}", self.0))
+    }
 }
 
-fn hex24(v: u32) -> String {
-    format!("0x{v:06X}")
+impl Serialize for Bits24 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("0x{:06X}", self.0))
+    }
 }
 
 /// Blood Pressure Measurement (0x2A35) and Intermediate Cuff Pressure (0x2A36, whose current
@@ -32,7 +44,7 @@ pub struct BloodPressure {
     pub user_id: Option<u8>,
     pub measurement_status: Option<Vec<&'static str>>,
     pub pulse_rate_range: Option<&'static str>,
-    pub measurement_status_raw: Option<String>,
+    pub measurement_status_raw: Option<Bits16>,
 }
 
 /// Blood pressure measurement status bits 0-2 and 5 (bits 3-4 are the pulse rate range).
@@ -90,7 +102,7 @@ pub fn blood_pressure(bytes: &[u8], quirks: &Quirks) -> Result<BloodPressure, De
             2 => "below_lower_limit",
             _ => "reserved",
         }),
-        measurement_status_raw: status.map(hex16),
+        measurement_status_raw: status.map(Bits16),
     })
 }
 
@@ -242,7 +254,7 @@ pub struct Glucose {
     pub sample_type: Option<Code>,
     pub sample_location: Option<Code>,
     pub sensor_status: Option<Vec<&'static str>>,
-    pub sensor_status_raw: Option<String>,
+    pub sensor_status_raw: Option<Bits16>,
     pub context_information_follows: bool,
 }
 
@@ -338,7 +350,7 @@ pub fn glucose(bytes: &[u8]) -> Result<Glucose, DecodeError> {
         sample_type: sample.map(|s| Code::of(s & 0x0F, &GLUCOSE_TYPES)),
         sample_location: sample.map(|s| Code::of(s >> 4, &SAMPLE_LOCATIONS)),
         sensor_status: status.map(|s| flags(u32::from(s), &GLUCOSE_STATUS)),
-        sensor_status_raw: status.map(hex16),
+        sensor_status_raw: status.map(Bits16),
         context_information_follows: bit(f, 4),
     })
 }
@@ -601,9 +613,9 @@ pub struct PlxSpotCheck {
     pub pulse_rate: Quantity,
     pub timestamp: Option<DateTime>,
     pub measurement_status: Option<Vec<&'static str>>,
-    pub measurement_status_raw: Option<String>,
+    pub measurement_status_raw: Option<Bits16>,
     pub device_and_sensor_status: Option<Vec<&'static str>>,
-    pub device_and_sensor_status_raw: Option<String>,
+    pub device_and_sensor_status_raw: Option<Bits24>,
     pub pulse_amplitude_index: Option<Quantity>,
     pub device_clock_not_set: bool,
 }
@@ -622,9 +634,9 @@ pub fn plx_spot_check(bytes: &[u8]) -> Result<PlxSpotCheck, DecodeError> {
         measurement_status: s
             .measurement
             .map(|v| flags(u32::from(v), &PLX_MEASUREMENT_STATUS)),
-        measurement_status_raw: s.measurement.map(hex16),
+        measurement_status_raw: s.measurement.map(Bits16),
         device_and_sensor_status: s.device.map(|v| flags(v, &PLX_DEVICE_STATUS)),
-        device_and_sensor_status_raw: s.device.map(hex24),
+        device_and_sensor_status_raw: s.device.map(Bits24),
         pulse_amplitude_index: s.pai,
         device_clock_not_set: bit(f, 4),
     })
@@ -640,9 +652,9 @@ pub struct PlxContinuous {
     pub spo2_slow: Option<Quantity>,
     pub pulse_rate_slow: Option<Quantity>,
     pub measurement_status: Option<Vec<&'static str>>,
-    pub measurement_status_raw: Option<String>,
+    pub measurement_status_raw: Option<Bits16>,
     pub device_and_sensor_status: Option<Vec<&'static str>>,
-    pub device_and_sensor_status_raw: Option<String>,
+    pub device_and_sensor_status_raw: Option<Bits24>,
     pub pulse_amplitude_index: Option<Quantity>,
 }
 
@@ -674,9 +686,9 @@ pub fn plx_continuous(bytes: &[u8]) -> Result<PlxContinuous, DecodeError> {
         measurement_status: s
             .measurement
             .map(|v| flags(u32::from(v), &PLX_MEASUREMENT_STATUS)),
-        measurement_status_raw: s.measurement.map(hex16),
+        measurement_status_raw: s.measurement.map(Bits16),
         device_and_sensor_status: s.device.map(|v| flags(v, &PLX_DEVICE_STATUS)),
-        device_and_sensor_status_raw: s.device.map(hex24),
+        device_and_sensor_status_raw: s.device.map(Bits24),
         pulse_amplitude_index: s.pai,
     })
 }

@@ -19,10 +19,7 @@ fn vectors() -> Vec<Value> {
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    crate::ingest::parse_hex(s).unwrap()
 }
 
 /// A bare SFLOAT/FLOAT vector, decoded to the vector's shape.
@@ -112,7 +109,7 @@ fn random_packets_never_panic() {
 fn beurer_quirks_read_big_endian_pulse_and_the_user_byte() {
     // Flags: pulse rate and status present, user id NOT announced; 120/80/93 mmHg, pulse 72
     // big-endian, user 2 (sent anyway), status 0x0001 big-endian.
-    let bytes = hex("14780050005d0000480200 01".replace(' ', "").as_str());
+    let bytes = hex("14 7800 5000 5d00 0048 02 0001");
     let quirks = Quirks {
         bp_big_endian_pulse_and_status: true,
         bp_always_user_id: true,
