@@ -27,6 +27,9 @@ pub struct Settings {
     pub audit: bool,
     /// HTTPS instead of plain HTTP (`--tls-cert`, `--tls-key`, `--tls-client-ca`).
     pub tls: Option<crate::http::tls::TlsFiles>,
+    /// Days raw inbound device messages are kept before the background purge deletes them
+    /// (`VB_RAW_RETENTION_DAYS`, issue 5 item 7).
+    pub raw_retention_days: u32,
 }
 
 impl Default for Settings {
@@ -42,6 +45,7 @@ impl Default for Settings {
             oidc_providers: Vec::new(),
             audit: true,
             tls: None,
+            raw_retention_days: 7,
         }
     }
 }
@@ -82,6 +86,7 @@ impl fmt::Debug for Settings {
             .field("oidc_providers", &self.oidc_providers)
             .field("audit", &self.audit)
             .field("tls", &self.tls)
+            .field("raw_retention_days", &self.raw_retention_days)
             .finish()
     }
 }

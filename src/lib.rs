@@ -74,6 +74,10 @@ impl Application {
         } else {
             audit::Audit::disabled()
         };
+        tokio::spawn(ingest::purge_raw_messages(
+            store.clone(),
+            settings.raw_retention_days,
+        ));
         let state = AppState(Arc::new(Inner {
             store: store.clone(),
             settings,

@@ -84,6 +84,10 @@ enum Command {
         /// PEM CA certificates: require client certificates they issued (mutual TLS)
         #[arg(long, env = "VB_TLS_CLIENT_CA", requires = "tls_cert")]
         tls_client_ca: Option<std::path::PathBuf>,
+        /// Days raw device messages (hub batches, vendor webhooks) are kept, with their
+        /// SHA-256, before they are purged in the background
+        #[arg(long, env = "VB_RAW_RETENTION_DAYS", default_value_t = 7)]
+        raw_retention_days: u32,
     },
     /// Apply the database migrations and exit
     Migrate {
@@ -255,6 +259,7 @@ async fn run() -> std::process::ExitCode {
             tls_cert,
             tls_key,
             tls_client_ca,
+            raw_retention_days,
         } => {
             let oidc_providers = match oidc_providers
                 .as_deref()
@@ -293,6 +298,7 @@ async fn run() -> std::process::ExitCode {
                 signing_key_pem,
                 oidc_providers,
                 audit: audit == "on",
+                raw_retention_days,
                 tls: tls_cert
                     .zip(tls_key)
                     .map(|(cert, key)| vitalbridge::http::tls::TlsFiles {

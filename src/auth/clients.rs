@@ -147,6 +147,9 @@ pub async fn register(
             );
         }
         (Role::Admin, None) => {}
+        (Role::Hub, _) if !new.redirect_uris.is_empty() || new.public => {
+            return invalid("a hub authenticates with its own secret or keys, not as an app");
+        }
         (_, None) => return invalid("clients of this role need the organization they act for"),
         (_, Some(org)) if ResourceId::parse(org).is_none() => {
             return invalid("organization must be the id of an Organization resource");

@@ -40,6 +40,9 @@ pub enum Role {
     Customer,
     CustomerUser,
     Patient,
+    /// A Bluetooth hub or vitalbridge gateway of one customer: it posts readings to
+    /// `/ingest/hub` and may do nothing on `/fhir` (issue 5, "Three ways in").
+    Hub,
 }
 
 impl Role {
@@ -51,6 +54,7 @@ impl Role {
             Role::Customer => "customer",
             Role::CustomerUser => "customer-user",
             Role::Patient => "patient",
+            Role::Hub => "hub",
         }
     }
 
@@ -62,6 +66,7 @@ impl Role {
             "customer" => Role::Customer,
             "customer-user" => Role::CustomerUser,
             "patient" => Role::Patient,
+            "hub" => Role::Hub,
             _ => return None,
         })
     }

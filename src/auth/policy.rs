@@ -373,6 +373,31 @@ impl Policy {
         }
     }
 
+    /// Posting readings to `/ingest/hub` is for hubs and gateways, with their own client
+    /// credentials (issue 5, "Three ways in").
+    pub fn check_ingest_hub(&self) -> Result<(), ApiError> {
+        if self.role == Role::Hub {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "only a hub's own client credentials post readings here".into(),
+            ))
+        }
+    }
+
+    /// The organizations whose kept raw device messages it may read (`/ingest/messages`):
+    /// all for admins (`None`), its own for a clinic and its staff; they hold patients'
+    /// readings, so no one else.
+    pub fn raw_message_orgs(&self) -> Result<Option<Vec<String>>, ApiError> {
+        match self.role {
+            Role::Admin => Ok(None),
+            Role::Customer | Role::CustomerUser => Ok(Some(self.orgs.clone().unwrap_or_default())),
+            _ => Err(ApiError::Forbidden(
+                "raw device messages are for admins and the clinic that owns them".into(),
+            )),
+        }
+    }
+
     /// Whether it may manage sign-in accounts at all (`/auth/users`): admins; a clinic
     /// (customer) for its staff and patients; a distributor for its own staff and its
     /// customers' clinic accounts (issue 4, "Roles and tenancy").

@@ -91,6 +91,8 @@ pub fn grants(role: Role, area: Area) -> Perms {
         // The audit trail is written by the server only; admins read and search it.
         (R::Admin, A::Audit) => "rs",
         (R::Admin, _) => "cruds",
+        // A hub's credentials post readings and nothing else: a stolen hub reads no data.
+        (R::Hub, _) => "",
         (_, A::Shared) => "rs",
         (_, A::Audit) => "",
         // Distributors: their customers' organizations, devices and hubs, and the invoices of

@@ -91,6 +91,7 @@ pub fn check(new: NewUser) -> Result<UserRecord, String> {
     match (new.role, &new.organization) {
         (Role::Admin, Some(_)) => return Err("admins belong to no organization".into()),
         (Role::Admin, None) => {}
+        (Role::Hub, _) => return Err("hubs are OAuth clients (/auth/clients), not people".into()),
         (_, None) => return Err("users of this role need their organization".into()),
         (_, Some(org)) if ResourceId::parse(org).is_none() => {
             return Err("organization must be the id of an Organization resource".into());

@@ -3,12 +3,29 @@
 
 pub mod device;
 pub mod gatt;
+pub mod hub;
 pub mod normalize;
+pub mod pipeline;
 pub mod profiles;
 pub mod registry;
 pub mod rules;
 
 use serde_json::json;
+
+/// Deletes raw inbound messages older than `days`, now and then every hour, for as long as
+/// the server runs (issue 5, item 7). Observations and Provenance stay; only the payloads go.
+pub async fn purge_raw_messages(store: crate::store::Store, days: u32) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        let before = crate::store::now_micros() - i64::from(days) * 86_400 * 1_000_000;
+        match store.purge_messages(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "raw device messages past retention"),
+            Err(e) => tracing::warn!(error = %e, "purging raw device messages failed"),
+        }
+    }
+}
 
 /// What the randomized test runs on arbitrary bytes: decode as `uuid` by the specification and
 /// with every device profile's quirks, then normalise what decodes (the fuzz targets in `fuzz/`

@@ -351,6 +351,27 @@ fn component(
     c
 }
 
+/// When a measurement was taken: its device time stamp corrected by the clock offset, else
+/// when it was received (what `effectiveDateTime` says, and whose the device was then).
+pub fn measured_at(
+    m: &Measurement,
+    received: OffsetDateTime,
+    clock_offset_seconds: i64,
+) -> OffsetDateTime {
+    let stamp = match m {
+        Measurement::BloodPressure(x) => x.timestamp,
+        Measurement::Weight(x) => x.timestamp,
+        Measurement::BodyComposition(x) => x.timestamp,
+        Measurement::Temperature(x) => x.timestamp,
+        Measurement::PlxSpotCheck(x) => x.timestamp,
+        Measurement::Glucose(x) => Some(x.timestamp),
+        _ => None,
+    };
+    stamp.and_then(|s| s.primitive()).map_or(received, |p| {
+        p.assume_utc() - time::Duration::seconds(clock_offset_seconds)
+    })
+}
+
 /// The Observations of one decoded measurement. Measurements that are not readings (battery,
 /// time, RACP answers, glucose context) produce none: they update the Device or steer the
 /// gateway. A reading a patient cannot have produced is refused with the reasons.

@@ -55,3 +55,342 @@ async fn devices_remember_who_had_them(app: TestApp) {
 }
 
 both!(devices_remember_who_had_them);
+
+/// Blood pressure, wire format (GATT 0x2A35): mmHg, time stamp, pulse rate.
+fn bp_packet(systolic: u16, at: time::OffsetDateTime) -> String {
+    use base64::Engine as _;
+    let mut b = vec![0x06];
+    for v in [systolic, 80, 93] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&(at.year() as u16).to_le_bytes());
+    b.extend_from_slice(&[
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+    ]);
+    b.extend_from_slice(&70u16.to_le_bytes());
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .expect("format")
+}
+
+/// Registers a hub client of `org` and, when `device` names one, its Device; returns the hub's
+/// token.
+async fn hub_with_device(
+    app: &TestApp,
+    client_id: &str,
+    org: &str,
+    device: Option<&str>,
+) -> String {
+    let token = crate::common::client_token(
+        app,
+        &json!({"client_id": client_id, "role": "hub", "organization": org}),
+    )
+    .await;
+    if let Some(id) = device {
+        let hub = json!({"resourceType": "Device", "id": id, "status": "active",
+            "identifier": [{"system": vitalbridge::ingest::pipeline::HUB_CLIENT_SYSTEM,
+                            "value": client_id}],
+            "type": {"text": "hub"},
+            "owner": {"reference": format!("Organization/{org}")}});
+        let r = app.put(&format!("Device/{id}"), &hub).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    token
+}
+
+async fn post_batch(app: &TestApp, token: &str, body: &serde_json::Value) -> crate::common::Resp {
+    app.send(
+        reqwest::Client::new()
+            .post(format!("{}/ingest/hub", app.origin()))
+            .bearer_auth(token)
+            .json(body),
+    )
+    .await
+}
+
+/// A hub's batch: good readings become Observations of the patient who had the cuff, each bad
+/// reading is rejected with its reason and keeps none of the good ones out; the same batch
+/// again creates nothing and answers with the same ids; the raw message is kept with its
+/// SHA-256, which the Provenance of the new Observations names.
+async fn hub_batches_are_stored_once_and_traced(app: TestApp) {
+    crate::common::put_organization(&app, "c1", None).await;
+    let mut p = patient("p1");
+    p["id"] = json!("p1");
+    p["managingOrganization"] = json!({"reference": "Organization/c1"});
+    assert_eq!(app.put("Patient/p1", &p).await.status, 201);
+    let cuff = json!({"resourceType": "Device", "id": "cuff-1", "status": "active",
+        "identifier": [{"system": "http://hl7.org/fhir/sid/eui-48/bluetooth",
+                        "value": "A4-C1-38-0B-2C-01"}],
+        "patient": {"reference": "Patient/p1"},
+        "owner": {"reference": "Organization/c1"}});
+    assert_eq!(app.put("Device/cuff-1", &cuff).await.status, 201);
+    let token = hub_with_device(&app, "hub-a", "c1", Some("hub-1")).await;
+    // Readings measured after the cuff was assigned (whole seconds on the wire).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("ns");
+    let received = rfc3339(now + time::Duration::seconds(1));
+    let reading = |value: &str, characteristic: &str| {
+        json!({"address": "a4:c1:38:0b:2c:01", "service": "0x1810",
+               "characteristic": characteristic, "value": value, "received": received})
+    };
+    let body = json!({"readings": [
+        reading(&bp_packet(128, now), "0x2A35"),
+        reading("VQ==", "0x2A19"),                                  // battery 85 %
+        reading(&bp_packet(900, now), "0x2A35"),                    // not a human pressure
+        reading("AQI=", "0x2AFF"),                                  // unknown characteristic
+        reading("%%%", "0x2A35"),                                   // not base64
+        reading(&bp_packet(120, now + time::Duration::hours(2)), "0x2A35"), // in the future
+        json!({"address": "00:11:22:33:44:55", "characteristic": "0x2A35",
+               "value": bp_packet(120, now), "received": received}), // unknown device
+        json!({"characteristic": "0x2A35", "value": bp_packet(120, now)}), // no receive time
+    ]});
+    let r = post_batch(&app, &token, &body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let first = r.json();
+    let statuses: Vec<&str> = first["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["status"].as_str().expect("status"))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "accepted", "accepted", "rejected", "rejected", "rejected", "rejected", "rejected",
+            "rejected"
+        ],
+        "{}",
+        r.text
+    );
+    let reason = |i: usize| {
+        first["results"][i]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert!(reason(2).contains("systolic"), "{}", reason(2));
+    assert!(reason(3).contains("0x2AFF"), "{}", reason(3));
+    assert!(reason(4).contains("base64"), "{}", reason(4));
+    assert!(
+        reason(5).contains("after the reading arrived"),
+        "{}",
+        reason(5)
+    );
+    assert!(reason(6).contains("unknown device"), "{}", reason(6));
+    assert!(reason(7).contains("received"), "{}", reason(7));
+    let created: Vec<String> = first["results"][0]["observations"]
+        .as_array()
+        .expect("observations")
+        .iter()
+        .map(|o| o.as_str().expect("ref").to_owned())
+        .collect();
+    assert_eq!(created.len(), 2, "pressure and pulse: {}", r.text);
+
+    // The pressure, for the patient who had the cuff, from the cuff.
+    let bp = app.get(&created[0]).await.json();
+    assert_eq!(bp["subject"]["reference"], "Patient/p1");
+    assert_eq!(bp["device"]["reference"], "Device/cuff-1");
+    assert_eq!(bp["component"][0]["valueQuantity"]["value"], 128);
+    assert_eq!(bp["effectiveDateTime"], rfc3339(now));
+    let found = app
+        .get("Observation?subject=Patient/p1&_summary=count")
+        .await
+        .json();
+    assert_eq!(found["total"], 2);
+
+    // Traced: the Provenance names both devices and the message by its SHA-256.
+    let sha = first["message"].as_str().expect("sha").to_owned();
+    let prov = app
+        .get(&format!("Provenance?target={}", created[0]))
+        .await
+        .json();
+    assert_eq!(prov["entry"].as_array().map(Vec::len), Some(1), "{prov}");
+    let prov = &prov["entry"][0]["resource"];
+    assert_eq!(
+        prov["entity"][0]["what"]["identifier"]["value"],
+        sha.as_str()
+    );
+    let agents: Vec<&str> = prov["agent"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .map(|a| a["who"]["reference"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(agents, ["Device/cuff-1", "Device/hub-1"]);
+
+    // The registry keeps the battery level and when the cuff and the hub were last heard of.
+    let device = app.get("Device/cuff-1").await.json();
+    assert_eq!(
+        device["property"][0]["valueQuantity"][0]["value"], 85.0,
+        "{device}"
+    );
+    let seen = |d: &serde_json::Value| {
+        d["extension"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["url"] == vitalbridge::ingest::pipeline::LAST_SEEN_URL)
+    };
+    assert!(seen(&device), "{device}");
+    assert!(seen(&app.get("Device/hub-1").await.json()));
+
+    // The same batch again (a hub retry): nothing new, the same ids.
+    let again = post_batch(&app, &token, &body).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    let again = again.json();
+    assert_eq!(again["results"][0]["status"], "duplicate");
+    assert_eq!(
+        again["results"][0]["observations"],
+        first["results"][0]["observations"]
+    );
+    assert_eq!(
+        again["accepted"], 1,
+        "only the battery level is taken again"
+    );
+    let found = app
+        .get("Observation?subject=Patient/p1&_summary=count")
+        .await
+        .json();
+    assert_eq!(found["total"], 2);
+    let provs = app.get("Provenance?_summary=count").await.json();
+    assert_eq!(provs["total"], 1);
+
+    // Both bodies are kept with their results, for admins.
+    let kept = app
+        .send(
+            app.client
+                .get(format!("{}/ingest/messages?sha256={sha}", app.origin())),
+        )
+        .await;
+    assert_eq!(kept.status, 200, "{}", kept.text);
+    let kept = kept.json();
+    let list = kept["messages"].as_array().expect("messages");
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["sender"], "hub-a");
+    assert_eq!(list[0]["results"][2]["status"], "rejected");
+
+    // A hub reads nothing through the FHIR API, and only hubs post readings.
+    let r = app
+        .send(
+            reqwest::Client::new()
+                .get(app.url("Patient/p1"))
+                .bearer_auth(&token),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    let r = app
+        .send(
+            app.client
+                .post(format!("{}/ingest/hub", app.origin()))
+                .json(&body),
+        )
+        .await;
+    assert_eq!(r.status, 403, "an admin is not a hub: {}", r.text);
+    let r = app
+        .send(
+            reqwest::Client::new()
+                .get(format!("{}/ingest/messages", app.origin()))
+                .bearer_auth(&token),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+}
+
+both!(hub_batches_are_stored_once_and_traced);
+
+/// Readings count only from registered, active, assigned devices of active hubs.
+async fn hubs_and_devices_must_be_registered_and_active(app: TestApp) {
+    crate::common::put_organization(&app, "c1", None).await;
+    crate::common::put_organization(&app, "c2", None).await;
+    let device = |id: &str, org: &str, status: &str, address: &str, patient: Option<&str>| {
+        let mut d = json!({"resourceType": "Device", "id": id, "status": status,
+            "identifier": [{"system": "http://hl7.org/fhir/sid/eui-48/bluetooth", "value": address}],
+            "owner": {"reference": format!("Organization/{org}")}});
+        if let Some(p) = patient {
+            d["patient"] = json!({"reference": format!("Patient/{p}")});
+        }
+        d
+    };
+    let mut p = patient("p1");
+    p["id"] = json!("p1");
+    p["managingOrganization"] = json!({"reference": "Organization/c1"});
+    assert_eq!(app.put("Patient/p1", &p).await.status, 201);
+    for d in [
+        device("off", "c1", "inactive", "00-00-00-00-00-01", Some("p1")),
+        device("free", "c1", "active", "00-00-00-00-00-02", None),
+        device("theirs", "c2", "active", "00-00-00-00-00-03", None),
+    ] {
+        let id = d["id"].as_str().expect("id").to_owned();
+        assert_eq!(app.put(&format!("Device/{id}"), &d).await.status, 201);
+    }
+    let token = hub_with_device(&app, "hub-b", "c1", Some("hub-b")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("ns");
+    let reading = |address: &str| {
+        json!({"address": address, "characteristic": "0x2A35",
+               "value": bp_packet(120, now), "received": rfc3339(now)})
+    };
+    let body = json!({"readings": [
+        reading("00:00:00:00:00:01"), reading("00:00:00:00:00:02"), reading("00:00:00:00:00:03")
+    ]});
+    let r = post_batch(&app, &token, &body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    let reason = |i: usize| v["results"][i]["reason"].as_str().unwrap_or("").to_owned();
+    assert!(reason(0).contains("not active"), "{}", r.text);
+    assert!(reason(1).contains("no patient"), "{}", r.text);
+    assert!(
+        reason(2).contains("unknown device"),
+        "another clinic's: {}",
+        r.text
+    );
+    assert_eq!(v["rejected"], 3);
+
+    // A body that is not a batch is a clear 400 (and kept).
+    let r = app
+        .send(
+            reqwest::Client::new()
+                .post(format!("{}/ingest/hub", app.origin()))
+                .bearer_auth(&token)
+                .body("[1,2"),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(
+        r.outcome_issues()[0]["diagnostics"]
+            .as_str()
+            .unwrap_or("")
+            .contains("readings")
+    );
+
+    // A hub without a Device, or whose Device is inactive, is refused as a whole.
+    let stray = hub_with_device(&app, "hub-stray", "c1", None).await;
+    let r = post_batch(&app, &stray, &body).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert!(r.text.contains("not registered"), "{}", r.text);
+    let mut hub = app.get("Device/hub-b").await.json();
+    hub["status"] = json!("inactive");
+    assert_eq!(app.put("Device/hub-b", &hub).await.status, 200);
+    let r = post_batch(&app, &token, &body).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert!(r.text.contains("not active"), "{}", r.text);
+    // Refused messages are kept too.
+    let kept = app
+        .send(app.client.get(format!("{}/ingest/messages", app.origin())))
+        .await
+        .json();
+    assert_eq!(kept["messages"].as_array().map(Vec::len), Some(4), "{kept}");
+}
+
+both!(hubs_and_devices_must_be_registered_and_active);
