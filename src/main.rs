@@ -105,6 +105,9 @@ enum Command {
     },
     /// Drive a running FHIR server with concurrent clients and report throughput and latency
     Bench(bench::BenchArgs),
+    /// Drive a running server's /ingest/hub with hubs posting batches of readings at once, and
+    /// report readings stored per second and batch latency
+    BenchIngest(bench::ingest::IngestArgs),
     /// Manage the OAuth clients of the built-in authorization server
     Client {
         #[command(flatten)]
@@ -312,6 +315,7 @@ async fn run() -> std::process::ExitCode {
         Command::Migrate { db } => migrate(db.database_url).await,
         Command::Reindex { db, batch } => reindex(db.database_url, batch).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::BenchIngest(args) => bench::ingest::run(args).await,
         Command::Client { db, command } => client(db.database_url, command).await,
         Command::User { db, command } => user(db.database_url, command).await,
         Command::Decode { .. } => Ok(()),

@@ -24,6 +24,7 @@
 
 mod fhir;
 mod http;
+pub mod ingest;
 mod rpm;
 mod scenario;
 mod seed;

@@ -69,17 +69,15 @@ impl Identity {
         device::device_key(self.eui64.as_deref(), self.address.as_deref())
     }
 
-    /// The search for its Device among `org`'s: by EUI-64 if it has one, else by address.
-    fn query(&self, org: &str) -> Option<String> {
+    /// The identifier its Device is found by (system, value): the EUI-64 if it has one,
+    /// else the Bluetooth address.
+    fn token(&self) -> Option<(String, String)> {
         let identifiers = device::identifiers(self.eui64.as_deref(), self.address.as_deref());
         let first = identifiers.get(0)?;
-        let token = format!("{}|{}", first["system"].as_str()?, first["value"].as_str()?);
-        Some(
-            url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("identifier", &token)
-                .append_pair("_tag", &format!("{OWNER_SYSTEM}|{org}"))
-                .finish(),
-        )
+        Some((
+            first["system"].as_str()?.to_owned(),
+            first["value"].as_str()?.to_owned(),
+        ))
     }
 }
 
@@ -144,6 +142,7 @@ impl ReadingResult {
 }
 
 /// A registered device, as found at the start of the message.
+#[derive(Clone)]
 struct Known {
     id: ResourceId,
     resource: Value,
@@ -173,21 +172,40 @@ pub async fn ingest(
 ) -> Result<Vec<ReadingResult>, ApiError> {
     let now = OffsetDateTime::now_utc();
     let mut results: Vec<Option<ReadingResult>> = vec![None; items.len()];
-    // Devices by identity, looked up once per message.
-    let mut devices: HashMap<Identity, Option<Known>> = HashMap::new();
-    for item in &items {
-        if !devices.contains_key(&item.identity) {
-            let found = find_device(store, &item.identity, &sender.organization).await?;
-            devices.insert(item.identity.clone(), found);
+    let devices = find_devices(store, &items, &sender.organization).await?;
+    let mut news: BTreeMap<String, DeviceNews> = BTreeMap::new();
+    let mut pending = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        match check(&devices, &mut news, index, item, now) {
+            Checked::Done(r) => results[index] = Some(r),
+            Checked::Pending(p) => pending.push(p),
         }
     }
-    let mut news: BTreeMap<String, DeviceNews> = BTreeMap::new();
+    // Whose each device was when it measured: the current assignment when the reading is
+    // newer than the Device's current version, else one look at its history per device.
+    let mut timelines: HashMap<String, registry::Timeline> = HashMap::new();
+    for p in &pending {
+        if p.measured < p.known.last_updated && !timelines.contains_key(p.known.id.as_str()) {
+            let from = pending
+                .iter()
+                .filter(|q| q.known.id == p.known.id)
+                .map(|q| q.measured)
+                .min()
+                .unwrap_or(p.measured);
+            let t = registry::Timeline::load(store, &p.known.id, from).await?;
+            timelines.insert(p.known.id.as_str().to_owned(), t);
+        }
+    }
     let mut ready: BTreeMap<String, Ready> = BTreeMap::new();
-    for (index, item) in items.into_iter().enumerate() {
-        let outcome = prepare(store, &devices, &mut news, index, item, now).await?;
-        match outcome {
-            Prepared::Done(r) => results[index] = Some(r),
-            Prepared::Ready(device, obs) => ready.entry(device).or_default().push((index, obs)),
+    for p in pending {
+        let patient = match timelines.get(p.known.id.as_str()) {
+            Some(t) => t.patient_at(p.measured),
+            None => registry::patient_of(&p.known.resource),
+        };
+        let index = p.index;
+        match produce(p, patient)? {
+            Ok((device, obs)) => ready.entry(device).or_default().push((index, obs)),
+            Err(r) => results[index] = Some(r),
         }
     }
     let mut tx = store.begin().await?;
@@ -238,7 +256,6 @@ pub async fn ingest(
         if !targets.is_empty() {
             let owner = devices
                 .values()
-                .flatten()
                 .find(|k| k.id.as_str() == device_id)
                 .and_then(|k| tenancy::owner_of(&k.resource));
             let mut p = provenance(&device_id, sender, targets, &sha, received_at);
@@ -249,7 +266,12 @@ pub async fn ingest(
     }
     tx.create_many(&mut creates).await?;
     for (device_id, n) in &news {
-        update_device(&mut tx, device_id, n).await?;
+        // Most messages change nothing worth a new Device version: decided on the Device as
+        // found, before taking its row lock.
+        let current = devices.values().find(|k| k.id.as_str() == device_id);
+        if current.is_some_and(|k| apply_news(&mut k.resource.clone(), n)) {
+            update_device(&mut tx, device_id, n).await?;
+        }
     }
     if let Some(hub) = &sender.hub {
         let seen = DeviceNews {
@@ -313,23 +335,33 @@ fn resource_type(name: &str) -> Result<ResourceType, ApiError> {
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("{name} is not a resource type")))
 }
 
-enum Prepared {
-    Done(ReadingResult),
-    /// The device's id and the reading's Observations, each with its id.
-    Ready(String, Vec<(ResourceId, Value)>),
+/// A reading from a known, active device, decoded, waiting for its patient.
+struct Pending<'a> {
+    index: usize,
+    known: &'a Known,
+    key: String,
+    measurement: Measurement,
+    received: OffsetDateTime,
+    clock_offset: i64,
+    /// When it was measured (µs): the device's corrected time stamp, else when received.
+    measured: i64,
 }
 
-/// One reading: device checks, decoding, the patient at measurement time, normalisation.
-async fn prepare(
-    store: &Store,
-    devices: &HashMap<Identity, Option<Known>>,
+enum Checked<'a> {
+    Done(ReadingResult),
+    Pending(Box<Pending<'a>>),
+}
+
+/// One reading: the device checks and decoding; what it says about the device goes to `news`.
+fn check<'a>(
+    devices: &'a HashMap<Identity, Known>,
     news: &mut BTreeMap<String, DeviceNews>,
     index: usize,
     item: Incoming,
     now: OffsetDateTime,
-) -> Result<Prepared, ApiError> {
+) -> Checked<'a> {
     let reject = |device: Option<&str>, why: String| {
-        Ok(Prepared::Done(ReadingResult::rejected(index, device, why)))
+        Checked::Done(ReadingResult::rejected(index, device, why))
     };
     if let Content::Invalid(why) = &item.content {
         return reject(None, why.clone());
@@ -340,7 +372,7 @@ async fn prepare(
             "the reading names no device: give its systemId or address".into(),
         );
     };
-    let Some(known) = devices.get(&item.identity).and_then(Option::as_ref) else {
+    let Some(known) = devices.get(&item.identity) else {
         return reject(
             None,
             "unknown device: no Device of this organization has this system id or address".into(),
@@ -373,23 +405,14 @@ async fn prepare(
             }
         }
         Content::Decoded(m) => *m,
-        Content::Invalid(_) => return reject(None, "unreadable".into()),
+        Content::Invalid(why) => return reject(None, why),
     };
     let n = news.entry(device_id.to_owned()).or_default();
     n.seen = Some(n.seen.map_or(item.received, |s| s.max(item.received)));
-    let done = |n: usize| {
-        Ok(Prepared::Done(ReadingResult {
-            index: n,
-            status: Status::Accepted,
-            observations: Vec::new(),
-            device: Some(format!("Device/{device_id}")),
-            reason: None,
-        }))
-    };
     match &measurement {
         Measurement::Battery(b) => {
             n.battery = b.battery_level.value.value().map(|d| d.as_f64());
-            return done(index);
+            return Checked::Done(accepted(index, device_id));
         }
         Measurement::Time(t) => {
             // The device's clock read by the hub as it received it: the offset to correct
@@ -397,57 +420,80 @@ async fn prepare(
             if let Some(p) = t.timestamp.primitive() {
                 n.clock_offset = Some((p.assume_utc() - item.received).whole_seconds());
             }
-            return done(index);
+            return Checked::Done(accepted(index, device_id));
         }
         _ => {}
     }
-    let offset = n
+    let clock_offset = n
         .clock_offset
         .or_else(|| clock_offset(&known.resource))
         .unwrap_or(0);
-    let measured = normalize::measured_at(&measurement, item.received, offset);
-    let measured_micros = (measured.unix_timestamp_nanos() / 1000) as i64;
-    let patient = if known.last_updated <= measured_micros {
-        patient_of(&known.resource)
-    } else {
-        registry::patient_at(store, &known.id, measured_micros).await?
-    };
+    let measured = normalize::measured_at(&measurement, item.received, clock_offset);
+    Checked::Pending(Box::new(Pending {
+        index,
+        known,
+        key,
+        measurement,
+        received: item.received,
+        clock_offset,
+        measured: (measured.unix_timestamp_nanos() / 1000) as i64,
+    }))
+}
+
+/// Accepted without Observations of its own (battery, clock, context).
+fn accepted(index: usize, device_id: &str) -> ReadingResult {
+    ReadingResult {
+        index,
+        status: Status::Accepted,
+        observations: Vec::new(),
+        device: Some(format!("Device/{device_id}")),
+        reason: None,
+    }
+}
+
+/// A device's Observations from one reading, each with the id it is stored under.
+type Observations = (String, Vec<(ResourceId, Value)>);
+
+/// A reading's Observations for `patient`; or its result when it has none to store.
+fn produce(
+    p: Box<Pending<'_>>,
+    patient: Option<String>,
+) -> Result<Result<Observations, ReadingResult>, ApiError> {
+    let device_id = p.known.id.as_str();
+    let reject = |why: &str| Ok(Err(ReadingResult::rejected(p.index, Some(device_id), why)));
     let Some(patient) = patient else {
-        return reject(
-            Some(device_id),
-            "the device was assigned to no patient when it measured; assign it first".into(),
-        );
+        return reject("the device was assigned to no patient when it measured; assign it first");
     };
     let ctx = normalize::Context {
         patient: Some(patient),
         device: Some(device_id.to_owned()),
         gateway: None,
-        device_key: key,
-        received: item.received,
-        clock_offset_seconds: offset,
+        device_key: p.key.clone(),
+        received: p.received,
+        clock_offset_seconds: p.clock_offset,
         thresholds: None,
     };
-    let produced = match normalize::observations(&measurement, &ctx) {
-        Ok(p) => p,
-        Err(reasons) => return reject(Some(device_id), reasons.join("; ")),
+    let produced = match normalize::observations(&p.measurement, &ctx) {
+        Ok(produced) => produced,
+        Err(reasons) => return reject(&reasons.join("; ")),
     };
     if produced.is_empty() {
         // Context and record-access answers steer the gateway; nothing to store.
-        return done(index);
+        return Ok(Err(accepted(p.index, device_id)));
     }
-    let owner = tenancy::owner_of(&known.resource);
+    let owner = tenancy::owner_of(&p.known.resource);
     let observation = resource_type("Observation")?;
+    let locals: Vec<String> = produced.iter().map(|o| o.full_url.clone()).collect();
     let mut out = Vec::with_capacity(produced.len());
-    let locals: Vec<String> = produced.iter().map(|p| p.full_url.clone()).collect();
-    for p in produced {
-        let Some(id) = p
+    for o in produced {
+        let Some(id) = o
             .full_url
             .strip_prefix("urn:uuid:")
             .and_then(ResourceId::parse)
         else {
             return Err(ApiError::internal(anyhow::anyhow!("unnamed Observation")));
         };
-        let mut o = p.resource;
+        let mut o = o.resource;
         // Local names become the stored ids (derivedFrom between a reading's Observations).
         if let Some(refs) = o.get_mut("derivedFrom").and_then(Value::as_array_mut) {
             for r in refs {
@@ -463,26 +509,56 @@ async fn prepare(
         // Every Observation the server produces must be one it would accept (issue 5, item 3).
         if let Err(e) = crate::fhir::parse::check_structure(&o, observation) {
             tracing::error!(error = ?e, "normalisation produced an invalid Observation");
-            return reject(
-                Some(device_id),
-                "the reading could not be turned into a valid Observation".into(),
-            );
+            return reject("the reading could not be turned into a valid Observation");
         }
         out.push((id, o));
     }
-    Ok(Prepared::Ready(device_id.to_owned(), out))
+    Ok(Ok((device_id.to_owned(), out)))
 }
 
-/// The Device registered under this identity for `org`.
-async fn find_device(
+/// The Devices of `org` the readings name, by identity: one search per 50 identities.
+async fn find_devices(
     store: &Store,
-    identity: &Identity,
+    items: &[Incoming],
     org: &str,
-) -> Result<Option<Known>, ApiError> {
-    let Some(query) = identity.query(org) else {
-        return Ok(None);
-    };
-    find_one(store, "Device", &query).await
+) -> Result<HashMap<Identity, Known>, ApiError> {
+    let mut wanted: Vec<(&Identity, (String, String))> = Vec::new();
+    let mut seen: HashSet<&Identity> = HashSet::new();
+    for item in items {
+        if let Some(token) = item.identity.token()
+            && seen.insert(&item.identity)
+        {
+            wanted.push((&item.identity, token));
+        }
+    }
+    let mut found: HashMap<Identity, Known> = HashMap::new();
+    for chunk in wanted.chunks(50) {
+        let tokens: Vec<String> = chunk.iter().map(|(_, (s, v))| format!("{s}|{v}")).collect();
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("identifier", &tokens.join(","))
+            .append_pair("_tag", &format!("{OWNER_SYSTEM}|{org}"))
+            .finish();
+        for known in find_all(store, "Device", &query, chunk.len() * 2).await? {
+            let names = |system: &str, value: &str| {
+                known.resource["identifier"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|i| {
+                        i["system"].as_str() == Some(system)
+                            && i["value"]
+                                .as_str()
+                                .is_some_and(|v| v.eq_ignore_ascii_case(value))
+                    })
+            };
+            for (identity, (system, value)) in chunk {
+                if names(system, value) && !found.contains_key(*identity) {
+                    found.insert((*identity).clone(), known.clone());
+                }
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// The hub's own Device: the Device of `org` naming this client id.
@@ -495,25 +571,36 @@ pub async fn find_hub(
         .append_pair("identifier", &format!("{HUB_CLIENT_SYSTEM}|{client_id}"))
         .append_pair("_tag", &format!("{OWNER_SYSTEM}|{org}"))
         .finish();
-    Ok(find_one(store, "Device", &query)
+    Ok(find_all(store, "Device", &query, 1)
         .await?
+        .into_iter()
+        .next()
         .map(|k| (k.id.as_str().to_owned(), k.resource)))
 }
 
-async fn find_one(store: &Store, ty: &str, query: &str) -> Result<Option<Known>, ApiError> {
+async fn find_all(
+    store: &Store,
+    ty: &str,
+    query: &str,
+    count: usize,
+) -> Result<Vec<Known>, ApiError> {
     let ty = resource_type(ty)?;
     let mut q = crate::search::parse(Some(ty), &crate::search::decode_query(query), "");
-    q.count = Some(1);
+    q.count = Some(count);
     q.total = Some(crate::search::Total::None);
     let found = crate::search::engine::run(&mut store.reader(), &[ty], &q).await?;
-    Ok(found.matches.into_iter().next().and_then(|v| {
-        let resource: Value = serde_json::from_str(v.content.as_deref()?).ok()?;
-        Some(Known {
-            id: ResourceId::parse(&v.id)?,
-            resource,
-            last_updated: v.last_updated,
+    Ok(found
+        .matches
+        .into_iter()
+        .filter_map(|v| {
+            let resource: Value = serde_json::from_str(v.content.as_deref()?).ok()?;
+            Some(Known {
+                id: ResourceId::parse(&v.id)?,
+                resource,
+                last_updated: v.last_updated,
+            })
         })
-    }))
+        .collect())
 }
 
 /// The device model's profile: the model the Device records, else the one the sender names.
@@ -521,13 +608,6 @@ fn profile_of(device: &Value, named: Option<&str>) -> Option<&'static profiles::
     let manufacturer = device["manufacturer"].as_str().unwrap_or("");
     let model = device["modelNumber"].as_str().unwrap_or("");
     profiles::profile_for(manufacturer, model).or_else(|| named.and_then(profiles::profile_named))
-}
-
-fn patient_of(device: &Value) -> Option<String> {
-    device["patient"]["reference"]
-        .as_str()
-        .and_then(|r| r.strip_prefix("Patient/"))
-        .map(str::to_owned)
 }
 
 fn extension<'a>(resource: &'a Value, url: &str) -> Option<&'a Value> {
@@ -561,30 +641,9 @@ fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-/// Applies what the message says about a device to its current version, under the row lock,
-/// writing a new version only when something worth keeping changed.
-async fn update_device(
-    tx: &mut StoreTx,
-    device_id: &str,
-    news: &DeviceNews,
-) -> Result<(), ApiError> {
-    let ty = resource_type("Device")?;
-    let Some(id) = ResourceId::parse(device_id) else {
-        return Ok(());
-    };
-    if tx.lock_resource(ty, &id).await?.is_none() {
-        return Ok(());
-    }
-    let Some(current) = tx.read(ty, &id).await? else {
-        return Ok(());
-    };
-    let Some(mut device) = current
-        .content
-        .as_deref()
-        .and_then(|c| serde_json::from_str::<Value>(c).ok())
-    else {
-        return Ok(());
-    };
+/// Writes what the message says about a device into it; true when that changed something
+/// worth a new version.
+fn apply_news(device: &mut Value, news: &DeviceNews) -> bool {
     let mut changed = false;
     if let Some(level) = news.battery {
         let old = device["property"]
@@ -612,10 +671,10 @@ async fn update_device(
         }
     }
     if let Some(offset) = news.clock_offset
-        && clock_offset(&device).is_none_or(|old| (old - offset).abs() > OFFSET_SLACK)
+        && clock_offset(device).is_none_or(|old| (old - offset).abs() > OFFSET_SLACK)
     {
         set_extension(
-            &mut device,
+            device,
             CLOCK_OFFSET_URL,
             json!({"valueQuantity": {"value": offset, "unit": "s",
                                      "system": "http://unitsofmeasure.org", "code": "s"}}),
@@ -623,21 +682,48 @@ async fn update_device(
         changed = true;
     }
     if let Some(seen) = news.seen {
-        let old = extension(&device, LAST_SEEN_URL)
+        let old = extension(device, LAST_SEEN_URL)
             .and_then(|e| e["valueDateTime"].as_str())
             .and_then(|s| {
                 OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
             });
         if changed || old.is_none_or(|o| (seen - o).whole_seconds() >= LAST_SEEN_EVERY) {
             set_extension(
-                &mut device,
+                device,
                 LAST_SEEN_URL,
                 json!({"valueDateTime": rfc3339(seen)}),
             );
             changed = true;
         }
     }
-    if changed {
+    changed
+}
+
+/// Applies what the message says about a device to its current version, under the row lock,
+/// writing a new version only when something worth keeping changed.
+async fn update_device(
+    tx: &mut StoreTx,
+    device_id: &str,
+    news: &DeviceNews,
+) -> Result<(), ApiError> {
+    let ty = resource_type("Device")?;
+    let Some(id) = ResourceId::parse(device_id) else {
+        return Ok(());
+    };
+    if tx.lock_resource(ty, &id).await?.is_none() {
+        return Ok(());
+    }
+    let Some(current) = tx.read(ty, &id).await? else {
+        return Ok(());
+    };
+    let Some(mut device) = current
+        .content
+        .as_deref()
+        .and_then(|c| serde_json::from_str::<Value>(c).ok())
+    else {
+        return Ok(());
+    };
+    if apply_news(&mut device, news) {
         tx.write(
             ty,
             Some(&id),

@@ -394,3 +394,59 @@ async fn hubs_and_devices_must_be_registered_and_active(app: TestApp) {
 }
 
 both!(hubs_and_devices_must_be_registered_and_active);
+
+/// Store and forward: readings a hub sends late belong to whoever had the cuff when they were
+/// measured, not to whoever has it now.
+async fn late_readings_go_to_who_had_the_device(app: TestApp) {
+    crate::common::put_organization(&app, "c1", None).await;
+    for p in ["p1", "p2"] {
+        let mut body = patient(p);
+        body["id"] = json!(p);
+        body["managingOrganization"] = json!({"reference": "Organization/c1"});
+        assert_eq!(app.put(&format!("Patient/{p}"), &body).await.status, 201);
+    }
+    let cuff = |p: &str| {
+        json!({"resourceType": "Device", "id": "cuff-9", "status": "active",
+            "identifier": [{"system": "urn:oid:1.2.840.10004.1.1.1.0.0.1.0.0.1.2680",
+                            "value": "00-1C-05-FF-FE-00-00-09"}],
+            "patient": {"reference": format!("Patient/{p}")},
+            "owner": {"reference": "Organization/c1"}})
+    };
+    assert_eq!(app.put("Device/cuff-9", &cuff("p1")).await.status, 201);
+    let token = hub_with_device(&app, "hub-c", "c1", Some("hub-c")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let then = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("ns");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(app.put("Device/cuff-9", &cuff("p2")).await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("ns");
+    let reading = |at| {
+        json!({"systemId": "001C05FFFE000009", "characteristic": "0x2A35",
+               "value": bp_packet(120, at), "received": rfc3339(now)})
+    };
+    let r = post_batch(
+        &app,
+        &token,
+        &json!({"readings": [reading(then), reading(now)]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["accepted"], 2, "{}", r.text);
+    let subject = |i: usize| {
+        let o = v["results"][i]["observations"][0]
+            .as_str()
+            .expect("obs")
+            .to_owned();
+        let app = &app;
+        async move { app.get(&o).await.json()["subject"]["reference"].clone() }
+    };
+    assert_eq!(subject(0).await, "Patient/p1");
+    assert_eq!(subject(1).await, "Patient/p2");
+}
+
+both!(late_readings_go_to_who_had_the_device);
