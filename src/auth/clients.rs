@@ -112,7 +112,7 @@ pub enum RegisterError {
 }
 
 /// 32 random bytes, URL-safe.
-fn new_secret() -> String {
+pub(crate) fn new_secret() -> String {
     use base64::Engine as _;
     use rand::RngCore as _;
     let mut bytes = [0u8; 32];

@@ -385,6 +385,18 @@ impl Policy {
         }
     }
 
+    /// Registering a cellular vendor integration for `organization`: admins for any, a clinic
+    /// for its own (its readings become that clinic's data).
+    pub fn check_manage_integrations(&self, organization: &str) -> Result<(), ApiError> {
+        match self.role {
+            Role::Admin => Ok(()),
+            Role::Customer if self.own_org() == Some(organization) => Ok(()),
+            _ => Err(ApiError::Forbidden(
+                "only admins and the clinic itself register its vendor integrations".into(),
+            )),
+        }
+    }
+
     /// The organizations whose kept raw device messages it may read (`/ingest/messages`):
     /// all for admins (`None`), its own for a clinic and its staff; they hold patients'
     /// readings, so no one else.

@@ -60,6 +60,8 @@ fn is_public(path: &str) -> bool {
             | "/openapi.json"
     ) || path == "/docs"
         || path.starts_with("/docs/")
+        // Vendors authenticate with their integration's secret, checked by the handler.
+        || crate::ingest::cellular::is_webhook(path)
 }
 
 /// The public origin of this server for a request: the configured base URL without its

@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::auth::users::router())
         .merge(crate::auth::introspect::router())
         .merge(crate::ingest::hub::router())
+        .merge(crate::ingest::cellular::router())
         .fallback(not_found)
         // Every endpoint but the public ones needs a bearer token (issue 4, item 9).
         .layer(axum::middleware::from_fn_with_state(

@@ -20,7 +20,6 @@
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -108,7 +107,11 @@ fn incoming(raw: Value) -> Incoming {
             }
         };
     Incoming {
-        identity: Identity { eui64, address },
+        identity: Identity {
+            eui64,
+            address,
+            other: None,
+        },
         received,
         content: Content::Gatt {
             uuid,
@@ -207,27 +210,7 @@ async fn hub(
             })
             .collect();
         let results = pipeline::ingest(&state.store, &sender, items, over, &body).await?;
-        let count = |s: Status| results.iter().filter(|r| r.status == s).count();
-        let (accepted, duplicate, rejected) = (
-            count(Status::Accepted),
-            count(Status::Duplicate),
-            count(Status::Rejected),
-        );
-        // Counts only: readings are patient data (DESIGN.md rule 8).
-        tracing::info!(accepted, duplicate, rejected, "hub batch");
-        Ok::<_, ApiError>(
-            (
-                StatusCode::OK,
-                Json(json!({
-                    "message": pipeline::sha256_hex(&body),
-                    "accepted": accepted,
-                    "duplicate": duplicate,
-                    "rejected": rejected,
-                    "results": results,
-                })),
-            )
-                .into_response(),
-        )
+        Ok::<_, ApiError>(pipeline::answer(&body, results, "hub batch"))
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)

@@ -62,16 +62,30 @@ pub struct Identity {
     pub eui64: Option<String>,
     /// Bluetooth address `AA:BB:CC:DD:EE:FF`.
     pub address: Option<String>,
+    /// Another identifier (system, value): a cellular device's IMEI, a vendor's device id.
+    pub other: Option<(String, String)>,
 }
 
 impl Identity {
+    pub fn other(system: &str, value: &str) -> Identity {
+        Identity {
+            other: Some((system.to_owned(), value.to_owned())),
+            ..Default::default()
+        }
+    }
+
+    /// The device's part of the de-duplication identifier.
     fn key(&self) -> Option<String> {
         device::device_key(self.eui64.as_deref(), self.address.as_deref())
+            .or_else(|| self.other.as_ref().map(|(_, v)| v.clone()))
     }
 
     /// The identifier its Device is found by (system, value): the EUI-64 if it has one,
     /// else the Bluetooth address.
     fn token(&self) -> Option<(String, String)> {
+        if self.eui64.is_none() && self.address.is_none() {
+            return self.other.clone();
+        }
         let identifiers = device::identifiers(self.eui64.as_deref(), self.address.as_deref());
         let first = identifiers.get(0)?;
         Some((
@@ -296,6 +310,27 @@ pub async fn ingest(
     .await?;
     tx.commit().await?;
     Ok(results)
+}
+
+/// The answer to a message: its SHA-256, counts, and each reading's result. Only the counts
+/// are logged (readings are patient data, DESIGN.md rule 8).
+pub fn answer(body: &[u8], results: Vec<ReadingResult>, what: &str) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let count = |s: Status| results.iter().filter(|r| r.status == s).count();
+    let (accepted, duplicate, rejected) = (
+        count(Status::Accepted),
+        count(Status::Duplicate),
+        count(Status::Rejected),
+    );
+    tracing::info!(accepted, duplicate, rejected, "{what}");
+    axum::Json(json!({
+        "message": sha256_hex(body),
+        "accepted": accepted,
+        "duplicate": duplicate,
+        "rejected": rejected,
+        "results": results,
+    }))
+    .into_response()
 }
 
 /// Keeps a message that was refused as a whole (its sender unknown or inactive), for the

@@ -232,3 +232,46 @@ impl Store {
         )
     }
 }
+
+/// A cellular vendor integration (`0011_ingest_vendor.sql`).
+#[derive(Clone, PartialEq, sqlx::FromRow)]
+pub struct VendorRecord {
+    pub id: String,
+    pub vendor: String,
+    pub organization: String,
+    pub auth: String,
+    pub secret: String,
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for VendorRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VendorRecord")
+            .field("id", &self.id)
+            .field("vendor", &self.vendor)
+            .field("organization", &self.organization)
+            .field("auth", &self.auth)
+            .field("secret", &"***")
+            .finish()
+    }
+}
+
+impl Store {
+    pub async fn put_vendor(&self, v: &VendorRecord) -> Result<(), StoreError> {
+        let sql = "insert into ingest_vendor (id, vendor, organization, auth, secret, created_at) \
+                   values ($1, $2, $3, $4, $5, $6)";
+        on_pool!(self, write, pool => sqlx::query(sql)
+            .bind(&v.id).bind(&v.vendor).bind(&v.organization).bind(&v.auth).bind(&v.secret)
+            .bind(v.created_at).execute(pool).await.map(|_| ())?);
+        Ok(())
+    }
+
+    pub async fn vendor(&self, id: &str) -> Result<Option<VendorRecord>, StoreError> {
+        if id.contains('\0') {
+            return Ok(None);
+        }
+        let sql = "select id, vendor, organization, auth, secret, created_at \
+                   from ingest_vendor where id = $1";
+        Ok(on_pool!(self, read, pool => sqlx::query_as(sql).bind(id).fetch_optional(pool).await?))
+    }
+}

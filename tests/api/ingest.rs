@@ -450,3 +450,182 @@ async fn late_readings_go_to_who_had_the_device(app: TestApp) {
 }
 
 both!(late_readings_go_to_who_had_the_device);
+
+/// Registers a vendor integration for `org` as the admin; returns (id, secret).
+async fn integration(app: &TestApp, vendor: &str, org: &str) -> (String, String) {
+    let r = app
+        .send(
+            app.client
+                .post(format!("{}/ingest/vendors", app.origin()))
+                .json(&json!({"vendor": vendor, "organization": org})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let v = r.json();
+    (
+        v["id"].as_str().expect("id").to_owned(),
+        v["secret"].as_str().expect("secret").to_owned(),
+    )
+}
+
+/// Cellular vendors' webhooks, each authenticated its own way, become the same Observations.
+async fn cellular_webhooks_become_observations(app: TestApp) {
+    use vitalbridge::ingest::cellular::{IMEI_SYSTEM, TENOVI_SYSTEM, hmac_hex};
+    crate::common::put_organization(&app, "c1", None).await;
+    crate::common::put_organization(&app, "c2", None).await;
+    let mut p = patient("p1");
+    p["id"] = json!("p1");
+    p["managingOrganization"] = json!({"reference": "Organization/c1"});
+    assert_eq!(app.put("Patient/p1", &p).await.status, 201);
+    for (id, system, value) in [
+        ("scale-1", IMEI_SYSTEM, "490154203237518"),
+        ("tenovi-1", TENOVI_SYSTEM, "hwi-123"),
+        ("cell-cuff", IMEI_SYSTEM, "356938035643809"),
+    ] {
+        let d = json!({"resourceType": "Device", "id": id, "status": "active",
+            "identifier": [{"system": system, "value": value}],
+            "patient": {"reference": "Patient/p1"},
+            "owner": {"reference": "Organization/c1"}});
+        assert_eq!(app.put(&format!("Device/{id}"), &d).await.status, 201);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("ns");
+    let hook = |vendor: &str| format!("{}/ingest/cellular/{vendor}", app.origin());
+    let http = reqwest::Client::new();
+
+    // BodyTrace: HTTP Basic; the IMEI without its check digit; grams.
+    let (id, secret) = integration(&app, "bodytrace", "c1").await;
+    let body = json!({"deviceId": 49015420323751u64, "ts": now.unix_timestamp() * 1000,
+        "batteryVoltage": 5522, "rssi": 91, "values": {"unit": 1, "weight": 81250, "tare": 0}})
+    .to_string();
+    let send = |user: &str, password: &str| {
+        http.post(hook("bodytrace"))
+            .basic_auth(user, Some(password))
+            .header("content-type", "application/json")
+            .body(body.clone())
+    };
+    let r = app.send(send(&id, "wrong")).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    let r = app.send(send(&id, &secret)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["accepted"], 1, "{}", r.text);
+    let weight = app
+        .get(v["results"][0]["observations"][0].as_str().expect("obs"))
+        .await
+        .json();
+    assert_eq!(weight["code"]["coding"][1]["code"], "29463-7");
+    assert_eq!(weight["valueQuantity"]["value"], 81.25);
+    assert_eq!(weight["device"]["reference"], "Device/scale-1");
+    let again = app.send(send(&id, &secret)).await.json();
+    assert_eq!(again["duplicate"], 1, "{again}");
+
+    // Tenovi: the integration's key in a header; a cuff's pressure and pulse as an array.
+    let (id, secret) = integration(&app, "tenovi", "c1").await;
+    let stamp = now
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("fmt");
+    let body = json!([
+        {"metric": "blood_pressure", "value_1": 128, "value_2": 82, "hwi_device_id": "hwi-123",
+         "timestamp": stamp, "device_name": "Tenovi BPM"},
+        {"metric": "pulse", "value_1": 71, "hwi_device_id": "hwi-123", "timestamp": stamp},
+        {"metric": "blood_pressure", "value_1": 128, "value_2": 82, "hwi_device_id": "hwi-999",
+         "timestamp": stamp}
+    ]);
+    let r = app
+        .send(
+            http.post(hook("tenovi"))
+                .header("x-vitalbridge-key", format!("{id}.{secret}"))
+                .json(&body),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(
+        (v["accepted"].as_u64(), v["rejected"].as_u64()),
+        (Some(2), Some(1)),
+        "{}",
+        r.text
+    );
+    assert!(
+        v["results"][2]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unknown device")
+    );
+    let r = app
+        .send(
+            http.post(hook("tenovi"))
+                .header("x-vitalbridge-key", format!("{id}.nope"))
+                .json(&body),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+
+    // The generic format: HMAC-SHA256 of the body.
+    let (id, secret) = integration(&app, "generic", "c1").await;
+    let body = json!({"readings": [{"imei": "356938035643809", "type": "blood-pressure",
+        "values": {"systolic": 141, "diastolic": 91, "pulse": 64}, "unit": "mm[Hg]",
+        "measured": stamp}]})
+    .to_string();
+    let signed = |signature: String| {
+        http.post(hook("generic"))
+            .header("x-vitalbridge-integration", &id)
+            .header("x-vitalbridge-signature", format!("sha256={signature}"))
+            .body(body.clone())
+    };
+    let r = app
+        .send(signed(hmac_hex("not the secret", body.as_bytes())))
+        .await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    let r = app.send(signed(hmac_hex(&secret, body.as_bytes()))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["accepted"], 1, "{}", r.text);
+    let bp = app
+        .get(v["results"][0]["observations"][0].as_str().expect("obs"))
+        .await
+        .json();
+    assert_eq!(bp["component"][0]["valueQuantity"]["value"], 141);
+    assert_eq!(
+        bp["component"][0]["interpretation"][0]["coding"][0]["code"], "H",
+        "{bp}"
+    );
+
+    // An integration of one clinic's cannot carry another's devices, nor be registered by it.
+    let (id, secret) = integration(&app, "bodytrace", "c2").await;
+    let body = json!({"deviceId": 49015420323751u64, "ts": now.unix_timestamp() * 1000,
+        "values": {"weight": 70000}})
+    .to_string();
+    let r = app
+        .send(
+            http.post(hook("bodytrace"))
+                .basic_auth(&id, Some(&secret))
+                .body(body),
+        )
+        .await
+        .json();
+    assert_eq!(r["rejected"], 1, "{r}");
+    let clinic =
+        crate::common::client_token(&app, &json!({"role": "customer", "organization": "c2"})).await;
+    let r = app
+        .send(
+            http.post(format!("{}/ingest/vendors", app.origin()))
+                .bearer_auth(&clinic)
+                .json(&json!({"vendor": "tenovi", "organization": "c1"})),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    let r = app
+        .send(
+            http.post(format!("{}/ingest/vendors", app.origin()))
+                .bearer_auth(&clinic)
+                .json(&json!({"vendor": "tenovi", "organization": "c2"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+}
+
+both!(cellular_webhooks_become_observations);
