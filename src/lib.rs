@@ -54,6 +54,9 @@ impl Application {
         let signing_key = auth::keys::load(settings.signing_key_pem.as_deref(), &store)
             .await
             .context("cannot load the token signing key")?;
+        fhir::profiles::install(&store)
+            .await
+            .context("cannot store the shipped profiles")?;
         if let Some(boot) = &settings.bootstrap_client {
             auth::ensure_bootstrap_client(&store, boot)
                 .await

@@ -61,6 +61,7 @@ pub fn router() -> Router<AppState> {
                 .delete(conditional_delete),
         )
         .route("/{type}/_search", post(search_post))
+        .route("/{type}/$validate", post(validate_operation))
         .route("/{type}/_history", get(history_type))
         .route(
             "/{type}/{id}",
@@ -785,6 +786,71 @@ async fn search_system_post(
     let result = async {
         let params = form_params(&state, &ctx, &headers, body).await?;
         run_search(&state, &ctx, None, &params).await
+    }
+    .await;
+    ctx.respond(result)
+}
+
+/// `[type]/$validate` (https://hl7.org/fhir/R4/resource-operation-validate.html): the resource
+/// in the body (or the `resource` parameter of a Parameters body) is checked as a write would
+/// check it, and against the profile given (`profile` parameter) or else this server's profiles
+/// it claims (`fhir-profiles/`). The answer is an OperationOutcome listing what was found,
+/// 200 whether or not the resource is valid; nothing is stored.
+async fn validate_operation(
+    State(state): State<AppState>,
+    Path(ty): Path<String>,
+    headers: HeaderMap,
+    ctx: Ctx,
+    body: Body,
+) -> Response {
+    let result = async {
+        let ty = parse_type(&ty)?;
+        ctx.policy.check(ty.as_str(), Perm::Read)?;
+        let value = body_json(&state, &headers, body).await?;
+        let mut profile = ctx
+            .params
+            .iter()
+            .find(|(k, _)| k == "profile")
+            .map(|(_, v)| v.clone());
+        let resource = if value["resourceType"] == "Parameters" && ty.as_str() != "Parameters" {
+            let params = value["parameter"].as_array().cloned().unwrap_or_default();
+            if let Some(p) = params.iter().find(|p| p["name"] == "profile") {
+                profile = p["valueUri"]
+                    .as_str()
+                    .or(p["valueCanonical"].as_str())
+                    .map(str::to_owned);
+            }
+            params
+                .into_iter()
+                .find(|p| p["name"] == "resource")
+                .map(|p| p["resource"].clone())
+                .ok_or_else(|| {
+                    ApiError::bad_request("required", "the Parameters hold no `resource`")
+                })?
+        } else {
+            value
+        };
+        let mut issues = match validate_resource(resource.clone(), Expect::Create(ty)) {
+            Ok(_) => Vec::new(),
+            Err(ApiError::BadRequest(issues)) => issues,
+            Err(e) => return Err(e),
+        };
+        issues.extend(match profile {
+            Some(url) => crate::fhir::profiles::check_against(&resource, &url),
+            None => crate::fhir::profiles::check_claimed(&resource),
+        });
+        if issues.is_empty() {
+            issues.push(Issue {
+                severity: "information",
+                code: "informational",
+                diagnostics: "no issues found".into(),
+                expression: None,
+            });
+        }
+        Ok(FhirResponse::new(
+            StatusCode::OK,
+            Payload::Value(operation_outcome(&issues)),
+        ))
     }
     .await;
     ctx.respond(result)

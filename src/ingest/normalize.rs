@@ -241,7 +241,11 @@ impl<'a> Builder<'a> {
 
     /// A new Observation of `kind`; returns its index.
     fn observation(&mut self, kind: &Kind, vital: bool) -> usize {
-        let mut profiles = vec![];
+        let mut profiles = vec![format!(
+            "{}{}",
+            crate::fhir::profiles::BASE,
+            own_profile(kind)
+        )];
         if let Some(p) = kind.profile {
             profiles.push(format!("{VITAL_SIGNS}{p}"));
         }
@@ -324,6 +328,23 @@ impl<'a> Builder<'a> {
 fn push_profile(o: &mut Value, url: &str) {
     if let Some(list) = o["meta"]["profile"].as_array_mut() {
         list.insert(0, Value::from(url));
+    }
+}
+
+/// This server's profile of a kind (`fhir-profiles/`), which every Observation of it meets.
+fn own_profile(kind: &Kind) -> &'static str {
+    match kind.mdc {
+        150020 => "vb-blood-pressure",
+        149546 | 149530 | 147842 => "vb-heart-rate",
+        188736 => "vb-body-weight",
+        188740 => "vb-body-height",
+        188752 => "vb-bmi",
+        188748 => "vb-body-fat",
+        150364 => "vb-body-temperature",
+        150456 => "vb-oxygen-saturation",
+        160184 | 160188 => "vb-blood-glucose",
+        8410608 => "vb-bp-status",
+        _ => "vb-device-observation",
     }
 }
 
@@ -605,7 +626,8 @@ mod tests {
     }
 
     /// Every Observation made from the shared vectors passes the checks of the server's write
-    /// path (R4 structure, primitive formats, required bindings).
+    /// path (R4 structure, primitive formats, required bindings) and this server's profiles
+    /// it claims.
     #[test]
     fn every_observation_from_the_vectors_is_valid_r4() {
         let path = concat!(
@@ -629,6 +651,15 @@ mod tests {
                 if let Err(e) = crate::fhir::parse::check_structure(&p.resource, ty) {
                     panic!("{}: {e:?}\n{:#}", v["id"], p.resource);
                 }
+                let claimed = p.resource["meta"]["profile"].to_string();
+                assert!(claimed.contains(crate::fhir::profiles::BASE), "{claimed}");
+                let issues = crate::fhir::profiles::check_claimed(&p.resource);
+                assert!(
+                    issues.is_empty(),
+                    "{}: {issues:?}\n{:#}",
+                    v["id"],
+                    p.resource
+                );
                 made += 1;
             }
         }

@@ -546,6 +546,14 @@ fn produce(
             tracing::error!(error = ?e, "normalisation produced an invalid Observation");
             return reject("the reading could not be turned into a valid Observation");
         }
+        let issues = crate::fhir::profiles::check_claimed(&o);
+        if !issues.is_empty() {
+            tracing::error!(
+                ?issues,
+                "normalisation produced an Observation its profile refuses"
+            );
+            return reject("the reading could not be turned into a valid Observation");
+        }
         out.push((id, o));
     }
     Ok(Ok((device_id.to_owned(), out)))

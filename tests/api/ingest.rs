@@ -629,3 +629,84 @@ async fn cellular_webhooks_become_observations(app: TestApp) {
 }
 
 both!(cellular_webhooks_become_observations);
+
+/// The device-data profiles are served, and `$validate` checks resources against them.
+async fn profiles_are_served_and_validate(app: TestApp) {
+    let sd = app.get("StructureDefinition/vb-blood-pressure").await;
+    assert_eq!(sd.status, 200, "{}", sd.text);
+    let url = "https://vitalbridge.dev/fhir/StructureDefinition/vb-blood-pressure";
+    assert_eq!(sd.json()["url"], url);
+    let found = app
+        .get(&format!("StructureDefinition?url={url}"))
+        .await
+        .json();
+    assert_eq!(found["total"], 1, "{found}");
+
+    let weight = json!({
+        "resourceType": "Observation",
+        "meta": {"profile": ["https://vitalbridge.dev/fhir/StructureDefinition/vb-body-weight"]},
+        "status": "final",
+        "category": [{"coding": [{"system": "http://hl7.org/fhir/uv/phd/CodeSystem/PhdObservationCategories", "code": "phd"}]}],
+        "code": {"coding": [
+            {"system": "urn:iso:std:iso:11073:10101", "code": "188736"},
+            {"system": "http://loinc.org", "code": "29463-7"}]},
+        "subject": {"reference": "Patient/p1"},
+        "device": {"reference": "Device/d1"},
+        "effectiveDateTime": "2026-12-01T10:00:00Z",
+        "valueQuantity": {"value": 81.2, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}
+    });
+    let validate = |body: serde_json::Value, query: &str| {
+        let app = &app;
+        let path = format!("Observation/$validate{query}");
+        async move { app.post(&path, &body).await }
+    };
+    let ok = validate(weight.clone(), "").await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    let issues = ok.outcome_issues();
+    assert_eq!(issues.len(), 1, "{}", ok.text);
+    assert_eq!(issues[0]["severity"], "information");
+
+    let mut grams = weight.clone();
+    grams["valueQuantity"]["code"] = json!("g");
+    grams.as_object_mut().expect("obj").remove("device");
+    let bad = validate(grams.clone(), "").await;
+    assert_eq!(bad.status, 200, "{}", bad.text);
+    let text = bad.text.clone();
+    assert!(
+        text.contains("vb-bw-1") && text.contains("Observation.device"),
+        "{text}"
+    );
+
+    // Against a profile named in the request, in the Parameters form too.
+    let params = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "resource", "resource": weight},
+        {"name": "profile", "valueUri": url}]});
+    let other = validate(params, "").await;
+    assert!(
+        other.text.contains("vb-bp-1"),
+        "a weight is no blood pressure: {}",
+        other.text
+    );
+    let unknown = validate(grams, "?profile=https://example.org/nope").await;
+    assert!(unknown.text.contains("not known"), "{}", unknown.text);
+    // A structurally broken resource reports its structural problems.
+    let broken = validate(
+        json!({"resourceType": "Observation", "status": "bogus"}),
+        "",
+    )
+    .await;
+    assert_eq!(broken.status, 200);
+    assert!(
+        broken
+            .outcome_issues()
+            .iter()
+            .any(|i| i["severity"] == "error"),
+        "{}",
+        broken.text
+    );
+    // Nothing was stored.
+    let none = app.get("Observation?_summary=count").await.json();
+    assert_eq!(none["total"], 0);
+}
+
+both!(profiles_are_served_and_validate);

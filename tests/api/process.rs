@@ -495,8 +495,12 @@ async fn reindex_rebuilds_lost_rows(backend: Backend) {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // One Patient and three Observations, in batches of two.
-    assert!(stdout.contains("reindexed 4 resources"), "{stdout}");
+    // One Patient, three Observations and the shipped StructureDefinitions, in batches of two.
+    let shipped = vitalbridge::fhir::profiles::PROFILES.len();
+    assert!(
+        stdout.contains(&format!("reindexed {} resources", 4 + shipped)),
+        "{stdout}"
+    );
     assert!(stdout.contains("vacuumed and analysed"), "{stdout}");
     let after = app.get(&query).await.json();
     assert_eq!(after["total"], 2, "{after}");
