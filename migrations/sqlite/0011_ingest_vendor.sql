@@ -9,5 +9,9 @@ create table ingest_vendor (
     -- `header`, `basic` or `hmac`
     auth         text    not null,
     secret       text    not null,
+    -- a "new data" notification's vendor (Withings-style): where the measures are fetched,
+    -- and the bearer token that fetches them
+    api_url      text,
+    api_token    text,
     created_at   bigint  not null
 );

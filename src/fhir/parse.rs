@@ -91,6 +91,12 @@ pub fn validate_resource(mut value: Value, expect: Expect<'_>) -> Result<ValidRe
         Expect::ConditionalUpdate(_) => {}
     }
     check_structure(&value, ty)?;
+    // A resource claiming one of this server's profiles (or, an Observation, the PHD IG's)
+    // must meet it (issue 5, item 3): 422 with what it misses.
+    let issues = super::profiles::check_write(&value);
+    if !issues.is_empty() {
+        return Err(ApiError::Unprocessable(issues));
+    }
     Ok(ValidResource { ty, value })
 }
 

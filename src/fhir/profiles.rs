@@ -311,6 +311,45 @@ pub fn check_claimed(resource: &Value) -> Vec<Issue> {
         .collect()
 }
 
+/// The PHD IG's profiles (http://hl7.org/fhir/uv/phd/): an Observation claiming one of them
+/// (a third-party gateway's) is held to this server's device-observation profile, whose rules
+/// are the PHD IG's essentials (MDC code, measuring Device, patient, time, UCUM).
+const PHD_PROFILES: &str = "http://hl7.org/fhir/uv/phd/StructureDefinition/Phd";
+
+/// Rules of the device-observation profile that are this server's own conventions, not the
+/// PHD IG's, so not asked of other gateways' Observations: its categories (by the start of
+/// their issues' diagnostics).
+const OWN_CONVENTIONS: &[&str] = &["vb-dev-5", "Observation.category "];
+
+/// The profile problems of a resource about to be written: those of this server's profiles it
+/// claims, and for an Observation claiming a PHD IG profile, the device-observation rules.
+pub fn check_write(resource: &Value) -> Vec<Issue> {
+    let mut issues = check_claimed(resource);
+    let claimed: Vec<&str> = resource["meta"]["profile"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    // Claiming one of this server's profiles says more already (they build on the base).
+    let claims_own = claimed.iter().any(|u| profile(u).is_some());
+    let claims_phd = claimed
+        .iter()
+        .any(|u| u.starts_with(PHD_PROFILES) && u.ends_with("Observation"));
+    if claims_phd
+        && !claims_own
+        && resource["resourceType"] == "Observation"
+        && let Some(base) = profile(&format!("{BASE}vb-device-observation"))
+    {
+        issues.extend(
+            base.check(resource)
+                .into_iter()
+                .filter(|i| !OWN_CONVENTIONS.iter().any(|k| i.diagnostics.starts_with(k))),
+        );
+    }
+    issues
+}
+
 /// Stores the shipped StructureDefinitions, so that the server serves them like any resource
 /// (`GET /fhir/StructureDefinition/vb-blood-pressure`, searches by `url`): each is written when
 /// missing or different from the shipped one, at its own id.

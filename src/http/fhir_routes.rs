@@ -830,14 +830,15 @@ async fn validate_operation(
         } else {
             value
         };
+        // The write path's checks, then the profiles.
         let mut issues = match validate_resource(resource.clone(), Expect::Create(ty)) {
-            Ok(_) => Vec::new(),
+            Ok(_) | Err(ApiError::Unprocessable(_)) => Vec::new(),
             Err(ApiError::BadRequest(issues)) => issues,
             Err(e) => return Err(e),
         };
         issues.extend(match profile {
             Some(url) => crate::fhir::profiles::check_against(&resource, &url),
-            None => crate::fhir::profiles::check_claimed(&resource),
+            None => crate::fhir::profiles::check_write(&resource),
         });
         if issues.is_empty() {
             issues.push(Issue {

@@ -14,6 +14,9 @@
 //! - `tenovi`: one measurement object or an array of them ("post as array"): `metric`
 //!   (`blood_pressure`, `pulse`, `weight`, `glucose`, `spO2`, `temperature`), `value_1`,
 //!   `value_2`, `hwi_device_id`, `timestamp` (https://docs.tenovi.com/hwi-api/webhooks/measurement-webhooks);
+//! - `withings`: a "new data" notification (`userid`, `startdate`, `enddate`, form-encoded; the
+//!   key in the callback URL, `?key={id}.{secret}`), on which the server fetches the measure
+//!   groups from the integration's `api_url` with its `api_token`;
 //! - `bodytrace`: `{"deviceId", "ts" (ms), "batteryVoltage", "rssi", "values": {"weight" (g),
 //!   "unit", "tare"}}`, `deviceId` being the IMEI without leading zeros and check digit;
 //! - `generic`: `{"readings": [{"imei" | "deviceId", "type", "values": {...}, "unit",
@@ -24,7 +27,7 @@
 //! Devices are found by their Device.identifier: the IMEI (`urn:gsma:imei`, 15 digits) or,
 //! for Tenovi, the HWI device id ([`TENOVI_SYSTEM`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -55,7 +58,11 @@ pub const VENDORS: &[(&str, &str)] = &[
     ("tenovi", "header"),
     ("bodytrace", "basic"),
     ("generic", "hmac"),
+    ("withings", "header"),
 ];
+
+/// The identifier system of Withings-style device ids.
+pub const WITHINGS_SYSTEM: &str = "https://vitalbridge.dev/fhir/NamingSystem/withings-device-id";
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -76,6 +83,12 @@ struct NewIntegration {
     organization: String,
     #[serde(default)]
     auth: Option<String>,
+    /// Withings-style: the vendor's measure API the server fetches from on a notification...
+    #[serde(default)]
+    api_url: Option<String>,
+    /// ... with this bearer token.
+    #[serde(default)]
+    api_token: Option<String>,
 }
 
 /// `POST /ingest/vendors`: a new integration of the caller's organization (any for admins);
@@ -109,6 +122,17 @@ async fn register(
                 "auth must be header, basic or hmac",
             ));
         }
+        if *vendor == "withings" {
+            match new.api_url.as_deref().map(url::Url::parse) {
+                Some(Ok(u)) if matches!(u.scheme(), "https" | "http") => {}
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "required",
+                        "a withings integration needs the api_url its measures are fetched from",
+                    ));
+                }
+            }
+        }
         if ResourceId::parse(&new.organization).is_none() {
             return Err(ApiError::bad_request(
                 "invalid",
@@ -124,6 +148,8 @@ async fn register(
             organization: new.organization,
             auth: auth.to_owned(),
             secret: crate::auth::clients::new_secret(),
+            api_url: new.api_url,
+            api_token: new.api_token,
             created_at: crate::store::now_micros(),
         };
         state.store.put_vendor(&record).await?;
@@ -156,34 +182,42 @@ async fn authenticate(
     state: &AppState,
     vendor: &str,
     headers: &HeaderMap,
+    query: Option<&str>,
     body: &[u8],
 ) -> Result<VendorRecord, ApiError> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (id, credential) = if let Some(key) = text("x-vitalbridge-key") {
-        let (id, secret) = key.split_once('.').ok_or_else(unauthorized)?;
-        (id.to_owned(), Credential::Key(secret.to_owned()))
-    } else if let Some(id) = text("x-vitalbridge-integration") {
-        let signature = text("x-vitalbridge-signature")
-            .and_then(|s| s.strip_prefix("sha256="))
-            .ok_or_else(unauthorized)?
-            .to_ascii_lowercase();
-        (id.to_owned(), Credential::Hmac(signature))
-    } else if let Some((user, password)) = text("authorization")
-        .and_then(|a| a.strip_prefix("Basic "))
-        .and_then(|b| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .ok()
-        })
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| s.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())))
-    {
-        (user, Credential::Basic(password))
-    } else {
-        return Err(ApiError::Unauthorized(
-            "a vendor webhook needs its integration's credentials".into(),
-        ));
-    };
+    // Vendors whose callback URL is all they let you set carry the key in it (`?key=`).
+    let query_key = query.and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "key")
+            .map(|(_, v)| v.into_owned())
+    });
+    let (id, credential) =
+        if let Some(key) = text("x-vitalbridge-key").map(str::to_owned).or(query_key) {
+            let (id, secret) = key.split_once('.').ok_or_else(unauthorized)?;
+            (id.to_owned(), Credential::Key(secret.to_owned()))
+        } else if let Some(id) = text("x-vitalbridge-integration") {
+            let signature = text("x-vitalbridge-signature")
+                .and_then(|s| s.strip_prefix("sha256="))
+                .ok_or_else(unauthorized)?
+                .to_ascii_lowercase();
+            (id.to_owned(), Credential::Hmac(signature))
+        } else if let Some((user, password)) = text("authorization")
+            .and_then(|a| a.strip_prefix("Basic "))
+            .and_then(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()
+            })
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())))
+        {
+            (user, Credential::Basic(password))
+        } else {
+            return Err(ApiError::Unauthorized(
+                "a vendor webhook needs its integration's credentials".into(),
+            ));
+        };
     match state.store.vendor(&id).await? {
         Some(v) if v.vendor == vendor && credential.fits(&v, body) => Ok(v),
         _ => Err(unauthorized()),
@@ -232,6 +266,7 @@ pub fn hmac_hex(secret: &str, body: &[u8]) -> String {
 async fn webhook(
     State(state): State<AppState>,
     Path(vendor): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
@@ -239,12 +274,25 @@ async fn webhook(
         if !VENDORS.iter().any(|(v, _)| *v == vendor) {
             return Err(ApiError::NotFound("no adapter for this vendor".into()));
         }
-        let integration = authenticate(&state, &vendor, &headers, &body).await?;
+        let integration = authenticate(&state, &vendor, &headers, uri.query(), &body).await?;
         let sender = Sender {
             channel: format!("cellular/{vendor}"),
             name: integration.id.clone(),
             organization: integration.organization.clone(),
             hub: None,
+        };
+        // A "new data" notification names what changed; the measures are fetched, and what
+        // was fetched is the message kept.
+        let body = if vendor == "withings" {
+            match fetch_withings(&integration, &body).await {
+                Ok(fetched) => axum::body::Bytes::from(fetched),
+                Err(why) => {
+                    pipeline::keep_refused(&state.store, &sender, &body, &why).await?;
+                    return Err(ApiError::Unavailable(why));
+                }
+            }
+        } else {
+            body
         };
         let parsed: Value = match serde_json::from_slice(&body) {
             Ok(v) => v,
@@ -257,6 +305,7 @@ async fn webhook(
         let items: Vec<Incoming> = match vendor.as_str() {
             "tenovi" => tenovi(&parsed, now),
             "bodytrace" => vec![bodytrace(&parsed, now)],
+            "withings" => withings(&parsed, now),
             _ => generic(&parsed, now),
         };
         let results = pipeline::ingest(&state.store, &sender, items, Vec::new(), &body).await?;
@@ -523,6 +572,120 @@ fn bodytrace(v: &Value, now: OffsetDateTime) -> Incoming {
             height: None,
         }),
     )
+}
+
+/// Fetches the measures a Withings-style notification (`userid`, `startdate`, `enddate`,
+/// form-encoded) announces, from the integration's measure API with its bearer token
+/// (https://developer.withings.com/api-reference/#tag/measure/operation/measure-getmeas).
+async fn fetch_withings(v: &VendorRecord, notification: &[u8]) -> Result<Vec<u8>, String> {
+    let fields: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(notification)
+            .into_owned()
+            .collect();
+    let (Some(user), Some(start), Some(end)) = (
+        fields.get("userid"),
+        fields.get("startdate"),
+        fields.get("enddate"),
+    ) else {
+        return Err("a notification names userid, startdate and enddate".into());
+    };
+    let url = v
+        .api_url
+        .as_deref()
+        .ok_or("the integration has no api_url")?;
+    static HTTP: LazyLock<reqwest::Client> = LazyLock::new(|| {
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(20))
+            .build()
+            .unwrap_or_default()
+    });
+    let mut req = HTTP.post(url).form(&[
+        ("action", "getmeas"),
+        ("userid", user.as_str()),
+        ("startdate", start.as_str()),
+        ("enddate", end.as_str()),
+    ]);
+    if let Some(token) = &v.api_token {
+        req = req.bearer_auth(token);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|_| "the vendor's measure API cannot be reached; it may send again".to_owned())?;
+    if !resp.status().is_success() {
+        return Err(format!(
+            "the vendor's measure API answered {}",
+            resp.status()
+        ));
+    }
+    resp.bytes()
+        .await
+        .map(|b| b.to_vec())
+        .map_err(|_| "the vendor's measure API answer was cut short".to_owned())
+}
+
+/// Withings measure groups: `{"status": 0, "body": {"measuregrps": [{"date", "deviceid",
+/// "measures": [{"value", "type", "unit"}]}]}}`, each value `value × 10^unit` in the type's
+/// unit: 1 weight kg, 9 diastolic and 10 systolic mmHg, 11 pulse bpm, 54 SpO2 %, 71 body
+/// temperature °C.
+fn withings(v: &Value, now: OffsetDateTime) -> Vec<Incoming> {
+    if v["status"] != 0 {
+        return vec![invalid("the vendor's answer has a non-zero status", now)];
+    }
+    v["body"]["measuregrps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            let Some(device) = g["deviceid"].as_str().filter(|d| !d.is_empty()) else {
+                return invalid("a measure group without deviceid", now);
+            };
+            let Some(at) = g["date"]
+                .as_i64()
+                .and_then(|d| OffsetDateTime::from_unix_timestamp(d).ok())
+            else {
+                return invalid("a measure group without date", now);
+            };
+            let measure = |ty: i64| {
+                g["measures"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|m| m["type"] == ty)
+                    .and_then(|m| {
+                        let value = m["value"].as_i64()?;
+                        let unit = i32::try_from(m["unit"].as_i64()?).ok()?;
+                        Some(Value::from(serde_json::Number::from_string_unchecked(
+                            Decimal {
+                                mantissa: value,
+                                exponent: unit,
+                            }
+                            .to_string(),
+                        )))
+                    })
+            };
+            let identity = Identity::other(WITHINGS_SYSTEM, device);
+            let (kind, values, unit) = if let (Some(sys), Some(dia)) = (measure(10), measure(9)) {
+                let mut values = json!({"systolic": sys, "diastolic": dia});
+                if let Some(p) = measure(11) {
+                    values["pulse"] = p;
+                }
+                ("blood-pressure", values, None)
+            } else if let Some(w) = measure(1) {
+                ("weight", json!({"weight": w}), Some("kg"))
+            } else if let Some(s) = measure(54) {
+                ("spo2", json!({"spo2": s, "pulse": measure(11)}), None)
+            } else if let Some(t) = measure(71).or_else(|| measure(12)) {
+                ("temperature", json!({"temperature": t}), Some("Cel"))
+            } else {
+                return invalid("no measure type this server takes", now);
+            };
+            match measurement(kind, &values, unit, at) {
+                Ok(m) => reading(identity, now, m),
+                Err(why) => invalid(why, now),
+            }
+        })
+        .collect()
 }
 
 /// A 15-digit IMEI from 15 digits, or from 14 or fewer (leading zeros and the Luhn check digit

@@ -210,14 +210,26 @@ pub async fn ingest(
             timelines.insert(p.known.id.as_str().to_owned(), t);
         }
     }
+    let pending: Vec<(Box<Pending>, Option<String>)> = pending
+        .into_iter()
+        .map(|p| {
+            let patient = match timelines.get(p.known.id.as_str()) {
+                Some(t) => t.patient_at(p.measured),
+                None => registry::patient_of(&p.known.resource),
+            };
+            (p, patient)
+        })
+        .collect();
+    let thresholds =
+        patient_thresholds(store, pending.iter().filter_map(|(_, p)| p.as_deref())).await?;
     let mut ready: BTreeMap<String, Ready> = BTreeMap::new();
-    for p in pending {
-        let patient = match timelines.get(p.known.id.as_str()) {
-            Some(t) => t.patient_at(p.measured),
-            None => registry::patient_of(&p.known.resource),
-        };
+    for (p, patient) in pending {
         let index = p.index;
-        match produce(p, patient)? {
+        let own = patient
+            .as_deref()
+            .and_then(|id| thresholds.get(id))
+            .cloned();
+        match produce(p, patient, own)? {
             Ok((device, obs)) => ready.entry(device).or_default().push((index, obs)),
             Err(r) => results[index] = Some(r),
         }
@@ -493,6 +505,7 @@ type Observations = (String, Vec<(ResourceId, Value)>);
 fn produce(
     p: Box<Pending<'_>>,
     patient: Option<String>,
+    thresholds: Option<super::rules::Thresholds>,
 ) -> Result<Result<Observations, ReadingResult>, ApiError> {
     let device_id = p.known.id.as_str();
     let reject = |why: &str| Ok(Err(ReadingResult::rejected(p.index, Some(device_id), why)));
@@ -506,7 +519,7 @@ fn produce(
         device_key: p.key.clone(),
         received: p.received,
         clock_offset_seconds: p.clock_offset,
-        thresholds: None,
+        thresholds,
     };
     let produced = match normalize::observations(&p.measurement, &ctx) {
         Ok(produced) => produced,
@@ -557,6 +570,29 @@ fn produce(
         out.push((id, o));
     }
     Ok(Ok((device_id.to_owned(), out)))
+}
+
+/// The alert thresholds the patients set (`rules::thresholds_of`), by Patient id: one search
+/// per 50 patients.
+async fn patient_thresholds<'a>(
+    store: &Store,
+    patients: impl Iterator<Item = &'a str>,
+) -> Result<HashMap<String, super::rules::Thresholds>, ApiError> {
+    let mut ids: Vec<&str> = patients.collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(50) {
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("_id", &chunk.join(","))
+            .finish();
+        for p in find_all(store, "Patient", &query, chunk.len()).await? {
+            if let Some(t) = super::rules::thresholds_of(&p.resource) {
+                out.insert(p.id.as_str().to_owned(), t);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The Devices of `org` the readings name, by identity: one search per 50 identities.

@@ -30,7 +30,8 @@ const fn limits(ll: Option<f64>, l: Option<f64>, h: Option<f64>, hh: Option<f64>
     }
 }
 
-/// A patient's thresholds by quantity (LOINC code of the value, e.g. `8480-6` systolic).
+/// A patient's thresholds by quantity: the LOINC code of the value (e.g. `8480-6` systolic;
+/// `glucose` for blood glucose), or `code|unit` for limits that hold in one unit only.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Thresholds(pub std::collections::BTreeMap<String, Limits>);
 
@@ -79,6 +80,47 @@ pub fn implausible(key: &str, unit: &str, value: f64, label: &str) -> Option<Str
         .then(|| format!("{label} {value} {unit} is outside the plausible {lo}–{hi} {unit}"))
 }
 
+/// The Patient extension holding the patient's own alert thresholds, one per quantity:
+/// `code` (the LOINC code of the value, or `glucose`), optional `unit` (UCUM), and any of
+/// `low`, `high`, `criticalLow`, `criticalHigh` (`valueDecimal`).
+pub const THRESHOLDS_URL: &str =
+    "https://vitalbridge.dev/fhir/StructureDefinition/alert-thresholds";
+
+/// The thresholds a Patient resource sets, if any.
+pub fn thresholds_of(patient: &serde_json::Value) -> Option<Thresholds> {
+    let mut out = Thresholds::default();
+    for ext in patient["extension"].as_array().into_iter().flatten() {
+        if ext["url"] != THRESHOLDS_URL {
+            continue;
+        }
+        let part = |name: &str| {
+            ext["extension"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["url"] == name)
+        };
+        let Some(code) = part("code").and_then(|e| e["valueCode"].as_str()) else {
+            continue;
+        };
+        let number = |name: &str| part(name).and_then(|e| e["valueDecimal"].as_f64());
+        let key = match part("unit").and_then(|e| e["valueCode"].as_str()) {
+            Some(unit) => format!("{code}|{unit}"),
+            None => code.to_owned(),
+        };
+        out.0.insert(
+            key,
+            limits(
+                number("criticalLow"),
+                number("low"),
+                number("high"),
+                number("criticalHigh"),
+            ),
+        );
+    }
+    (!out.0.is_empty()).then_some(out)
+}
+
 /// The interpretation code of `value`, by the patient's limits for `key` or the defaults.
 pub fn interpret(
     key: &str,
@@ -86,7 +128,9 @@ pub fn interpret(
     value: f64,
     thresholds: Option<&Thresholds>,
 ) -> Option<&'static str> {
-    let own = thresholds.and_then(|t| t.0.get(key)).copied();
+    let own = thresholds
+        .and_then(|t| t.0.get(&format!("{key}|{unit}")).or_else(|| t.0.get(key)))
+        .copied();
     let l = own.or_else(|| {
         DEFAULTS
             .iter()
@@ -128,6 +172,31 @@ mod tests {
             interpret("8480-6", "kPa", 30.0, None),
             None,
             "no kPa defaults"
+        );
+    }
+
+    #[test]
+    fn thresholds_come_from_the_patient_extension() {
+        let patient = serde_json::json!({"resourceType": "Patient", "extension": [
+            {"url": THRESHOLDS_URL, "extension": [
+                {"url": "code", "valueCode": "8480-6"},
+                {"url": "high", "valueDecimal": 125},
+                {"url": "criticalHigh", "valueDecimal": 150}]},
+            {"url": THRESHOLDS_URL, "extension": [
+                {"url": "code", "valueCode": "8310-5"}, {"url": "unit", "valueCode": "Cel"},
+                {"url": "high", "valueDecimal": 37.5}]},
+            {"url": "http://example.org/other", "valueString": "x"}]});
+        let t = thresholds_of(&patient).expect("thresholds");
+        assert_eq!(interpret("8480-6", "mm[Hg]", 130.0, Some(&t)), Some("H"));
+        assert_eq!(interpret("8480-6", "mm[Hg]", 150.0, Some(&t)), Some("HH"));
+        // Its own limits replace the defaults: no low limit set, none applied.
+        assert_eq!(interpret("8480-6", "mm[Hg]", 60.0, Some(&t)), None);
+        assert_eq!(interpret("8310-5", "Cel", 37.8, Some(&t)), Some("H"));
+        // A limit in Cel says nothing of a reading in [degF]: the defaults apply.
+        assert_eq!(interpret("8310-5", "[degF]", 99.0, Some(&t)), None);
+        assert_eq!(
+            thresholds_of(&serde_json::json!({"resourceType": "Patient"})),
+            None
         );
     }
 

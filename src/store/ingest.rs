@@ -241,6 +241,8 @@ pub struct VendorRecord {
     pub organization: String,
     pub auth: String,
     pub secret: String,
+    pub api_url: Option<String>,
+    pub api_token: Option<String>,
     pub created_at: i64,
 }
 
@@ -252,16 +254,20 @@ impl std::fmt::Debug for VendorRecord {
             .field("organization", &self.organization)
             .field("auth", &self.auth)
             .field("secret", &"***")
+            .field("api_url", &self.api_url)
+            .field("api_token", &self.api_token.as_ref().map(|_| "***"))
             .finish()
     }
 }
 
 impl Store {
     pub async fn put_vendor(&self, v: &VendorRecord) -> Result<(), StoreError> {
-        let sql = "insert into ingest_vendor (id, vendor, organization, auth, secret, created_at) \
-                   values ($1, $2, $3, $4, $5, $6)";
+        let sql = "insert into ingest_vendor \
+                   (id, vendor, organization, auth, secret, api_url, api_token, created_at) \
+                   values ($1, $2, $3, $4, $5, $6, $7, $8)";
         on_pool!(self, write, pool => sqlx::query(sql)
             .bind(&v.id).bind(&v.vendor).bind(&v.organization).bind(&v.auth).bind(&v.secret)
+            .bind(&v.api_url).bind(&v.api_token)
             .bind(v.created_at).execute(pool).await.map(|_| ())?);
         Ok(())
     }
@@ -270,7 +276,7 @@ impl Store {
         if id.contains('\0') {
             return Ok(None);
         }
-        let sql = "select id, vendor, organization, auth, secret, created_at \
+        let sql = "select id, vendor, organization, auth, secret, api_url, api_token, created_at \
                    from ingest_vendor where id = $1";
         Ok(on_pool!(self, read, pool => sqlx::query_as(sql).bind(id).fetch_optional(pool).await?))
     }

@@ -56,6 +56,23 @@ async fn devices_remember_who_had_them(app: TestApp) {
 
 both!(devices_remember_who_had_them);
 
+/// A Patient of organization `org`.
+async fn put_patient(app: &TestApp, id: &str, org: &str) {
+    let mut p = patient(id);
+    p["id"] = json!(id);
+    p["managingOrganization"] = json!({"reference": format!("Organization/{org}")});
+    assert_eq!(app.put(&format!("Patient/{id}"), &p).await.status, 201);
+}
+
+/// Waits past the second the devices were registered in (device time stamps are whole
+/// seconds) and returns the instant readings are stamped with.
+async fn after_registration() -> time::OffsetDateTime {
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("ns")
+}
+
 /// Blood pressure, wire format (GATT 0x2A35): mmHg, time stamp, pulse rate.
 fn bp_packet(systolic: u16, at: time::OffsetDateTime) -> String {
     use base64::Engine as _;
@@ -121,10 +138,7 @@ async fn post_batch(app: &TestApp, token: &str, body: &serde_json::Value) -> cra
 /// SHA-256, which the Provenance of the new Observations names.
 async fn hub_batches_are_stored_once_and_traced(app: TestApp) {
     crate::common::put_organization(&app, "c1", None).await;
-    let mut p = patient("p1");
-    p["id"] = json!("p1");
-    p["managingOrganization"] = json!({"reference": "Organization/c1"});
-    assert_eq!(app.put("Patient/p1", &p).await.status, 201);
+    put_patient(&app, "p1", "c1").await;
     let cuff = json!({"resourceType": "Device", "id": "cuff-1", "status": "active",
         "identifier": [{"system": "http://hl7.org/fhir/sid/eui-48/bluetooth",
                         "value": "A4-C1-38-0B-2C-01"}],
@@ -133,10 +147,7 @@ async fn hub_batches_are_stored_once_and_traced(app: TestApp) {
     assert_eq!(app.put("Device/cuff-1", &cuff).await.status, 201);
     let token = hub_with_device(&app, "hub-a", "c1", Some("hub-1")).await;
     // Readings measured after the cuff was assigned (whole seconds on the wire).
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let now = time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .expect("ns");
+    let now = after_registration().await;
     let received = rfc3339(now + time::Duration::seconds(1));
     let reading = |value: &str, characteristic: &str| {
         json!({"address": "a4:c1:38:0b:2c:01", "service": "0x1810",
@@ -320,10 +331,7 @@ async fn hubs_and_devices_must_be_registered_and_active(app: TestApp) {
         }
         d
     };
-    let mut p = patient("p1");
-    p["id"] = json!("p1");
-    p["managingOrganization"] = json!({"reference": "Organization/c1"});
-    assert_eq!(app.put("Patient/p1", &p).await.status, 201);
+    put_patient(&app, "p1", "c1").await;
     for d in [
         device("off", "c1", "inactive", "00-00-00-00-00-01", Some("p1")),
         device("free", "c1", "active", "00-00-00-00-00-02", None),
@@ -333,10 +341,7 @@ async fn hubs_and_devices_must_be_registered_and_active(app: TestApp) {
         assert_eq!(app.put(&format!("Device/{id}"), &d).await.status, 201);
     }
     let token = hub_with_device(&app, "hub-b", "c1", Some("hub-b")).await;
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let now = time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .expect("ns");
+    let now = after_registration().await;
     let reading = |address: &str| {
         json!({"address": address, "characteristic": "0x2A35",
                "value": bp_packet(120, now), "received": rfc3339(now)})
@@ -420,10 +425,7 @@ async fn late_readings_go_to_who_had_the_device(app: TestApp) {
         .expect("ns");
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(app.put("Device/cuff-9", &cuff("p2")).await.status, 200);
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let now = time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .expect("ns");
+    let now = after_registration().await;
     let reading = |at| {
         json!({"systemId": "001C05FFFE000009", "characteristic": "0x2A35",
                "value": bp_packet(120, at), "received": rfc3339(now)})
@@ -473,10 +475,7 @@ async fn cellular_webhooks_become_observations(app: TestApp) {
     use vitalbridge::ingest::cellular::{IMEI_SYSTEM, TENOVI_SYSTEM, hmac_hex};
     crate::common::put_organization(&app, "c1", None).await;
     crate::common::put_organization(&app, "c2", None).await;
-    let mut p = patient("p1");
-    p["id"] = json!("p1");
-    p["managingOrganization"] = json!({"reference": "Organization/c1"});
-    assert_eq!(app.put("Patient/p1", &p).await.status, 201);
+    put_patient(&app, "p1", "c1").await;
     for (id, system, value) in [
         ("scale-1", IMEI_SYSTEM, "490154203237518"),
         ("tenovi-1", TENOVI_SYSTEM, "hwi-123"),
@@ -488,10 +487,7 @@ async fn cellular_webhooks_become_observations(app: TestApp) {
             "owner": {"reference": "Organization/c1"}});
         assert_eq!(app.put(&format!("Device/{id}"), &d).await.status, 201);
     }
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let now = time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .expect("ns");
+    let now = after_registration().await;
     let hook = |vendor: &str| format!("{}/ingest/cellular/{vendor}", app.origin());
     let http = reqwest::Client::new();
 
@@ -707,6 +703,186 @@ async fn profiles_are_served_and_validate(app: TestApp) {
     // Nothing was stored.
     let none = app.get("Observation?_summary=count").await.json();
     assert_eq!(none["total"], 0);
+
+    // A PHD gateway's transaction Bundle: its Observations are held to the same rules.
+    let mut phd = weight.clone();
+    phd["meta"]["profile"] =
+        json!(["http://hl7.org/fhir/uv/phd/StructureDefinition/PhdNumericObservation"]);
+    // Another gateway's categories are its own business.
+    phd.as_object_mut().expect("obj").remove("category");
+    let bundle = |o: serde_json::Value| {
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:5f1b7a5e-0000-4000-8000-000000000001", "resource": o,
+             "request": {"method": "POST", "url": "Observation"}}]})
+    };
+    let mut no_device = phd.clone();
+    no_device.as_object_mut().expect("obj").remove("device");
+    let r = app.post("", &bundle(no_device)).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("Observation.device"), "{}", r.text);
+    let r = app.post("", &bundle(phd)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // And a write claiming one of this server's profiles must meet it.
+    let mut grams = weight.clone();
+    grams["valueQuantity"]["code"] = json!("g");
+    let r = app.post("Observation", &grams).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("vb-bw-1"), "{}", r.text);
 }
 
 both!(profiles_are_served_and_validate);
+
+/// A patient's own alert thresholds (a Patient extension) grade their readings; others keep
+/// the defaults.
+async fn patient_thresholds_grade_readings(app: TestApp) {
+    use vitalbridge::ingest::rules::THRESHOLDS_URL;
+    crate::common::put_organization(&app, "c1", None).await;
+    for (p, own) in [("strict", true), ("plain", false)] {
+        let mut body = patient(p);
+        body["id"] = json!(p);
+        body["managingOrganization"] = json!({"reference": "Organization/c1"});
+        if own {
+            body["extension"] = json!([{"url": THRESHOLDS_URL, "extension": [
+                {"url": "code", "valueCode": "8480-6"},
+                {"url": "high", "valueDecimal": 125}]}]);
+        }
+        assert_eq!(app.put(&format!("Patient/{p}"), &body).await.status, 201);
+        let d = json!({"resourceType": "Device", "id": format!("cuff-{p}"), "status": "active",
+            "identifier": [{"system": "http://hl7.org/fhir/sid/eui-48/bluetooth",
+                            "value": if own { "00-00-00-00-0A-01" } else { "00-00-00-00-0A-02" }}],
+            "patient": {"reference": format!("Patient/{p}")},
+            "owner": {"reference": "Organization/c1"}});
+        assert_eq!(app.put(&format!("Device/cuff-{p}"), &d).await.status, 201);
+    }
+    let token = hub_with_device(&app, "hub-t", "c1", Some("hub-t")).await;
+    let now = after_registration().await;
+    let reading = |address: &str| {
+        json!({"address": address, "characteristic": "0x2A35",
+               "value": bp_packet(130, now), "received": rfc3339(now)})
+    };
+    let r = post_batch(
+        &app,
+        &token,
+        &json!({"readings": [reading("00:00:00:00:0A:01"), reading("00:00:00:00:0A:02")]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["accepted"], 2, "{}", r.text);
+    let systolic = |i: usize| {
+        let o = v["results"][i]["observations"][0]
+            .as_str()
+            .expect("obs")
+            .to_owned();
+        let app = &app;
+        async move { app.get(&o).await.json()["component"][0]["interpretation"].clone() }
+    };
+    assert_eq!(systolic(0).await[0]["coding"][0]["code"], "H");
+    assert_eq!(
+        systolic(1).await,
+        serde_json::Value::Null,
+        "130 is within the defaults"
+    );
+}
+
+both!(patient_thresholds_grade_readings);
+
+/// A Withings-style "new data" notification: the server fetches the announced measures from
+/// the vendor's measure API (a real HTTP server here) with the integration's token.
+async fn withings_notifications_fetch_the_measures(app: TestApp) {
+    use vitalbridge::ingest::cellular::WITHINGS_SYSTEM;
+    crate::common::put_organization(&app, "c1", None).await;
+    put_patient(&app, "p1", "c1").await;
+    let d = json!({"resourceType": "Device", "id": "wd-1", "status": "active",
+        "identifier": [{"system": WITHINGS_SYSTEM, "value": "wd-1"}],
+        "patient": {"reference": "Patient/p1"},
+        "owner": {"reference": "Organization/c1"}});
+    assert_eq!(app.put("Device/wd-1", &d).await.status, 201);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+
+    // The vendor's measure API.
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = asked.clone();
+    let api = axum::Router::new().route(
+        "/measure",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let seen = seen.clone();
+            async move {
+                if headers.get("authorization").and_then(|v| v.to_str().ok())
+                    != Some("Bearer vendor-token")
+                {
+                    return (axum::http::StatusCode::UNAUTHORIZED, "no").into_response();
+                }
+                seen.lock().expect("lock").push(body);
+                axum::Json(json!({"status": 0, "body": {"measuregrps": [
+                    {"grpid": 1, "date": now, "deviceid": "wd-1", "measures": [
+                        {"value": 135, "type": 10, "unit": 0},
+                        {"value": 85, "type": 9, "unit": 0},
+                        {"value": 66, "type": 11, "unit": 0}]},
+                    {"grpid": 2, "date": now, "deviceid": "wd-1", "measures": [
+                        {"value": 72500, "type": 1, "unit": -3}]}]}}))
+                .into_response()
+            }
+        }),
+    );
+    use axum::response::IntoResponse as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, api).await });
+
+    let r = app
+        .send(
+            app.client
+                .post(format!("{}/ingest/vendors", app.origin()))
+                .json(&json!({"vendor": "withings", "organization": "c1",
+                    "api_url": format!("http://127.0.0.1:{port}/measure"),
+                    "api_token": "vendor-token"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let v = r.json();
+    let key = format!(
+        "{}.{}",
+        v["id"].as_str().expect("id"),
+        v["secret"].as_str().expect("s")
+    );
+    let notify = |key: &str| {
+        reqwest::Client::new()
+            .post(format!(
+                "{}/ingest/cellular/withings?key={}",
+                app.origin(),
+                url::form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>()
+            ))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!(
+                "userid=77&startdate={}&enddate={}&appli=4",
+                now - 60,
+                now + 60
+            ))
+    };
+    let r = app.send(notify("nobody.nothing")).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    let r = app.send(notify(&key)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["accepted"], 2, "{}", r.text);
+    assert!(asked.lock().expect("lock")[0].contains("userid=77"));
+    let weight = app
+        .get(v["results"][1]["observations"][0].as_str().expect("obs"))
+        .await
+        .json();
+    assert_eq!(weight["valueQuantity"]["value"].to_string(), "72.500");
+    let bp = app
+        .get(v["results"][0]["observations"][0].as_str().expect("obs"))
+        .await
+        .json();
+    assert_eq!(bp["component"][0]["valueQuantity"]["value"], 135);
+    // The same notification again fetches the same measures: nothing new.
+    let again = app.send(notify(&key)).await.json();
+    assert_eq!(again["duplicate"], 2, "{again}");
+}
+
+both!(withings_notifications_fetch_the_measures);
