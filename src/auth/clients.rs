@@ -243,8 +243,11 @@ async fn create(
     body: Result<Json<NewClient>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let result = async {
-        may_manage(&p)?;
         let Json(new) = body.map_err(|e| ApiError::bad_request("structure", e.body_text()))?;
+        // Admins register any client; clinics and distributors their hubs (issue 5).
+        super::policy::Policy::for_request(&p, "", &state.store)
+            .await?
+            .check_register_client(new.role, new.organization.as_deref())?;
         match register(&state.store, new).await {
             Ok((view, secret)) => {
                 let mut body = serde_json::to_value(&view).map_err(ApiError::internal)?;

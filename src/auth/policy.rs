@@ -410,6 +410,27 @@ impl Policy {
         }
     }
 
+    /// Registering an OAuth client of `role` for `organization`: admins any; a clinic (and a
+    /// distributor, for its customers) the hubs of its own organization, whose readings become
+    /// its data.
+    pub fn check_register_client(
+        &self,
+        role: Role,
+        organization: Option<&str>,
+    ) -> Result<(), ApiError> {
+        match (self.role, role) {
+            (Role::Admin, _) => Ok(()),
+            (Role::Customer | Role::Distributor, Role::Hub)
+                if organization.is_some() && self.sees_org(organization) =>
+            {
+                Ok(())
+            }
+            _ => Err(ApiError::Forbidden(
+                "only admins register clients; clinics and distributors their own hubs".into(),
+            )),
+        }
+    }
+
     /// Whether it may manage sign-in accounts at all (`/auth/users`): admins; a clinic
     /// (customer) for its staff and patients; a distributor for its own staff and its
     /// customers' clinic accounts (issue 4, "Roles and tenancy").

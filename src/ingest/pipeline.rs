@@ -170,6 +170,8 @@ struct DeviceNews {
     battery: Option<f64>,
     clock_offset: Option<i64>,
     seen: Option<OffsetDateTime>,
+    /// Device Information service values (`device::information_field`, text).
+    info: Vec<(&'static str, String)>,
 }
 
 /// The readings of one device ready to store: per reading, its index and Observations.
@@ -438,6 +440,20 @@ fn check<'a>(
             Some(device_id),
             "the receive time is in the future: check the hub's clock".into(),
         );
+    }
+    if let Content::Gatt { uuid, bytes, .. } = &item.content
+        && let Some(field) = device::information_field(*uuid)
+    {
+        // Device Information: what the registry keeps of the device (PHD IG PhdDevice).
+        return match device::information_text(bytes) {
+            Ok(text) => {
+                let n = news.entry(device_id.to_owned()).or_default();
+                n.seen = Some(n.seen.map_or(item.received, |s| s.max(item.received)));
+                n.info.push((field, text));
+                Checked::Done(accepted(index, device_id))
+            }
+            Err(e) => reject(Some(device_id), format!("cannot read 0x{uuid:04X}: {e}")),
+        };
     }
     let measurement = match item.content {
         Content::Gatt { uuid, bytes, model } => {
@@ -749,6 +765,9 @@ fn apply_news(device: &mut Value, news: &DeviceNews) -> bool {
             }
         }
     }
+    for (field, text) in &news.info {
+        changed |= apply_information(device, field, text);
+    }
     if let Some(offset) = news.clock_offset
         && clock_offset(device).is_none_or(|old| (old - offset).abs() > OFFSET_SLACK)
     {
@@ -776,6 +795,56 @@ fn apply_news(device: &mut Value, news: &DeviceNews) -> bool {
         }
     }
     changed
+}
+
+/// The MDC version types of PhdDevice's `version` (PHD IG, MDCDeviceVersionTypes).
+fn version_type(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "hardware_revision" => "531974",
+        "software_revision" => "531975",
+        "firmware_revision" => "531976",
+        _ => return None,
+    })
+}
+
+/// Writes one Device Information value into the Device; true when it changed it.
+fn apply_information(device: &mut Value, field: &str, text: &str) -> bool {
+    if text.is_empty() {
+        return false;
+    }
+    let Some(obj) = device.as_object_mut() else {
+        return false;
+    };
+    let plain = match field {
+        "manufacturer_name" => Some("manufacturer"),
+        "model_number" => Some("modelNumber"),
+        "serial_number" => Some("serialNumber"),
+        _ => None,
+    };
+    if let Some(key) = plain {
+        if obj.get(key).and_then(Value::as_str) == Some(text) {
+            return false;
+        }
+        obj.insert(key.into(), json!(text));
+        return true;
+    }
+    let Some(code) = version_type(field) else {
+        return false;
+    };
+    let list = obj.entry("version").or_insert_with(|| json!([]));
+    let Some(list) = list.as_array_mut() else {
+        return false;
+    };
+    let of_type = |v: &Value| v["type"]["coding"][0]["code"] == code;
+    if list.iter().any(|v| of_type(v) && v["value"] == text) {
+        return false;
+    }
+    list.retain(|v| !of_type(v));
+    list.push(json!({
+        "type": {"coding": [{"system": MDC, "code": code}]},
+        "value": text
+    }));
+    true
 }
 
 /// Applies what the message says about a device to its current version, under the row lock,

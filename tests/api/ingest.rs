@@ -163,6 +163,8 @@ async fn hub_batches_are_stored_once_and_traced(app: TestApp) {
         json!({"address": "00:11:22:33:44:55", "characteristic": "0x2A35",
                "value": bp_packet(120, now), "received": received}), // unknown device
         json!({"characteristic": "0x2A35", "value": bp_packet(120, now)}), // no receive time
+        reading("MS40LjIA", "0x2A26"),                              // firmware "1.4.2"
+        reading("U04tMDA0Mg==", "0x2A25"),                          // serial "SN-0042"
     ]});
     let r = post_batch(&app, &token, &body).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -177,7 +179,7 @@ async fn hub_batches_are_stored_once_and_traced(app: TestApp) {
         statuses,
         [
             "accepted", "accepted", "rejected", "rejected", "rejected", "rejected", "rejected",
-            "rejected"
+            "rejected", "accepted", "accepted"
         ],
         "{}",
         r.text
@@ -252,6 +254,10 @@ async fn hub_batches_are_stored_once_and_traced(app: TestApp) {
             .any(|e| e["url"] == vitalbridge::ingest::pipeline::LAST_SEEN_URL)
     };
     assert!(seen(&device), "{device}");
+    // ... and what its Device Information service said (PHD IG PhdDevice).
+    assert_eq!(device["serialNumber"], "SN-0042");
+    assert_eq!(device["version"][0]["value"], "1.4.2", "{device}");
+    assert_eq!(device["version"][0]["type"]["coding"][0]["code"], "531976");
     assert!(seen(&app.get("Device/hub-1").await.json()));
 
     // The same batch again (a hub retry): nothing new, the same ids.
@@ -264,8 +270,8 @@ async fn hub_batches_are_stored_once_and_traced(app: TestApp) {
         first["results"][0]["observations"]
     );
     assert_eq!(
-        again["accepted"], 1,
-        "only the battery level is taken again"
+        again["accepted"], 3,
+        "only the battery level and device information are taken again"
     );
     let found = app
         .get("Observation?subject=Patient/p1&_summary=count")
@@ -396,6 +402,31 @@ async fn hubs_and_devices_must_be_registered_and_active(app: TestApp) {
         .await
         .json();
     assert_eq!(kept["messages"].as_array().map(Vec::len), Some(4), "{kept}");
+
+    // A clinic registers its own hubs' credentials (and no other clients, nor another's hubs).
+    let clinic =
+        crate::common::client_token(&app, &json!({"role": "customer", "organization": "c1"})).await;
+    let register = |body: serde_json::Value| {
+        reqwest::Client::new()
+            .post(format!("{}/auth/clients", app.origin()))
+            .bearer_auth(&clinic)
+            .json(&body)
+    };
+    let r = app
+        .send(register(json!({"role": "hub", "organization": "c1"})))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert!(r.json()["client_secret"].is_string());
+    let r = app
+        .send(register(json!({"role": "hub", "organization": "c2"})))
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    let r = app
+        .send(register(
+            json!({"role": "customer-user", "organization": "c1"}),
+        ))
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text);
 }
 
 both!(hubs_and_devices_must_be_registered_and_active);
