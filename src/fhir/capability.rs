@@ -134,17 +134,23 @@ fn search_includes(ty: ResourceType) -> Vec<String> {
     out
 }
 
-/// Type-level operations.
+/// Type-level operations: `$validate` on every type
+/// (https://hl7.org/fhir/R4/resource-operation-validate.html), and the type's own.
 fn operations(ty: ResourceType) -> Vec<Value> {
+    let mut ops = vec![json!({
+        "name": "validate",
+        "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"
+    })];
     match ty.as_str() {
-        "Observation" => vec![json!({
+        "Observation" => ops.push(json!({
             "name": "lastn",
             "definition": "http://hl7.org/fhir/OperationDefinition/Observation-lastn"
-        })],
-        "Patient" => vec![json!({
+        })),
+        "Patient" => ops.push(json!({
             "name": "everything",
             "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
-        })],
-        _ => Vec::new(),
+        })),
+        _ => {}
     }
+    ops
 }

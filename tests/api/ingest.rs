@@ -403,6 +403,35 @@ async fn hubs_and_devices_must_be_registered_and_active(app: TestApp) {
         .json();
     assert_eq!(kept["messages"].as_array().map(Vec::len), Some(4), "{kept}");
 
+    // An oversized batch: the readings past the limit are rejected, to be sent again; the
+    // rest are taken.
+    let hub_c = hub_with_device(&app, "hub-big", "c1", Some("hub-big")).await;
+    put_patient(&app, "p2", "c1").await;
+    assert_eq!(
+        app.put(
+            "Device/free",
+            &device("free", "c1", "active", "00-00-00-00-00-02", Some("p2"))
+        )
+        .await
+        .status,
+        200
+    );
+    let battery = json!({"address": "00:00:00:00:00:02", "characteristic": "0x2A19",
+                         "value": "VQ==", "received": rfc3339(now)});
+    let limit = vitalbridge::ingest::hub::MAX_READINGS;
+    let big = json!({"readings": vec![battery; limit + 2]});
+    let r = post_batch(&app, &hub_c, &big).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["accepted"], limit, "{}", &r.text[..200]);
+    assert_eq!(v["rejected"], 2);
+    assert!(
+        v["results"][limit]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("batch limit")
+    );
+
     // A clinic registers its own hubs' credentials (and no other clients, nor another's hubs).
     let clinic =
         crate::common::client_token(&app, &json!({"role": "customer", "organization": "c1"})).await;
