@@ -17,6 +17,9 @@
 //! - `withings`: a "new data" notification (`userid`, `startdate`, `enddate`, form-encoded; the
 //!   key in the callback URL, `?key={id}.{secret}`), on which the server fetches the measure
 //!   groups from the integration's `api_url` with its `api_token`;
+//! - `telli`: `{"deviceId", "readingType": "BloodPressure" | "SpO2", "time" (ms, a string),
+//!   "data": {"systolic", "diastolic", "pulse", "arrhythmia"} | {"spo2", "pulse"}}`, the key as
+//!   `x-api-key: {id}.{secret}` (https://tellihealth.com/developer-guide/);
 //! - `bodytrace`: `{"deviceId", "ts" (ms), "batteryVoltage", "rssi", "values": {"weight" (g),
 //!   "unit", "tare"}}`, `deviceId` being the IMEI without leading zeros and check digit;
 //! - `generic`: `{"readings": [{"imei" | "deviceId", "type", "values": {...}, "unit",
@@ -59,7 +62,11 @@ pub const VENDORS: &[(&str, &str)] = &[
     ("bodytrace", "basic"),
     ("generic", "hmac"),
     ("withings", "header"),
+    ("telli", "header"),
 ];
+
+/// The identifier system of Telli Health device ids.
+pub const TELLI_SYSTEM: &str = "https://vitalbridge.dev/fhir/NamingSystem/telli-device-id";
 
 /// The identifier system of Withings-style device ids.
 pub const WITHINGS_SYSTEM: &str = "https://vitalbridge.dev/fhir/NamingSystem/withings-device-id";
@@ -192,32 +199,36 @@ async fn authenticate(
             .find(|(k, _)| k == "key")
             .map(|(_, v)| v.into_owned())
     });
-    let (id, credential) =
-        if let Some(key) = text("x-vitalbridge-key").map(str::to_owned).or(query_key) {
-            let (id, secret) = key.split_once('.').ok_or_else(unauthorized)?;
-            (id.to_owned(), Credential::Key(secret.to_owned()))
-        } else if let Some(id) = text("x-vitalbridge-integration") {
-            let signature = text("x-vitalbridge-signature")
-                .and_then(|s| s.strip_prefix("sha256="))
-                .ok_or_else(unauthorized)?
-                .to_ascii_lowercase();
-            (id.to_owned(), Credential::Hmac(signature))
-        } else if let Some((user, password)) = text("authorization")
-            .and_then(|a| a.strip_prefix("Basic "))
-            .and_then(|b| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(b.trim())
-                    .ok()
-            })
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())))
-        {
-            (user, Credential::Basic(password))
-        } else {
-            return Err(ApiError::Unauthorized(
-                "a vendor webhook needs its integration's credentials".into(),
-            ));
-        };
+    // Telli Health sends the token it was given as `x-api-key`.
+    let (id, credential) = if let Some(key) = text("x-vitalbridge-key")
+        .or(text("x-api-key"))
+        .map(str::to_owned)
+        .or(query_key)
+    {
+        let (id, secret) = key.split_once('.').ok_or_else(unauthorized)?;
+        (id.to_owned(), Credential::Key(secret.to_owned()))
+    } else if let Some(id) = text("x-vitalbridge-integration") {
+        let signature = text("x-vitalbridge-signature")
+            .and_then(|s| s.strip_prefix("sha256="))
+            .ok_or_else(unauthorized)?
+            .to_ascii_lowercase();
+        (id.to_owned(), Credential::Hmac(signature))
+    } else if let Some((user, password)) = text("authorization")
+        .and_then(|a| a.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())))
+    {
+        (user, Credential::Basic(password))
+    } else {
+        return Err(ApiError::Unauthorized(
+            "a vendor webhook needs its integration's credentials".into(),
+        ));
+    };
     match state.store.vendor(&id).await? {
         Some(v) if v.vendor == vendor && credential.fits(&v, body) => Ok(v),
         _ => Err(unauthorized()),
@@ -306,6 +317,7 @@ async fn webhook(
             "tenovi" => tenovi(&parsed, now),
             "bodytrace" => vec![bodytrace(&parsed, now)],
             "withings" => withings(&parsed, now),
+            "telli" => vec![telli(&parsed, now)],
             _ => generic(&parsed, now),
         };
         let results = pipeline::ingest(&state.store, &sender, items, Vec::new(), &body).await?;
@@ -686,6 +698,41 @@ fn withings(v: &Value, now: OffsetDateTime) -> Vec<Incoming> {
             }
         })
         .collect()
+}
+
+/// Telli Health: one reading per POST; a cuff's `arrhythmia` flag is the irregular-pulse bit of
+/// the blood-pressure measurement status.
+fn telli(v: &Value, now: OffsetDateTime) -> Incoming {
+    let Some(device) = v["deviceId"].as_str().filter(|d| !d.is_empty()) else {
+        return invalid("deviceId is missing", now);
+    };
+    let ms = v["time"]
+        .as_i64()
+        .or_else(|| v["time"].as_str().and_then(|t| t.trim().parse().ok()));
+    let Some(at) = ms
+        .and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok())
+    else {
+        return invalid("time must be milliseconds since the epoch", now);
+    };
+    let identity = Identity::other(TELLI_SYSTEM, device);
+    let data = &v["data"];
+    let m = match v["readingType"].as_str().unwrap_or("") {
+        "BloodPressure" => measurement("blood-pressure", data, None, at).map(|mut m| {
+            if let Measurement::BloodPressure(bp) = &mut m
+                && data["arrhythmia"] == 1
+            {
+                bp.measurement_status = Some(vec!["irregular_pulse"]);
+                bp.measurement_status_raw = Some(m::Bits16(1 << 2));
+            }
+            m
+        }),
+        "SpO2" => measurement("spo2", data, None, at),
+        other => Err(format!("readings of type {other:?} are not supported")),
+    };
+    match m {
+        Ok(m) => reading(identity, now, m),
+        Err(why) => invalid(why, now),
+    }
 }
 
 /// A 15-digit IMEI from 15 digits, or from 14 or fewer (leading zeros and the Luhn check digit

@@ -540,6 +540,11 @@ async fn cellular_webhooks_become_observations(app: TestApp) {
         ("scale-1", IMEI_SYSTEM, "490154203237518"),
         ("tenovi-1", TENOVI_SYSTEM, "hwi-123"),
         ("cell-cuff", IMEI_SYSTEM, "356938035643809"),
+        (
+            "telli-1",
+            vitalbridge::ingest::cellular::TELLI_SYSTEM,
+            "f9ac99cc-6578-45e2-9612-76ca8c2a7fce",
+        ),
     ] {
         let d = json!({"resourceType": "Device", "id": id, "status": "active",
             "identifier": [{"system": system, "value": value}],
@@ -648,6 +653,31 @@ async fn cellular_webhooks_become_observations(app: TestApp) {
     assert_eq!(
         bp["component"][0]["interpretation"][0]["coding"][0]["code"], "H",
         "{bp}"
+    );
+
+    // Telli Health: `x-api-key`; an irregular heartbeat becomes the status bit of the PHD IG.
+    let (id, secret) = integration(&app, "telli", "c1").await;
+    let body = json!({"deviceId": "f9ac99cc-6578-45e2-9612-76ca8c2a7fce",
+        "readingType": "BloodPressure", "time": (now.unix_timestamp() * 1000).to_string(),
+        "data": {"systolic": 132, "diastolic": 84, "pulse": 90, "arrhythmia": 1}});
+    let r = app
+        .send(
+            http.post(hook("telli"))
+                .header("x-api-key", format!("{id}.{secret}"))
+                .json(&body),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    let made = v["results"][0]["observations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(made.len(), 3, "pressure, pulse and status: {}", r.text);
+    let status = app.get(made[2].as_str().expect("obs")).await.json();
+    assert_eq!(
+        status["component"][0]["code"]["coding"][0]["code"], "8410608.2",
+        "{status}"
     );
 
     // An integration of one clinic's cannot carry another's devices, nor be registered by it.
