@@ -291,6 +291,7 @@ async fn webhook(
             name: integration.id.clone(),
             organization: integration.organization.clone(),
             hub: None,
+            hub_device: None,
         };
         // A "new data" notification names what changed; the measures are fetched, and what
         // was fetched is the message kept.

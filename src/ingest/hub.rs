@@ -155,9 +155,13 @@ async fn hub(
             name: p.client_id.clone(),
             organization,
             hub: None,
+            hub_device: None,
         };
         match pipeline::find_hub(&state.store, &p.client_id, &sender.organization).await? {
-            Some((id, device)) if device["status"] == "active" => sender.hub = Some(id),
+            Some((id, device)) if device["status"] == "active" => {
+                sender.hub = Some(id);
+                sender.hub_device = Some(device);
+            }
             found => {
                 let why = if found.is_some() {
                     "this hub's Device is not active; activate it first"

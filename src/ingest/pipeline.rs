@@ -53,6 +53,8 @@ pub struct Sender {
     pub organization: String,
     /// The hub's own Device (resource id), if the sender is a hub.
     pub hub: Option<String>,
+    /// The hub's Device as found when it signed in (to tell whether last-seen is due).
+    pub hub_device: Option<Value>,
 }
 
 /// How a reading names its device.
@@ -301,12 +303,14 @@ pub async fn ingest(
             update_device(&mut tx, device_id, n).await?;
         }
     }
-    if let Some(hub) = &sender.hub {
+    if let (Some(hub), Some(found)) = (&sender.hub, &sender.hub_device) {
         let seen = DeviceNews {
             seen: Some(now),
             ..Default::default()
         };
-        update_device(&mut tx, hub, &seen).await?;
+        if apply_news(&mut found.clone(), &seen) {
+            update_device(&mut tx, hub, &seen).await?;
+        }
     }
     let mut results: Vec<ReadingResult> = results.into_iter().flatten().collect();
     results.extend(extra);
