@@ -119,14 +119,21 @@ enum Command {
     /// exits with status 2 when the value cannot be decoded
     Decode {
         /// The characteristic: 0x2A35, 2A35 or its 128-bit UUID
-        #[arg(long)]
-        characteristic: String,
+        #[arg(long, required_unless_present = "vendor", requires = "hex")]
+        characteristic: Option<String>,
         /// The value in wire byte order, as hex (spaces and colons allowed)
-        #[arg(long)]
-        hex: String,
+        #[arg(long, requires = "characteristic")]
+        hex: Option<String>,
         /// The device model, e.g. "Beurer BM85", to apply its profile's quirks
-        #[arg(long)]
+        #[arg(long, conflicts_with = "vendor")]
         model: Option<String>,
+        /// A cellular vendor's webhook payload instead: tenovi, telli, bodytrace, withings (its
+        /// measure API answer) or generic
+        #[arg(long, requires = "file", conflicts_with = "characteristic")]
+        vendor: Option<String>,
+        /// The file holding the vendor's payload
+        #[arg(long, requires = "vendor")]
+        file: Option<std::path::PathBuf>,
     },
     /// Manage the people who sign in on the login page (SMART apps)
     User {
@@ -234,9 +241,18 @@ async fn run() -> std::process::ExitCode {
         characteristic,
         hex,
         model,
+        vendor,
+        file,
     } = &cli.command
     {
-        return match vitalbridge::ingest::decode_command(characteristic, hex, model.as_deref()) {
+        let decoded = match (characteristic, hex, vendor, file) {
+            (Some(c), Some(h), _, _) => vitalbridge::ingest::decode_command(c, h, model.as_deref()),
+            (_, _, Some(v), Some(f)) => std::fs::read(f)
+                .map_err(|e| format!("cannot read {}: {e}", f.display()))
+                .and_then(|body| vitalbridge::ingest::decode_vendor_command(v, &body)),
+            _ => Err("give --characteristic and --hex, or --vendor and --file".into()),
+        };
+        return match decoded {
             Ok(json) => {
                 println!("{json}");
                 std::process::ExitCode::SUCCESS

@@ -313,19 +313,37 @@ async fn webhook(
                 return Err(ApiError::bad_request("structure", "the body must be JSON"));
             }
         };
-        let now = OffsetDateTime::now_utc();
-        let items: Vec<Incoming> = match vendor.as_str() {
-            "tenovi" => tenovi(&parsed, now),
-            "bodytrace" => vec![bodytrace(&parsed, now)],
-            "withings" => withings(&parsed, now),
-            "telli" => vec![telli(&parsed, now)],
-            _ => generic(&parsed, now),
-        };
+        let items = readings(&vendor, &parsed, OffsetDateTime::now_utc());
         let results = pipeline::ingest(&state.store, &sender, items, Vec::new(), &body).await?;
         Ok::<_, ApiError>(pipeline::answer(&body, results, "cellular webhook"))
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The readings of a vendor's payload (for Withings, its measure API's answer).
+fn readings(vendor: &str, parsed: &Value, now: OffsetDateTime) -> Vec<Incoming> {
+    match vendor {
+        "tenovi" => tenovi(parsed, now),
+        "bodytrace" => vec![bodytrace(parsed, now)],
+        "withings" => withings(parsed, now),
+        "telli" => vec![telli(parsed, now)],
+        _ => generic(parsed, now),
+    }
+}
+
+/// The readings of a payload of `vendor`, for `vitalbridge decode --vendor`.
+pub fn parse_payload(vendor: &str, body: &[u8]) -> Result<Vec<Incoming>, String> {
+    if !VENDORS.iter().any(|(v, _)| *v == vendor) {
+        let known: Vec<&str> = VENDORS.iter().map(|(v, _)| *v).collect();
+        return Err(format!(
+            "no adapter for {vendor:?}; known: {}",
+            known.join(", ")
+        ));
+    }
+    let parsed: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the payload is not JSON: {e}"))?;
+    Ok(readings(vendor, &parsed, OffsetDateTime::now_utc()))
 }
 
 fn invalid(why: impl Into<String>, now: OffsetDateTime) -> Incoming {

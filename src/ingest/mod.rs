@@ -133,6 +133,54 @@ pub fn decode_command(
     serde_json::to_string_pretty(&out).map_err(|e| e.to_string())
 }
 
+/// `vitalbridge decode --vendor V --file F`: what a cellular vendor's payload holds, reading
+/// by reading, and the Observations each would become; or why it cannot be read.
+pub fn decode_vendor_command(vendor: &str, body: &[u8]) -> Result<String, String> {
+    let items = cellular::parse_payload(vendor, body)?;
+    let ctx = normalize::Context {
+        patient: None,
+        device: None,
+        gateway: None,
+        device_key: String::new(),
+        received: time::OffsetDateTime::now_utc(),
+        clock_offset_seconds: 0,
+        thresholds: None,
+    };
+    let readings: Vec<serde_json::Value> = items
+        .into_iter()
+        .map(|item| {
+            let device = item
+                .identity
+                .other
+                .as_ref()
+                .map(|(system, value)| json!({"system": system, "value": value}));
+            match item.content {
+                pipeline::Content::Decoded(m) => {
+                    let ctx = normalize::Context {
+                        device_key: item.identity.other.map(|(_, v)| v).unwrap_or_default(),
+                        ..ctx.clone()
+                    };
+                    let fhir = match normalize::observations(&m, &ctx) {
+                        Ok(p) => json!(p.into_iter().map(|p| p.resource).collect::<Vec<_>>()),
+                        Err(reasons) => json!({"refused": reasons}),
+                    };
+                    json!({"device": device, "measurement": m, "fhir": fhir})
+                }
+                pipeline::Content::Invalid(why) => json!({"invalid": why}),
+                pipeline::Content::Gatt { .. } => json!({"invalid": "not a vendor reading"}),
+            }
+        })
+        .collect();
+    let all_invalid = !readings.is_empty() && readings.iter().all(|r| r.get("invalid").is_some());
+    let out = json!({"vendor": vendor, "readings": readings});
+    let text = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;
+    if all_invalid {
+        Err(format!("no reading of this payload can be read:\n{text}"))
+    } else {
+        Ok(text)
+    }
+}
+
 fn known_profiles() -> String {
     profiles::PROFILES
         .iter()

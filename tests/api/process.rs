@@ -575,3 +575,39 @@ fn decode_command_prints_the_measurement_or_exits_2() {
     assert_eq!(v["measurement"]["pulse_rate"]["value"], "72");
     assert_eq!(v["measurement"]["user_id"], 2);
 }
+
+/// `vitalbridge decode --vendor V --file F`: a cellular vendor's payload, reading by reading,
+/// and the Observations each would become; exit status 2 when nothing in it can be read.
+#[test]
+fn decode_command_reads_vendor_payloads() {
+    let dir = std::env::temp_dir().join(format!("vb-decode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let run = |vendor: &str, payload: &str| {
+        let file = dir.join(format!("{vendor}.json"));
+        std::fs::write(&file, payload).expect("write");
+        Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
+            .args(["decode", "--vendor", vendor, "--file"])
+            .arg(&file)
+            .output()
+            .expect("vitalbridge runs")
+    };
+    let out = run(
+        "tenovi",
+        r#"{"metric": "blood_pressure", "value_1": 128, "value_2": 82,
+            "hwi_device_id": "hwi-1", "timestamp": "2026-12-01T10:00:00Z"}"#,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let reading = &v["readings"][0];
+    assert_eq!(reading["device"]["value"], "hwi-1");
+    assert_eq!(reading["measurement"]["systolic"]["value"], "128");
+    assert_eq!(reading["fhir"][0]["code"]["coding"][1]["code"], "85354-9");
+
+    let out = run("bodytrace", r#"{"deviceId": 1, "ts": "yesterday"}"#);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ts must be"));
+    let out = run("acme", "{}");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("known: tenovi"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
