@@ -224,7 +224,9 @@ impl<'a> Builder<'a> {
             ctx.device_key,
             ctx.patient.as_deref().unwrap_or(""),
             stamp.as_ref().and_then(since_2000).map_or_else(
-                || ctx.received.unix_timestamp().to_string(),
+                // Without the device's stamp, the receive instant to the nanosecond: two
+                // readings in one second (a continuous monitor's) stay two.
+                || ctx.received.unix_timestamp_nanos().to_string(),
                 |s| s.to_string()
             )
         );
@@ -664,6 +666,19 @@ mod tests {
             }
         }
         assert!(made >= 25, "{made} Observations");
+    }
+
+    #[test]
+    fn readings_without_a_time_stamp_are_told_apart_by_their_receive_instant() {
+        let m = decode(0x2A37, &hex("00 48")).unwrap();
+        let at = |ms: i64| Context {
+            received: time::OffsetDateTime::from_unix_timestamp(1_796_000_000).unwrap()
+                + time::Duration::milliseconds(ms),
+            ..ctx()
+        };
+        let url = |ms| observations(&m, &at(ms)).unwrap()[0].full_url.clone();
+        assert_ne!(url(0), url(200), "two readings in one second");
+        assert_eq!(url(200), url(200), "the same reading sent again");
     }
 
     #[test]
