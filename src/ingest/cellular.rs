@@ -354,6 +354,9 @@ fn invalid(why: impl Into<String>, now: OffsetDateTime) -> Incoming {
     }
 }
 
+/// A decoded vendor reading. Its `received` is the vendor's own time of the reading, not the
+/// webhook's arrival: the same reading sent again must name the same Observations, also for
+/// kinds without a time stamp of their own (a Tenovi `pulse`).
 fn reading(identity: Identity, received: OffsetDateTime, m: Measurement) -> Incoming {
     Incoming {
         identity,
@@ -503,7 +506,7 @@ fn generic(v: &Value, now: OffsetDateTime) -> Vec<Incoming> {
                 r["unit"].as_str(),
                 at,
             ) {
-                Ok(m) => reading(Identity::other(IMEI_SYSTEM, &imei), now, m),
+                Ok(m) => reading(Identity::other(IMEI_SYSTEM, &imei), at, m),
                 Err(why) => invalid(why, now),
             }
         })
@@ -544,7 +547,7 @@ fn tenovi(v: &Value, now: OffsetDateTime) -> Vec<Incoming> {
                 Some(("heart-rate", values, _)) => match quantity(&values["pulse"], "bpm") {
                     Some(q) => reading(
                         identity,
-                        now,
+                        at,
                         Measurement::HeartRate(m::HeartRate {
                             heart_rate: q,
                             heart_rate_format: "uint8",
@@ -556,7 +559,7 @@ fn tenovi(v: &Value, now: OffsetDateTime) -> Vec<Incoming> {
                     None => invalid("pulse needs a number value_1", now),
                 },
                 Some((kind, values, unit)) => match measurement(kind, &values, unit, at) {
-                    Ok(m) => reading(identity, now, m),
+                    Ok(m) => reading(identity, at, m),
                     Err(why) => invalid(why, now),
                 },
                 None => invalid("this metric is not supported", now),
@@ -593,7 +596,7 @@ fn bodytrace(v: &Value, now: OffsetDateTime) -> Incoming {
     );
     reading(
         Identity::other(IMEI_SYSTEM, &imei),
-        now,
+        at,
         Measurement::Weight(m::Weight {
             units: "SI",
             weight,
@@ -712,7 +715,7 @@ fn withings(v: &Value, now: OffsetDateTime) -> Vec<Incoming> {
                 return invalid("no measure type this server takes", now);
             };
             match measurement(kind, &values, unit, at) {
-                Ok(m) => reading(identity, now, m),
+                Ok(m) => reading(identity, at, m),
                 Err(why) => invalid(why, now),
             }
         })
@@ -749,7 +752,7 @@ fn telli(v: &Value, now: OffsetDateTime) -> Incoming {
         other => Err(format!("readings of type {other:?} are not supported")),
     };
     match m {
-        Ok(m) => reading(identity, now, m),
+        Ok(m) => reading(identity, at, m),
         Err(why) => invalid(why, now),
     }
 }

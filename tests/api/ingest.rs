@@ -616,6 +616,17 @@ async fn cellular_webhooks_become_observations(app: TestApp) {
             .unwrap_or("")
             .contains("unknown device")
     );
+    // Tenovi resends (its webhooks retry): the pressure and the pulse, which has no time stamp
+    // of its own, are both recognised.
+    let again = app
+        .send(
+            http.post(hook("tenovi"))
+                .header("x-vitalbridge-key", format!("{id}.{secret}"))
+                .json(&body),
+        )
+        .await
+        .json();
+    assert_eq!(again["duplicate"], 2, "{again}");
     let r = app
         .send(
             http.post(hook("tenovi"))
