@@ -252,8 +252,10 @@ pub async fn ingest(
     let sha = sha256_hex(body);
     let received_at = crate::store::now_micros();
     let mut creates: Vec<(ResourceType, ResourceId, Value)> = Vec::new();
+    let mut targets = Vec::new();
+    let mut authors = Vec::new();
     for (device_id, readings) in ready {
-        let mut targets = Vec::new();
+        let before = targets.len();
         for (index, obs) in readings {
             let names: Vec<String> = obs
                 .iter()
@@ -283,16 +285,18 @@ pub async fn ingest(
                 reason: None,
             });
         }
-        if !targets.is_empty() {
-            let owner = devices
-                .values()
-                .find(|k| k.id.as_str() == device_id)
-                .and_then(|k| tenancy::owner_of(&k.resource));
-            let mut p = provenance(&device_id, sender, targets, &sha, received_at);
-            tenancy::set_owner(&mut p, owner.as_deref());
-            crate::fhir::parse::check_structure(&p, resource_type("Provenance")?)?;
-            creates.push((resource_type("Provenance")?, ResourceId::generate(), p));
+        if targets.len() > before {
+            authors.push(device_id);
         }
+    }
+    // One Provenance per message: a hub's batch names few devices, and one resource per
+    // message keeps the trail from costing as much as the readings.
+    if !targets.is_empty() {
+        let mut p = provenance(&authors, sender, targets, &sha, received_at);
+        // The sender's devices are all its organization's (find_devices).
+        tenancy::set_owner(&mut p, Some(&sender.organization));
+        crate::fhir::parse::check_structure(&p, resource_type("Provenance")?)?;
+        creates.push((resource_type("Provenance")?, ResourceId::generate(), p));
     }
     tx.create_many(&mut creates).await?;
     for (device_id, n) in &news {
@@ -890,21 +894,27 @@ async fn update_device(
     Ok(())
 }
 
-/// The Provenance of a device's new Observations from one message: the device authored them,
-/// the hub assembled and sent them, and the raw message (by its SHA-256) is their source
+/// The Provenance of a message's new Observations: the devices authored them (each
+/// Observation names its own in `device`), the hub assembled and sent them, and the raw
+/// message (by its SHA-256) is their source
 /// (https://hl7.org/fhir/R4/provenance.html).
 fn provenance(
-    device_id: &str,
+    devices: &[String],
     sender: &Sender,
     targets: Vec<Value>,
     sha: &str,
     received_at: i64,
 ) -> Value {
     let participant = "http://terminology.hl7.org/CodeSystem/provenance-participant-type";
-    let mut agents = vec![json!({
-        "type": {"coding": [{"system": participant, "code": "author", "display": "Author"}]},
-        "who": {"reference": format!("Device/{device_id}")}
-    })];
+    let mut agents: Vec<Value> = devices
+        .iter()
+        .map(|d| {
+            json!({
+                "type": {"coding": [{"system": participant, "code": "author", "display": "Author"}]},
+                "who": {"reference": format!("Device/{d}")}
+            })
+        })
+        .collect();
     match &sender.hub {
         Some(hub) => agents.push(json!({
             "type": {"coding": [{"system": participant, "code": "assembler", "display": "Assembler"}]},

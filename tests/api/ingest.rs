@@ -884,6 +884,21 @@ async fn patient_thresholds_grade_readings(app: TestApp) {
         serde_json::Value::Null,
         "130 is within the defaults"
     );
+    // One Provenance for the message, naming both cuffs and the hub.
+    let first = v["results"][0]["observations"][0].as_str().expect("obs");
+    let prov = app.get(&format!("Provenance?target={first}")).await.json();
+    let prov = &prov["entry"][0]["resource"];
+    let agents: Vec<&str> = prov["agent"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .filter_map(|a| a["who"]["reference"].as_str())
+        .collect();
+    assert_eq!(
+        agents,
+        ["Device/cuff-plain", "Device/cuff-strict", "Device/hub-t"]
+    );
+    assert_eq!(prov["target"].as_array().map(Vec::len), Some(4), "{prov}");
 }
 
 both!(patient_thresholds_grade_readings);
