@@ -54,9 +54,8 @@ struct HubReading {
     #[serde(default)]
     address: Option<String>,
     /// The GATT service; informative (the characteristic decides the decoding).
-    #[serde(default)]
-    #[allow(dead_code)]
-    service: Option<String>,
+    #[serde(default, rename = "service")]
+    _service: Option<String>,
     characteristic: String,
     value: String,
     received: String,
