@@ -549,11 +549,14 @@ async fn checkpointer(maint: SqlitePool) {
         if maint.is_closed() {
             break;
         }
-        if let Err(e) = sqlx::query("pragma wal_checkpoint(PASSIVE)")
+        match sqlx::query("pragma wal_checkpoint(PASSIVE)")
             .execute(&maint)
             .await
         {
-            tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+            // The store closed between the check above and the checkpoint: shutting down.
+            Err(sqlx::Error::PoolClosed) => break,
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; retrying"),
+            Ok(_) => {}
         }
     }
 }
