@@ -415,8 +415,9 @@ fn measurement(
             units: "mmHg",
             systolic: need("systolic", "mmHg")?,
             diastolic: need("diastolic", "mmHg")?,
-            // Cellular cuffs report no mean pressure.
-            mean_arterial_pressure: Quantity::new(Float::NaN, "mmHg"),
+            // Cellular cuffs report no mean pressure: the Observation has no mean component
+            // rather than one saying the cuff measured "not a number".
+            mean_arterial_pressure: None,
             timestamp: at,
             pulse_rate: quantity(&values["pulse"], "bpm"),
             user_id: None,
@@ -802,6 +803,39 @@ mod tests {
         assert_eq!(imei("49015420323751").as_deref(), Some("490154203237518"));
         assert_eq!(imei("490154203237517"), None, "wrong check digit");
         assert_eq!(imei("12a"), None);
+    }
+
+    #[test]
+    fn a_cellular_pressure_has_no_mean_component() {
+        let at = time::macros::datetime!(2026-12-01 10:00:00 UTC);
+        let m = measurement(
+            "blood-pressure",
+            &json!({"systolic": 128, "diastolic": 81, "pulse": 66}),
+            None,
+            at,
+        )
+        .unwrap();
+        let ctx = crate::ingest::normalize::Context {
+            patient: Some("p1".into()),
+            device: Some("cuff-1".into()),
+            gateway: None,
+            device_key: "490154203237518".into(),
+            received: at,
+            clock_offset_seconds: 0,
+            thresholds: None,
+        };
+        let out = crate::ingest::normalize::observations(&m, &ctx).unwrap();
+        let bp = &out[0].resource;
+        let codes: Vec<&str> = bp["component"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["code"]["coding"][0]["code"].as_str().unwrap())
+            .collect();
+        assert_eq!(codes, ["150021", "150022"], "{bp:#}");
+        assert!(!bp.to_string().contains("dataAbsentReason"), "{bp:#}");
+        let issues = crate::fhir::profiles::check_claimed(bp);
+        assert!(issues.is_empty(), "{issues:?}");
     }
 
     #[test]

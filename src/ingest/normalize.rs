@@ -470,14 +470,17 @@ fn build(m: &Measurement, ctx: &Context) -> (Vec<Produced>, Vec<String>) {
                         &bp.diastolic,
                         "diastolic",
                     ),
+                ];
+                let mean = bp.mean_arterial_pressure.as_ref().map(|q| {
                     (
                         (150023, "MDC_PRESS_BLD_NONINV_MEAN", None),
-                        &bp.mean_arterial_pressure,
+                        q,
                         "mean arterial pressure",
-                    ),
-                ];
+                    )
+                });
                 let components: Vec<Value> = parts
                     .into_iter()
+                    .chain(mean)
                     .map(|(code, q, label)| {
                         let g = Grading {
                             thresholds: ctx.thresholds.as_ref(),

@@ -38,7 +38,9 @@ pub struct BloodPressure {
     pub units: &'static str,
     pub systolic: Quantity,
     pub diastolic: Quantity,
-    pub mean_arterial_pressure: Quantity,
+    /// `None` when the device reports no mean at all (cellular cuffs); a Bluetooth cuff always
+    /// sends the field, NaN when it has no value.
+    pub mean_arterial_pressure: Option<Quantity>,
     pub timestamp: Option<DateTime>,
     pub pulse_rate: Option<Quantity>,
     pub user_id: Option<u8>,
@@ -91,7 +93,7 @@ pub fn blood_pressure(bytes: &[u8], quirks: &Quirks) -> Result<BloodPressure, De
         units: unit,
         systolic,
         diastolic,
-        mean_arterial_pressure: mean,
+        mean_arterial_pressure: Some(mean),
         timestamp,
         pulse_rate,
         user_id,
