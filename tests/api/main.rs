@@ -9,6 +9,7 @@ mod batched_creates;
 mod batched_reads;
 
 mod bundles;
+mod changes;
 mod crud;
 mod errors;
 mod examples;
