@@ -1199,8 +1199,12 @@ struct OnRow {
 }
 
 impl OnRow {
-    /// What the driver `d` should select for the other clauses of `spec`.
+    /// What the driver `d` should select for the other clauses of `spec`: nothing for an `_id`
+    /// driver, whose rows come from `resource`, which carries neither.
     fn of(spec: &SearchSpec, d: usize) -> Self {
+        if matches!(spec.clauses[d], Clause::Id { .. }) {
+            return OnRow::default();
+        }
         OnRow {
             exact_date: exact_date_clause(spec, d),
             categories: spec
