@@ -12,6 +12,7 @@ pub mod http;
 pub mod ingest;
 pub mod search;
 pub mod store;
+pub mod subscriptions;
 pub mod validate;
 
 use std::sync::Arc;

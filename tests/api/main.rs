@@ -10,6 +10,7 @@ mod batched_reads;
 
 mod bundles;
 mod changes;
+mod criteria;
 mod crud;
 mod errors;
 mod examples;
