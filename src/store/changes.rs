@@ -63,6 +63,31 @@ impl ChangeCursor {
         }
     }
 
+    /// The cursor as stored (`0012_notification.sql`): `next` and the awaited `seq`s.
+    pub fn parts(&self) -> (i64, Vec<i64>) {
+        (self.next, self.open_gaps().collect())
+    }
+
+    /// A stored cursor back; its gaps count as seen now (their settling starts again).
+    pub fn from_parts(next: i64, gaps: &[i64]) -> ChangeCursor {
+        let now = Instant::now();
+        ChangeCursor {
+            next,
+            gaps: gaps
+                .iter()
+                .map(|&g| {
+                    (
+                        g,
+                        Gap {
+                            seen: now,
+                            horizon: None,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
     /// The `seq` values the cursor still waits for.
     pub fn open_gaps(&self) -> impl Iterator<Item = i64> + '_ {
         self.gaps.keys().copied()

@@ -30,6 +30,7 @@ pub mod auth;
 mod batch;
 pub mod changes;
 pub mod ingest;
+pub mod notify;
 pub mod query;
 mod time_fmt;
 

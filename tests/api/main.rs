@@ -19,6 +19,7 @@ mod formats;
 mod granular_scopes;
 mod history;
 mod ingest;
+mod notify;
 mod process;
 mod search;
 mod search_date;
