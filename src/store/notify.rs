@@ -154,12 +154,7 @@ impl Store {
                 sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "with h as ({heads} for update skip locked) \
                      update notification set due_at = $1 + $2, attempts = attempts + 1 \
-                     from h where notification.id = h.id returning {}",
-                    COLUMNS
-                        .split(", ")
-                        .map(|c| format!("notification.{c}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                     from h where notification.id = h.id returning notification.*"
                 )))
                 .bind(now)
                 .bind(lease)
