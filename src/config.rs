@@ -30,6 +30,9 @@ pub struct Settings {
     /// Days raw inbound device messages are kept before the background purge deletes them
     /// (`VB_RAW_RETENTION_DAYS`, issue 5 item 7).
     pub raw_retention_days: u32,
+    /// Subscription delivery: retries, back-off, timeouts (issue 6). Its `base` is filled in
+    /// from `base_url` or the listening address.
+    pub subscriptions: crate::subscriptions::Config,
 }
 
 impl Default for Settings {
@@ -46,6 +49,7 @@ impl Default for Settings {
             audit: true,
             tls: None,
             raw_retention_days: 7,
+            subscriptions: Default::default(),
         }
     }
 }
@@ -87,6 +91,7 @@ impl fmt::Debug for Settings {
             .field("audit", &self.audit)
             .field("tls", &self.tls)
             .field("raw_retention_days", &self.raw_retention_days)
+            .field("subscriptions", &self.subscriptions)
             .finish()
     }
 }

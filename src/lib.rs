@@ -78,6 +78,23 @@ impl Application {
         } else {
             audit::Audit::disabled()
         };
+        let mut subscriptions = settings.subscriptions.clone();
+        subscriptions.base = match &settings.base_url {
+            Some(b) => b.trim_end_matches('/').to_owned(),
+            None => format!(
+                "{}://{}/fhir",
+                if settings.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
+                listener.local_addr()?
+            ),
+        };
+        if subscriptions.enabled {
+            subscriptions::Engine::start(store.clone(), subscriptions)
+                .context("cannot start the subscription engine")?;
+        }
         tokio::spawn(ingest::purge_raw_messages(
             store.clone(),
             settings.raw_retention_days,

@@ -88,6 +88,21 @@ enum Command {
         /// SHA-256, before they are purged in the background
         #[arg(long, env = "VB_RAW_RETENTION_DAYS", default_value_t = 7)]
         raw_retention_days: u32,
+        /// Seconds a Subscription notification is retried, backing off exponentially, before
+        /// the subscription goes to `error` with the reason (24 hours)
+        #[arg(long, env = "VB_SUBSCRIPTION_RETRY_SECS", default_value_t = 86_400)]
+        subscription_retry_secs: u64,
+        /// Milliseconds before a failed notification's first retry; each further retry waits
+        /// twice as long (with jitter), up to an hour
+        #[arg(long, env = "VB_SUBSCRIPTION_BACKOFF_MS", default_value_t = 1_000)]
+        subscription_backoff_ms: u64,
+        /// Seconds a subscriber's endpoint has to answer a notification
+        #[arg(long, env = "VB_SUBSCRIPTION_TIMEOUT_SECS", default_value_t = 10)]
+        subscription_timeout_secs: u64,
+        /// Match and deliver Subscription notifications in this process; `off` for a process
+        /// that only answers the API while others deliver
+        #[arg(long, env = "VB_SUBSCRIPTIONS", default_value = "on", value_parser = ["on", "off"])]
+        subscriptions: String,
     },
     /// Apply the database migrations and exit
     Migrate {
@@ -279,6 +294,10 @@ async fn run() -> std::process::ExitCode {
             tls_key,
             tls_client_ca,
             raw_retention_days,
+            subscription_retry_secs,
+            subscription_backoff_ms,
+            subscription_timeout_secs,
+            subscriptions,
         } => {
             let oidc_providers = match oidc_providers
                 .as_deref()
@@ -318,6 +337,13 @@ async fn run() -> std::process::ExitCode {
                 oidc_providers,
                 audit: audit == "on",
                 raw_retention_days,
+                subscriptions: vitalbridge::subscriptions::Config {
+                    enabled: subscriptions == "on",
+                    retry_for: std::time::Duration::from_secs(subscription_retry_secs),
+                    backoff: std::time::Duration::from_millis(subscription_backoff_ms.max(1)),
+                    timeout: std::time::Duration::from_secs(subscription_timeout_secs.max(1)),
+                    ..Default::default()
+                },
                 tls: tls_cert
                     .zip(tls_key)
                     .map(|(cert, key)| vitalbridge::http::tls::TlsFiles {

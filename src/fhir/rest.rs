@@ -107,6 +107,32 @@ async fn linked_owner(
     })
 }
 
+/// A Subscription must be one the engine can match and deliver (422 naming the element
+/// otherwise), and a new one is submitted as `requested` or `off`: the server decides when it
+/// is `active` or in `error` (https://hl7.org/fhir/R4/subscription.html#2.46.7).
+fn check_subscription(resource: &Value, base: &str, new: bool) -> Result<(), ApiError> {
+    use crate::subscriptions::model::{self, Status};
+    let issues: Vec<Issue> = match model::read(resource, base) {
+        Ok(s) if new && matches!(s.status, Status::Active | Status::Error) => vec![
+            Issue::error(
+                "business-rule",
+                "a new Subscription is submitted as requested (or off); the server activates it",
+            )
+            .at("Subscription.status"),
+        ],
+        Ok(_) => Vec::new(),
+        Err(problems) => problems
+            .into_iter()
+            .map(|p| Issue::error("value", p.message).at(p.expression))
+            .collect(),
+    };
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Unprocessable(issues))
+    }
+}
+
 /// Checks a resource about to be written as `ty/id` (`id` `None`: a new one) against the
 /// caller's tenancy and stamps its owner ([`Policy::admit`]).
 async fn admit(
@@ -117,6 +143,9 @@ async fn admit(
     resource: &mut Value,
 ) -> Result<(), ApiError> {
     let base = policy.base();
+    if ty.as_str() == "Subscription" {
+        check_subscription(resource, base, id.is_none())?;
+    }
     let named = tenancy::named_org(ty.as_str(), resource, base);
     // Admins need the current version only to keep an owner nothing in the body gives.
     let need_current = !policy.unrestricted()

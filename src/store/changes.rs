@@ -32,6 +32,10 @@ pub struct Change {
     pub method: String,
     /// Microseconds since the epoch.
     pub recorded_at: i64,
+    /// The version's JSON; for a delete, the JSON of the version it deleted (what a
+    /// subscription's criteria are matched against). Filled by [`Store::read_changes`].
+    #[sqlx(default)]
+    pub content: Option<String>,
 }
 
 /// How long after a gap is seen the cursor waits before noting the transaction horizon it must
@@ -138,8 +142,9 @@ impl ChangeCursor {
     }
 }
 
-/// The SELECT list of [`Change`].
-const COLUMNS: &str = "seq, res_type, res_id, version_id, method, recorded_at";
+/// The SELECT list of [`Change`], from `change_log c` joined with `resource_history h`.
+const COLUMNS: &str =
+    "c.seq, c.res_type, c.res_id, c.version_id, c.method, c.recorded_at, h.content";
 
 impl Store {
     /// The next committed changes after `cursor`, at most `limit`, in `seq` order (a late
@@ -151,8 +156,10 @@ impl Store {
     ) -> Result<Vec<Change>, StoreError> {
         let gaps: Vec<i64> = cursor.open_gaps().collect();
         let sql = format!(
-            "select {COLUMNS} from change_log where seq >= $1 or seq in (select value from {}) \
-             order by seq limit $3",
+            "select {COLUMNS} from change_log c left join resource_history h \
+             on h.res_type = c.res_type and h.res_id = c.res_id \
+             and h.version_id = c.version_id - (case when c.method = 'DELETE' then 1 else 0 end) \
+             where c.seq >= $1 or c.seq in (select value from {}) order by c.seq limit $3",
             match self {
                 Store::Pg { .. } => "unnest($2::int8[]) as g(value)",
                 Store::Sqlite { .. } => "json_each($2)",
@@ -200,6 +207,54 @@ impl Store {
     }
 }
 
+/// Waits for new changes: on PostgreSQL for the `NOTIFY` a commit to the change log sends
+/// (`0013_engine_lease.sql`), from any process; on SQLite, whose only writer is this process,
+/// by polling.
+pub enum ChangeWaiter {
+    Pg(Box<sqlx::postgres::PgListener>),
+    Poll,
+}
+
+/// How often SQLite's change log is looked at when nothing wakes the reader earlier.
+const SQLITE_POLL: Duration = Duration::from_millis(20);
+
+impl ChangeWaiter {
+    /// Returns after a change commits or `max` passes, whichever comes first (a lost
+    /// connection is reopened by the listener; a missed wake-up costs at most `max`).
+    pub async fn wait(&mut self, max: Duration) {
+        match self {
+            ChangeWaiter::Pg(listener) => {
+                let _ = tokio::time::timeout(max, listener.recv()).await;
+                // Everything that arrived meanwhile is one wake-up.
+                while listener.next_buffered().is_some() {}
+            }
+            ChangeWaiter::Poll => tokio::time::sleep(max.min(SQLITE_POLL)).await,
+        }
+    }
+}
+
+impl Store {
+    /// A [`ChangeWaiter`] for this store.
+    pub async fn change_waiter(&self) -> Result<ChangeWaiter, StoreError> {
+        match self {
+            Store::Pg { pool, .. } => {
+                let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+                listener.listen("vb_change_log").await?;
+                Ok(ChangeWaiter::Pg(Box::new(listener)))
+            }
+            Store::Sqlite { .. } => Ok(ChangeWaiter::Poll),
+        }
+    }
+
+    /// True once [`Store::close`] has run: background tasks stop.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Store::Pg { pool, .. } => pool.is_closed(),
+            Store::Sqlite { write, .. } => write.is_closed(),
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -213,6 +268,7 @@ mod tests {
             version_id: 1,
             method: "POST".into(),
             recorded_at: 0,
+            content: None,
         }
     }
 

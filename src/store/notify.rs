@@ -52,6 +52,29 @@ impl Store {
         .transpose()
     }
 
+    /// Takes or renews the lease of the process that matches the change log (`leader`, until
+    /// `now + lease` microseconds); false while another process holds it. On the very first
+    /// run it places the engine at the end of the change log: subscriptions are about what is
+    /// written from now on.
+    pub async fn engine_lease(
+        &self,
+        leader: &str,
+        now: i64,
+        lease: i64,
+    ) -> Result<bool, StoreError> {
+        // `where true`: SQLite cannot otherwise tell the SELECT's end from the upsert clause.
+        let sql = "insert into subscription_engine (id, next_seq, gaps, leader, lease_until) \
+                   select 1, coalesce(max(seq), 0) + 1, '[]', $1, $2 + $3 from change_log where true \
+                   on conflict (id) do update set leader = excluded.leader, \
+                   lease_until = excluded.lease_until \
+                   where subscription_engine.leader = excluded.leader \
+                   or subscription_engine.lease_until < $2 \
+                   returning id";
+        let row: Option<(i32,)> = on_pool!(self, write, pool => sqlx::query_as(sql)
+            .bind(leader).bind(now).bind(lease).fetch_optional(pool).await?);
+        Ok(row.is_some())
+    }
+
     /// Queues `matched` (subscription id and change, in delivery order) and moves the engine
     /// from `from` (the position they were read at; `None`: its first run) to `to`, in one
     /// transaction. Returns each notification's event number. Fails with a version conflict,
@@ -193,4 +216,39 @@ impl Store {
             .bind(id).bind(due_at).bind(error).execute(pool).await.map(|_| ())?);
         Ok(())
     }
+
+    /// Stops delivery to `subscription` (it is in error): its notifications stay queued, in
+    /// order, until [`Store::release`].
+    pub async fn hold(&self, subscription: &str) -> Result<(), StoreError> {
+        let sql = "update notification set due_at = $2 where subscription_id = $1";
+        on_pool!(self, write, pool => sqlx::query(sql)
+            .bind(subscription).bind(HELD).execute(pool).await.map(|_| ())?);
+        Ok(())
+    }
+
+    /// Resumes delivery to `subscription` from its first held notification.
+    pub async fn release(&self, subscription: &str, now: i64) -> Result<(), StoreError> {
+        let sql = "update notification set due_at = $2 where subscription_id = $1 and due_at = $3";
+        on_pool!(self, write, pool => sqlx::query(sql)
+            .bind(subscription).bind(now).bind(HELD).execute(pool).await.map(|_| ())?);
+        Ok(())
+    }
+
+    /// Drops what is queued for `subscription` (it was turned off or deleted).
+    pub async fn discard(&self, subscription: &str) -> Result<u64, StoreError> {
+        let sql = "delete from notification where subscription_id = $1";
+        Ok(on_pool!(self, write, pool => sqlx::query(sql)
+            .bind(subscription).execute(pool).await?.rows_affected()))
+    }
+
+    /// How many notifications wait for `subscription`.
+    pub async fn queued(&self, subscription: &str) -> Result<i64, StoreError> {
+        let sql = "select count(*) from notification where subscription_id = $1";
+        let (n,): (i64,) = on_pool!(self, read, pool => sqlx::query_as(sql)
+            .bind(subscription).fetch_one(pool).await?);
+        Ok(n)
+    }
 }
+
+/// The `due_at` of a held notification: never due.
+pub const HELD: i64 = i64::MAX;

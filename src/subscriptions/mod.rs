@@ -1,5 +1,101 @@
 //! Subscriptions (issue 6, DESIGN.md room `subscriptions`): matching committed changes, read
 //! from the change log after commit (`store::changes`), against what customers subscribed to,
-//! and delivering the notifications. This far: the criteria matcher.
+//! and delivering the notifications.
+//!
+//! - [`model`]: a Subscription as the engine reads it, and the checks before one is stored;
+//! - [`criteria`]: whether a committed version matches a subscription's criteria (pure);
+//! - [`engine`]: one process at a time reads the change log, matches it and queues the
+//!   notifications in the database together with its new position; it also moves each
+//!   Subscription through its statuses;
+//! - [`deliver`]: every process takes queued notifications, in order per subscription, and
+//!   sends them, with retries.
 
 pub mod criteria;
+pub mod deliver;
+pub mod engine;
+pub mod model;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::store::Store;
+
+/// How notifications are delivered.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Whether this process matches and delivers (`VB_SUBSCRIPTIONS`); several processes
+    /// share the work, and a process that only answers the API can leave it to the others.
+    pub enabled: bool,
+    /// The FHIR base URL references in criteria are resolved against.
+    pub base: String,
+    /// How long a notification is retried before its subscription goes to `error`
+    /// (`VB_SUBSCRIPTION_RETRY_SECS`, 24 hours by default).
+    pub retry_for: Duration,
+    /// The first retry's delay; each further one doubles it, up to [`Config::max_backoff`],
+    /// with jitter (`VB_SUBSCRIPTION_BACKOFF_MS`).
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// How long one delivery may take (`VB_SUBSCRIPTION_TIMEOUT_SECS`).
+    pub timeout: Duration,
+    /// Deliveries in flight at once per process.
+    pub workers: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            enabled: true,
+            base: "http://127.0.0.1:8080/fhir".into(),
+            retry_for: Duration::from_secs(24 * 3600),
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(3600),
+            timeout: Duration::from_secs(10),
+            workers: 64,
+        }
+    }
+}
+
+/// The engine's tasks of one process.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    store: Store,
+    config: Config,
+    http: reqwest::Client,
+    /// Wakes the deliverer: notifications were queued, or one finished and its subscription's
+    /// next may go.
+    queued: tokio::sync::Notify,
+    /// This process, as the engine lease names it.
+    process: String,
+}
+
+impl Engine {
+    /// Starts matching and delivering in the background; both stop when the store closes.
+    pub fn start(store: Store, config: Config) -> anyhow::Result<Engine> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            // A webhook that answers with a redirect has not taken the notification.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("vitalbridge/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let shared = Arc::new(Shared {
+            store,
+            config,
+            http,
+            queued: tokio::sync::Notify::new(),
+            process: uuid::Uuid::new_v4().to_string(),
+        });
+        tokio::spawn(engine::run(shared.clone()));
+        tokio::spawn(deliver::run(shared.clone()));
+        Ok(Engine { shared })
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+}

@@ -378,6 +378,22 @@ macro_rules! both {
             }
         }
     };
+    // With the settings changed by `$tweak` (a `fn(&mut Settings)`).
+    ($case:ident, $tweak:path) => {
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let app =
+                    $crate::common::spawn_with($crate::common::Backend::Postgres, $tweak).await;
+                super::$case(app).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let app = $crate::common::spawn_with($crate::common::Backend::Sqlite, $tweak).await;
+                super::$case(app).await
+            }
+        }
+    };
 }
 
 /// Creates Organization `id` (as the admin), under `part_of` when given.

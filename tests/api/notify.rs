@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use crate::both;
-use crate::common::{Backend, TestApp, spawn};
+use crate::common::{Backend, TestApp};
 use vitalbridge::store::changes::{Change, ChangeCursor};
 use vitalbridge::store::{ConnectOptions, Store, StoreError};
 
@@ -19,7 +19,13 @@ fn change(seq: i64, id: &str) -> Change {
         version_id: 1,
         method: "POST".into(),
         recorded_at: 0,
+        content: None,
     }
+}
+
+/// These tests drive the queue themselves: no engine of the app's own takes part.
+fn no_engine(s: &mut vitalbridge::config::Settings) {
+    s.subscriptions.enabled = false;
 }
 
 async fn store_of(app: &TestApp) -> Store {
@@ -106,12 +112,15 @@ async fn notifications_are_taken_in_order_one_at_a_time(app: TestApp) {
     assert_eq!(got[0].last_error.as_deref(), Some("HTTP 503"));
     store.close().await;
 }
-both!(notifications_are_taken_in_order_one_at_a_time);
+both!(
+    notifications_are_taken_in_order_one_at_a_time,
+    super::no_engine
+);
 
 /// PostgreSQL: takers running at once never take the same notification.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_takers_share_the_queue_on_postgres() {
-    let app = spawn(Backend::Postgres).await;
+    let app = crate::common::spawn_with(Backend::Postgres, no_engine).await;
     let store = store_of(&app).await;
     let matched: Vec<(String, Change)> = (0..200)
         .map(|i| (format!("sub-{i}"), change(i + 1, &format!("o{i}"))))

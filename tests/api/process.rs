@@ -9,12 +9,12 @@ use serde_json::{Value, json};
 
 use crate::common::{Backend, fresh_database, heart_rate, patient};
 
-struct Server {
-    child: Child,
-    base: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) base: String,
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -22,14 +22,26 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn start(database_url: &str, port: u16) -> Server {
-    start_logging(database_url, port, "warn", Stdio::null()).await
+pub(crate) async fn start(database_url: &str, port: u16) -> Server {
+    start_logging(database_url, port, "warn", Stdio::null(), &[]).await
+}
+
+/// [`start`] with more environment variables.
+pub(crate) async fn start_with(database_url: &str, port: u16, env: &[(&str, &str)]) -> Server {
+    start_logging(database_url, port, "warn", Stdio::null(), env).await
 }
 
 /// Starts the server with log level `level`, its log (stderr) going to `log`, and waits until
 /// it answers.
-async fn start_logging(database_url: &str, port: u16, level: &str, log: Stdio) -> Server {
+async fn start_logging(
+    database_url: &str,
+    port: u16,
+    level: &str,
+    log: Stdio,
+    env: &[(&str, &str)],
+) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
+        .envs(env.iter().copied())
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", database_url)
         .env("VB_LOG", level)
@@ -333,7 +345,7 @@ async fn logs_carry_request_ids_and_no_patient_data(backend: Backend) {
     let log = std::fs::File::create(&log_path).expect("log file");
     let port = free_port();
     // The most verbose level: nothing logged at any level may carry patient data.
-    let Server { mut child, base } = start_logging(&db, port, "debug", Stdio::from(log)).await;
+    let Server { mut child, base } = start_logging(&db, port, "debug", Stdio::from(log), &[]).await;
     let client = crate::common::admin_client(base.trim_end_matches("/fhir")).await;
     let mut p = patient("Zebedee-Secret-Surname");
     p["identifier"] = json!([{"system": "urn:mrn", "value": "MRN-SECRET-4711"}]);

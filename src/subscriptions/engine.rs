@@ -1,0 +1,387 @@
+//! The matcher: reads the change log after commit (DESIGN.md rule 3), matches every committed
+//! version against the active Subscriptions, and queues the notifications together with its
+//! new position in the log, in one transaction (`store::notify`). One process at a time holds
+//! the engine lease and does this; the others stand by and take over when it lapses.
+//!
+//! Subscription versions are read from the same log, in the same order, so a subscription
+//! matches exactly the versions committed after it became active and before it stopped. The
+//! matcher also moves subscriptions through their statuses
+//! (https://hl7.org/fhir/R4/subscription.html#2.46.7): a `requested` one becomes `active`, one
+//! whose `end` has passed becomes `off`; an `error` one keeps its notifications waiting
+//! until it is requested again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::Shared;
+use super::criteria::{self, Version};
+use super::model::{self, Status, Subscription};
+use crate::auth::tenancy::{self, Area};
+use crate::fhir::types::{ResourceId, ResourceType};
+use crate::store::changes::{Change, ChangeCursor};
+use crate::store::query::Clause;
+use crate::store::{Method, Store, StoreError, now_micros};
+
+/// Changes matched per transaction.
+const BATCH: i64 = 500;
+/// How long the lease lasts, and how often it is renewed while nothing else writes.
+/// A short lease: after a crash, changes wait for a new leader at most this long.
+const LEASE: Duration = Duration::from_secs(5);
+const RENEW: Duration = Duration::from_secs(1);
+/// How long the leader waits for a change before it looks anyway (ends, settling gaps).
+const IDLE: Duration = Duration::from_secs(1);
+
+/// An active subscription, ready to match.
+struct Matching {
+    sub: Subscription,
+    /// Its criteria and the owner's tenancy, as one clause.
+    clause: Clause,
+}
+
+/// What the leader knows: its position and the subscriptions as of that position.
+struct Leading {
+    cursor: ChangeCursor,
+    active: HashMap<String, Matching>,
+    /// Subscriptions waiting for the server: `requested` ones, and active ones with an `end`.
+    pending: HashMap<String, Subscription>,
+    renewed: Instant,
+}
+
+/// What happens to a subscription after its change is matched.
+enum Action {
+    Activate(Box<Subscription>),
+    Hold(String),
+    Discard(String),
+}
+
+pub(super) async fn run(sh: Arc<Shared>) {
+    let mut waiter = loop {
+        match sh.store.change_waiter().await {
+            Ok(w) => break w,
+            Err(_) if sh.store.is_closed() => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "subscriptions: cannot listen for changes; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let mut leading: Option<Leading> = None;
+    loop {
+        if sh.store.is_closed() {
+            return;
+        }
+        let more = match step(&sh, &mut leading).await {
+            Ok(more) => more,
+            Err(e) => {
+                if !sh.store.is_closed() {
+                    tracing::warn!(error = %e, "subscriptions: matching failed; retrying");
+                }
+                leading = None;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                false
+            }
+        };
+        if !more {
+            waiter
+                .wait(if leading.is_some() { IDLE } else { RENEW })
+                .await;
+        }
+    }
+}
+
+/// One run of the matcher; true when more changes are waiting.
+async fn step(sh: &Shared, leading: &mut Option<Leading>) -> Result<bool, StoreError> {
+    let store = &sh.store;
+    let now = now_micros();
+    let due = leading
+        .as_ref()
+        .is_none_or(|l| l.renewed.elapsed() >= RENEW);
+    if due {
+        if !store
+            .engine_lease(&sh.process, now, LEASE.as_micros() as i64)
+            .await?
+        {
+            *leading = None;
+            return Ok(false);
+        }
+        match leading {
+            Some(l) => l.renewed = Instant::now(),
+            None => *leading = Some(lead(sh).await?),
+        }
+    }
+    let Some(state) = leading.as_mut() else {
+        return Ok(false);
+    };
+    let from = state.cursor.clone();
+    let mut to = from.clone();
+    let changes = store.read_changes(&mut to, BATCH).await?;
+    let mut matched = Vec::new();
+    let mut actions = Vec::new();
+    for c in &changes {
+        if c.res_type == "Subscription" {
+            actions.extend(state.apply(c, &sh.config.base));
+            continue;
+        }
+        state.matches(store, c, now, &mut matched).await?;
+    }
+    if !changes.is_empty() || to.parts() != from.parts() {
+        match store.enqueue(Some(&from), &to, &matched, now).await {
+            Ok(_) => {}
+            Err(StoreError::VersionConflict { .. }) => {
+                // Another process matched these first (its lease and ours overlapped).
+                *leading = None;
+                return Ok(true);
+            }
+            Err(e) => return Err(e),
+        }
+        state.cursor = to;
+        if !matched.is_empty() {
+            sh.queued.notify_one();
+        }
+    }
+    for a in actions {
+        act(sh, a).await?;
+    }
+    settle_statuses(sh, state, now).await?;
+    Ok(changes.len() as i64 == BATCH)
+}
+
+/// Becomes the leader: the stored position and the subscriptions as they are now.
+async fn lead(sh: &Shared) -> Result<Leading, StoreError> {
+    let cursor = sh.store.engine_cursor().await?.unwrap_or_default();
+    let mut state = Leading {
+        cursor,
+        active: HashMap::new(),
+        pending: HashMap::new(),
+        renewed: Instant::now(),
+    };
+    let mut after = String::new();
+    loop {
+        let page = sh
+            .store
+            .scan_current(Some(("Subscription", &after)), 200)
+            .await?;
+        let last = page.len() < 200;
+        for v in page.iter().filter(|v| v.ty == "Subscription") {
+            if let Some(content) = &v.content {
+                state.take(content, &sh.config.base);
+            }
+        }
+        match page.last() {
+            Some(v) if v.ty == "Subscription" && !last => after = v.id.clone(),
+            _ => break,
+        }
+    }
+    tracing::info!(
+        active = state.active.len(),
+        "subscriptions: this process matches the change log"
+    );
+    Ok(state)
+}
+
+impl Leading {
+    /// Takes a Subscription version into the matcher's view; returns what it asks of the
+    /// server.
+    fn take(&mut self, content: &str, base: &str) -> Option<Action> {
+        let sub = serde_json::from_str::<Value>(content)
+            .ok()
+            .and_then(|v| model::read(&v, base).ok())?;
+        let id = sub.id.clone();
+        self.active.remove(&id);
+        self.pending.remove(&id);
+        match sub.status {
+            // Activated by settle_statuses once this run is queued.
+            Status::Requested => {
+                self.pending.insert(id, sub);
+                None
+            }
+            Status::Active => {
+                if sub.end.is_some() {
+                    self.pending.insert(id.clone(), sub.clone());
+                }
+                let clause = clause(&sub);
+                self.active.insert(id, Matching { sub, clause });
+                None
+            }
+            Status::Error => Some(Action::Hold(id)),
+            Status::Off => Some(Action::Discard(id)),
+        }
+    }
+
+    /// A Subscription change from the log.
+    fn apply(&mut self, c: &Change, base: &str) -> Option<Action> {
+        if c.method == "DELETE" {
+            self.active.remove(&c.res_id);
+            self.pending.remove(&c.res_id);
+            return Some(Action::Discard(c.res_id.clone()));
+        }
+        self.take(c.content.as_deref()?, base)
+    }
+
+    /// Adds to `matched` every active subscription the change matches.
+    async fn matches(
+        &self,
+        store: &Store,
+        c: &Change,
+        now: i64,
+        matched: &mut Vec<(String, Change)>,
+    ) -> Result<(), StoreError> {
+        let subs: Vec<&Matching> = self
+            .active
+            .values()
+            .filter(|m| m.sub.ty.as_str() == c.res_type)
+            .collect();
+        if subs.is_empty() {
+            return Ok(());
+        }
+        let Some(resource) = c
+            .content
+            .as_deref()
+            .and_then(|s| serde_json::from_str::<Value>(s).ok())
+        else {
+            return Ok(());
+        };
+        let rows = crate::search::index::rows(&resource);
+        let version = Version {
+            ty: &c.res_type,
+            id: &c.res_id,
+            last_updated: c.recorded_at,
+            rows: &rows,
+        };
+        let change = Change {
+            content: None,
+            ..c.clone()
+        };
+        for m in subs {
+            let hit = match criteria::matches(&m.clause, &version, now) {
+                Some(hit) => hit,
+                None => store_decides(store, m, c).await?,
+            };
+            if hit {
+                matched.push((m.sub.id.clone(), change.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The criteria and the owner's tenancy: a notification never carries what the owner may not
+/// read. An owner is a clinic (subscriptions are its integrations): it reads what it owns and
+/// the shared definitions, and not the audit trail. A subscription without an owner is an
+/// admin's.
+fn clause(sub: &Subscription) -> Clause {
+    let mut all = sub.criteria.clauses.clone();
+    if let Some(owner) = &sub.owner {
+        if tenancy::area(sub.ty.as_str()) == Area::Audit {
+            return Clause::Nothing;
+        }
+        all.push(Clause::Owned {
+            orgs: vec![owner.clone()],
+        });
+    }
+    Clause::All(all)
+}
+
+/// Criteria that depend on other resources (chains, `_has`, terminology) are asked of the
+/// search engine, on the resource as it is now (a delete matches nothing there).
+async fn store_decides(store: &Store, m: &Matching, c: &Change) -> Result<bool, StoreError> {
+    let mut q = m.sub.criteria.clone();
+    q.clauses = vec![
+        m.clause.clone(),
+        Clause::Id {
+            ids: vec![c.res_id.clone()],
+            negate: false,
+        },
+    ];
+    q.count = Some(1);
+    q.total = Some(crate::search::Total::None);
+    let found = crate::search::engine::run(&mut store.reader(), &[m.sub.ty], &q).await?;
+    Ok(!found.matches.is_empty())
+}
+
+async fn act(sh: &Shared, a: Action) -> Result<(), StoreError> {
+    match a {
+        Action::Activate(sub) => {
+            // R4 criteria-based subscriptions need no handshake: accepted is active.
+            let now = now_micros();
+            if sub.end.is_some_and(|e| e <= now) {
+                set_status(&sh.store, &sub.id, sub.version_id, Status::Off, None).await?;
+            } else if set_status(&sh.store, &sub.id, sub.version_id, Status::Active, None).await? {
+                // Back from `error`: what waited is delivered first.
+                sh.store.release(&sub.id, now).await?;
+                sh.queued.notify_one();
+                tracing::info!(subscription = %sub.id, "subscription active");
+            }
+        }
+        Action::Hold(id) => sh.store.hold(&id).await?,
+        Action::Discard(id) => {
+            let n = sh.store.discard(&id).await?;
+            if n > 0 {
+                tracing::info!(subscription = %id, dropped = n, "subscription off: queue dropped");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Subscriptions whose `end` has passed turn off; `requested` ones left over (a crash between
+/// a Subscription's commit and its activation) are activated.
+async fn settle_statuses(sh: &Shared, state: &mut Leading, now: i64) -> Result<(), StoreError> {
+    let due: Vec<Subscription> = state
+        .pending
+        .values()
+        .filter(|s| s.status == Status::Requested || s.end.is_some_and(|e| e <= now))
+        .cloned()
+        .collect();
+    for sub in due {
+        state.pending.remove(&sub.id);
+        if sub.status == Status::Requested {
+            act(sh, Action::Activate(Box::new(sub))).await?;
+        } else {
+            set_status(&sh.store, &sub.id, sub.version_id, Status::Off, None).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `status` (and `error`, the reason for an `error`) into the Subscription, through
+/// the one write path, if it is still at `version`. False when it has changed meanwhile: the
+/// matcher sees the newer version and acts on that.
+pub(super) async fn set_status(
+    store: &Store,
+    id: &str,
+    version: i64,
+    status: Status,
+    error: Option<&str>,
+) -> Result<bool, StoreError> {
+    let (Some(ty), Some(rid)) = (ResourceType::parse("Subscription"), ResourceId::parse(id)) else {
+        return Ok(false);
+    };
+    let Some(current) = store.read(ty, &rid).await? else {
+        return Ok(false);
+    };
+    let Some(content) = current.content.filter(|_| current.version_id == version) else {
+        return Ok(false);
+    };
+    let mut resource: Value = serde_json::from_str(&content)?;
+    resource["status"] = Value::from(status.as_str());
+    match error {
+        Some(e) => resource["error"] = Value::from(e),
+        None => {
+            if let Some(map) = resource.as_object_mut() {
+                map.remove("error");
+            }
+        }
+    }
+    match store
+        .write_one(ty, Some(rid), Some(resource), Some(version), Method::Put)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(StoreError::VersionConflict { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
