@@ -7,7 +7,8 @@
 #     temporary directory (initdb/pg_ctl, as the postgres user when run as root), installing the
 #     distribution package first when no PostgreSQL is installed at all. It never skips.
 #   - the official FHIR R4 examples (npm package hl7.fhir.r4.examples) for the round-trip test;
-#   - npm oidc-provider (tests/oidc), the real OpenID provider of the federation tests.
+#   - npm oidc-provider (tests/oidc), the real OpenID provider of the federation tests;
+#   - PyPI aiosmtpd (in target/pyenv), the real SMTP server of the Subscription email tests.
 # Then it checks formatting and lints and runs the whole test suite on both backends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,9 +91,26 @@ ensure_oidc_provider() {
   npm ci --silent --no-audit --no-fund --prefix tests/oidc >/dev/null || die "could not install oidc-provider"
 }
 
+# A real SMTP server for the Subscription email tests (tests/smtp/server.py, PyPI aiosmtpd) in a
+# virtual environment of its own under target/.
+ensure_smtp_server() {
+  local venv=target/pyenv
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then return; fi
+  command -v python3 >/dev/null 2>&1 || die "python3 is needed for the SMTP server of the email tests"
+  log "installing the test SMTP server (PyPI aiosmtpd) into $venv"
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    [ "$(id -u)" = 0 ] || die "python3 cannot create a virtual environment; install python3-venv"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null || die "could not install python3-venv"
+    python3 -m venv "$venv" || die "could not create $venv"
+  fi
+  "$venv/bin/pip" install -q --disable-pip-version-check 'aiosmtpd==1.4.6' || die "could not install aiosmtpd"
+}
+
 ensure_postgres
 ensure_examples
 ensure_oidc_provider
+ensure_smtp_server
 export VB_FHIR_EXAMPLES="$PWD/target/fhir-examples/package"
 
 log "cargo fmt --check"

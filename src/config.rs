@@ -109,6 +109,14 @@ mod tests {
                 secret: "client-s3cret".into(),
             }),
             signing_key_pem: Some("-----BEGIN PRIVATE KEY-----key-s3cret".into()),
+            subscriptions: crate::subscriptions::Config {
+                smtp: Some(crate::subscriptions::email::SmtpConfig {
+                    url: "smtp://vb:smtp-s3cret@relay.example:587?tls=required".into(),
+                    from: "vb@example.org".into(),
+                    ca_file: None,
+                }),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let printed = format!("{s:?}");

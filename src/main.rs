@@ -103,6 +103,16 @@ enum Command {
         /// that only answers the API while others deliver
         #[arg(long, env = "VB_SUBSCRIPTIONS", default_value = "on", value_parser = ["on", "off"])]
         subscriptions: String,
+        /// SMTP relay of the Subscription email channel: smtp://user:password@host:587?tls=required
+        /// (STARTTLS), smtps://user:password@host:465 (TLS), or smtp://host:25 (a local relay)
+        #[arg(long, env = "VB_SMTP_URL", hide_env_values = true)]
+        smtp_url: Option<String>,
+        /// Sender address of Subscription emails
+        #[arg(long, env = "VB_SMTP_FROM", default_value = "vitalbridge@localhost")]
+        smtp_from: String,
+        /// PEM certificates of a private CA that issued the SMTP relay's certificate
+        #[arg(long, env = "VB_SMTP_CA_FILE")]
+        smtp_ca_file: Option<std::path::PathBuf>,
     },
     /// Apply the database migrations and exit
     Migrate {
@@ -123,6 +133,9 @@ enum Command {
     /// Drive a running server's /ingest/hub with hubs posting batches of readings at once, and
     /// report readings stored per second and batch latency
     BenchIngest(bench::ingest::IngestArgs),
+    /// Create rest-hook Subscriptions with a receiver of its own, write Observations at a fixed
+    /// rate, and report the write-to-receiver latency of the notifications
+    BenchSubscriptions(bench::subscriptions::SubscriptionArgs),
     /// Manage the OAuth clients of the built-in authorization server
     Client {
         #[command(flatten)]
@@ -298,6 +311,9 @@ async fn run() -> std::process::ExitCode {
             subscription_backoff_ms,
             subscription_timeout_secs,
             subscriptions,
+            smtp_url,
+            smtp_from,
+            smtp_ca_file,
         } => {
             let oidc_providers = match oidc_providers
                 .as_deref()
@@ -342,6 +358,11 @@ async fn run() -> std::process::ExitCode {
                     retry_for: std::time::Duration::from_secs(subscription_retry_secs),
                     backoff: std::time::Duration::from_millis(subscription_backoff_ms.max(1)),
                     timeout: std::time::Duration::from_secs(subscription_timeout_secs.max(1)),
+                    smtp: smtp_url.map(|url| vitalbridge::subscriptions::email::SmtpConfig {
+                        url,
+                        from: smtp_from,
+                        ca_file: smtp_ca_file,
+                    }),
                     ..Default::default()
                 },
                 tls: tls_cert
@@ -358,6 +379,7 @@ async fn run() -> std::process::ExitCode {
         Command::Reindex { db, batch } => reindex(db.database_url, batch).await,
         Command::Bench(args) => bench::run(args).await,
         Command::BenchIngest(args) => bench::ingest::run(args).await,
+        Command::BenchSubscriptions(args) => bench::subscriptions::run(args).await,
         Command::Client { db, command } => client(db.database_url, command).await,
         Command::User { db, command } => user(db.database_url, command).await,
         Command::Decode { .. } => Ok(()),

@@ -16,14 +16,8 @@ use super::stats::{OpStats, fmt_ms};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct IngestArgs {
-    /// The server's origin (scheme, host and port)
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub origin: String,
-    /// An admin client (client_credentials) that sets the fleet up
-    #[arg(long, env = "VB_BENCH_CLIENT_ID")]
-    pub client_id: String,
-    #[arg(long, env = "VB_BENCH_CLIENT_SECRET", hide_env_values = true)]
-    pub client_secret: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Hubs posting at once, each with its own credentials
     #[arg(long, default_value_t = 8)]
     pub hubs: usize,
@@ -40,6 +34,28 @@ pub struct IngestArgs {
     pub warmup: u64,
 }
 
+/// The server a bench drives and the admin client that sets it up.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// The server's origin (scheme, host and port)
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub origin: String,
+    /// An admin client (client_credentials) that sets the workload up
+    #[arg(long, env = "VB_BENCH_CLIENT_ID")]
+    pub client_id: String,
+    #[arg(long, env = "VB_BENCH_CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: String,
+}
+
+impl ServerArgs {
+    /// The origin without a trailing slash, and an admin access token.
+    pub(super) async fn admin(&self, http: &reqwest::Client) -> anyhow::Result<(String, String)> {
+        let origin = self.origin.trim_end_matches('/').to_owned();
+        let admin = token(http, &origin, &self.client_id, &self.client_secret).await?;
+        Ok((origin, admin))
+    }
+}
+
 struct Hub {
     client_id: String,
     secret: String,
@@ -51,14 +67,13 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     if args.hubs == 0 || args.batch == 0 || args.devices_per_hub == 0 {
         bail!("--hubs, --batch and --devices-per-hub must be at least 1");
     }
-    let origin = args.origin.trim_end_matches('/').to_owned();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.hubs + 4)
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(60))
         .no_proxy()
         .build()?;
-    let admin = token(&http, &origin, &args.client_id, &args.client_secret).await?;
+    let (origin, admin) = args.server.admin(&http).await?;
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let org = format!("bi-{run}");
     let started = Instant::now();
@@ -289,7 +304,7 @@ fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-async fn token(
+pub(super) async fn token(
     http: &reqwest::Client,
     origin: &str,
     id: &str,
@@ -310,7 +325,7 @@ async fn token(
         .to_owned())
 }
 
-async fn put(
+pub(super) async fn put(
     http: &reqwest::Client,
     origin: &str,
     token: &str,

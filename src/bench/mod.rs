@@ -29,6 +29,7 @@ mod rpm;
 mod scenario;
 mod seed;
 mod stats;
+pub mod subscriptions;
 mod util;
 mod workers;
 

@@ -27,6 +27,9 @@ use crate::store::{StoreError, now_micros};
 /// a retry fell due).
 const POLL: Duration = Duration::from_millis(200);
 
+/// Why an email subscription cannot be served.
+pub const NO_RELAY: &str = "this server has no mail relay for the email channel (VB_SMTP_URL)";
+
 /// The headers every notification carries.
 pub const SUBSCRIPTION_HEADER: &str = "X-Vitalbridge-Subscription";
 pub const EVENT_HEADER: &str = "X-Vitalbridge-Event-Number";
@@ -219,16 +222,12 @@ pub fn rest_hook_request(
         (Some(_), "DELETE") => (reqwest::Method::DELETE, at_resource(), Vec::new(), None),
         (Some(f), _) => {
             let json = resource.ok_or("the notified version is missing")?;
-            let body = match f {
-                Format::Json => json.as_bytes().to_vec(),
-                Format::Xml => {
-                    let v: Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
-                    crate::fhir::xml::to_xml(&v, false)
-                        .map_err(|_| "cannot write the resource as XML".to_owned())?
-                        .into_bytes()
-                }
-            };
-            (reqwest::Method::PUT, at_resource(), body, Some(*f))
+            (
+                reqwest::Method::PUT,
+                at_resource(),
+                render(*f, json)?,
+                Some(*f),
+            )
         }
     };
     let mut out = headers.clone();
@@ -249,10 +248,26 @@ pub fn rest_hook_request(
     })
 }
 
+/// A version's JSON in the payload's format.
+fn render(format: Format, json: &str) -> Result<Vec<u8>, String> {
+    match format {
+        Format::Json => Ok(json.as_bytes().to_vec()),
+        Format::Xml => {
+            let v: Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+            crate::fhir::xml::to_xml(&v, false)
+                .map(String::into_bytes)
+                .map_err(|_| "cannot write the resource as XML".to_owned())
+        }
+    }
+}
+
 /// Sends the notification; the reason when it was not taken.
 async fn send(sh: &Shared, sub: &Subscription, n: &Notification) -> Result<(), String> {
     let resource = match &sub.channel {
         Channel::RestHook {
+            payload: Some(_), ..
+        }
+        | Channel::Email {
             payload: Some(_), ..
         } if n.method != "DELETE" => {
             let (Some(ty), Some(id)) = (
@@ -284,7 +299,16 @@ async fn send(sh: &Shared, sub: &Subscription, n: &Notification) -> Result<(), S
                 Err(format!("the endpoint answered HTTP {}", status.as_u16()))
             }
         }
-        Channel::Email { .. } => Err("email delivery is not configured".into()),
+        Channel::Email { to, payload } => {
+            let Some(mailer) = &sh.mailer else {
+                return Err(NO_RELAY.into());
+            };
+            let attachment = match (payload, resource.as_deref()) {
+                (Some(f), Some(json)) => Some((*f, render(*f, json)?)),
+                _ => None,
+            };
+            mailer.send(sub, to, n, attachment).await
+        }
     }
 }
 

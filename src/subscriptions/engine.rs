@@ -307,8 +307,13 @@ async fn act(sh: &Shared, a: Action) -> Result<(), StoreError> {
         Action::Activate(sub) => {
             // R4 criteria-based subscriptions need no handshake: accepted is active.
             let now = now_micros();
+            let unserved =
+                matches!(sub.channel, model::Channel::Email { .. }) && sh.mailer.is_none();
             if sub.end.is_some_and(|e| e <= now) {
                 set_status(&sh.store, &sub.id, sub.version_id, Status::Off, None).await?;
+            } else if unserved {
+                let why = super::deliver::NO_RELAY;
+                set_status(&sh.store, &sub.id, sub.version_id, Status::Error, Some(why)).await?;
             } else if set_status(&sh.store, &sub.id, sub.version_id, Status::Active, None).await? {
                 // Back from `error`: what waited is delivered first.
                 sh.store.release(&sub.id, now).await?;

@@ -8,10 +8,11 @@
 //!   notifications in the database together with its new position; it also moves each
 //!   Subscription through its statuses;
 //! - [`deliver`]: every process takes queued notifications, in order per subscription, and
-//!   sends them, with retries.
+//!   sends them, with retries: rest-hook requests, or notices by [`email`].
 
 pub mod criteria;
 pub mod deliver;
+pub mod email;
 pub mod engine;
 pub mod model;
 
@@ -39,6 +40,8 @@ pub struct Config {
     pub timeout: Duration,
     /// Deliveries in flight at once per process.
     pub workers: usize,
+    /// The relay of the `email` channel; without one, email subscriptions go to `error`.
+    pub smtp: Option<email::SmtpConfig>,
 }
 
 impl Default for Config {
@@ -51,6 +54,7 @@ impl Default for Config {
             max_backoff: Duration::from_secs(3600),
             timeout: Duration::from_secs(10),
             workers: 64,
+            smtp: None,
         }
     }
 }
@@ -65,6 +69,7 @@ struct Shared {
     store: Store,
     config: Config,
     http: reqwest::Client,
+    mailer: Option<email::Mailer>,
     /// Wakes the deliverer: notifications were queued, or one finished and its subscription's
     /// next may go.
     queued: tokio::sync::Notify,
@@ -82,10 +87,12 @@ impl Engine {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("vitalbridge/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let mailer = config.smtp.as_ref().map(email::Mailer::new).transpose()?;
         let shared = Arc::new(Shared {
             store,
             config,
             http,
+            mailer,
             queued: tokio::sync::Notify::new(),
             process: uuid::Uuid::new_v4().to_string(),
         });

@@ -12,6 +12,7 @@ mod bundles;
 mod changes;
 mod criteria;
 mod crud;
+mod email;
 mod errors;
 mod examples;
 mod federation;

@@ -13,8 +13,8 @@ use vitalbridge::http::tls::TlsFiles;
 
 use crate::common::{Backend, admin_token_with, fresh_database, patient, test_settings};
 
-struct Pki {
-    dir: PathBuf,
+pub(crate) struct Pki {
+    pub(crate) dir: PathBuf,
     ca_pem: String,
     /// A hub's certificate and key from the CA, as one PEM (reqwest's identity format).
     client_identity: String,
@@ -40,7 +40,7 @@ fn client_identity(issuer: &Issuer<'static, KeyPair>, name: &str) -> String {
     format!("{}{}", cert.pem(), key.serialize_pem())
 }
 
-fn pki() -> Pki {
+pub(crate) fn pki() -> Pki {
     let dir = std::env::temp_dir()
         .join("vitalbridge-tests")
         .join(format!("tls-{}", uuid::Uuid::new_v4().simple()));

@@ -1,0 +1,85 @@
+"""A real SMTP server for the subscription email tests (PyPI aiosmtpd).
+
+    python server.py --port N --maildir DIR [--user U --password P] [--tls-cert C --tls-key K]
+
+Each message it accepts is written to DIR as `{n}.eml` (the message as received) and
+`{n}.json` (the envelope: sender, recipients, the authenticated user). With --tls-cert it offers
+STARTTLS and requires it before AUTH and MAIL; with --user it requires AUTH (PLAIN or LOGIN).
+It prints "ready" once it listens.
+"""
+
+import argparse
+import json
+import os
+import ssl
+import threading
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+
+class Store:
+    def __init__(self, maildir):
+        self.maildir = maildir
+        self.count = 0
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.count += 1
+            n = self.count
+        base = os.path.join(self.maildir, str(n))
+        with open(base + ".eml.tmp", "wb") as f:
+            f.write(envelope.original_content or envelope.content)
+        meta = {
+            "from": envelope.mail_from,
+            "to": envelope.rcpt_tos,
+            "user": getattr(session, "auth_data", None) and session.auth_data.login.decode(),
+            "tls": session.ssl is not None,
+        }
+        with open(base + ".json", "w") as f:
+            json.dump(meta, f)
+        os.rename(base + ".eml.tmp", base + ".eml")
+        return "250 OK"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--maildir", required=True)
+    p.add_argument("--user")
+    p.add_argument("--password")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    a = p.parse_args()
+    os.makedirs(a.maildir, exist_ok=True)
+
+    def authenticate(server, session, envelope, mechanism, auth_data):
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login.decode() == a.user
+            and auth_data.password.decode() == a.password
+        )
+        return AuthResult(success=ok, auth_data=auth_data if ok else None)
+
+    kwargs = {}
+    if a.tls_cert:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(a.tls_cert, a.tls_key)
+        kwargs.update(tls_context=ctx, require_starttls=True)
+    if a.user:
+        kwargs.update(
+            authenticator=authenticate,
+            auth_required=True,
+            auth_require_tls=bool(a.tls_cert),
+        )
+    controller = Controller(
+        Store(a.maildir), hostname="127.0.0.1", port=a.port, server_hostname="localhost", **kwargs
+    )
+    controller.start()
+    print("ready", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
