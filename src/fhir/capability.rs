@@ -57,6 +57,9 @@ pub fn capability_statement(base: &str, software_version: &str, started: &str) -
             if !ops.is_empty() {
                 r["operation"] = Value::Array(ops);
             }
+            if ty.as_str() == "Subscription" {
+                subscription_topics(&mut r);
+            }
             r
         })
         .collect();
@@ -69,6 +72,10 @@ pub fn capability_statement(base: &str, software_version: &str, started: &str) -
         "software": { "name": "vitalbridge", "version": software_version },
         "implementation": { "description": "vitalbridge FHIR R4 server for remote patient monitoring", "url": base },
         "fhirVersion": "4.0.1",
+        // Topic-based subscriptions in R4 (Subscriptions R5 Backport IG STU 1.1).
+        "instantiates": [
+            "http://hl7.org/fhir/uv/subscriptions-backport/CapabilityStatement/backport-subscription-server-r4"
+        ],
         "format": FORMATS,
         "patchFormat": PATCH_FORMATS,
         "rest": [{
@@ -134,6 +141,23 @@ fn search_includes(ty: ResourceType) -> Vec<String> {
     out
 }
 
+/// The topics a Subscription may name, and the Backport IG profile it may claim
+/// (http://hl7.org/fhir/uv/subscriptions-backport/STU1.1/conformance.html).
+fn subscription_topics(r: &mut Value) {
+    r["extension"] = crate::subscriptions::topics::TOPICS
+        .iter()
+        .map(|t| {
+            json!({
+                "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/capabilitystatement-subscriptiontopic-canonical",
+                "valueCanonical": t.url
+            })
+        })
+        .collect();
+    r["supportedProfile"] = json!([
+        "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription"
+    ]);
+}
+
 /// Type-level operations: `$validate` on every type
 /// (https://hl7.org/fhir/R4/resource-operation-validate.html), and the type's own.
 fn operations(ty: ResourceType) -> Vec<Value> {
@@ -149,6 +173,10 @@ fn operations(ty: ResourceType) -> Vec<Value> {
         "Patient" => ops.push(json!({
             "name": "everything",
             "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+        })),
+        "Subscription" => ops.push(json!({
+            "name": "status",
+            "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"
         })),
         _ => {}
     }

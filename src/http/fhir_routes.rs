@@ -31,6 +31,14 @@ pub fn router() -> Router<AppState> {
         .route("/", get(search_system).post(system_bundle))
         .route("/_search", post(search_system_post))
         .route("/Observation/$lastn", get(lastn))
+        .route(
+            "/Subscription/$status",
+            get(subscription_status).post(subscription_status),
+        )
+        .route(
+            "/Subscription/{id}/$status",
+            get(subscription_status_of).post(subscription_status_of),
+        )
         .route("/{type}/{id}/$everything", get(everything))
         .route("/metadata", get(metadata))
         // The audit trail: read and searched here, written only by the server (crate::audit).
@@ -898,6 +906,66 @@ async fn lastn(State(state): State<AppState>, ctx: Ctx) -> Response {
             StatusCode::OK,
             Payload::Searchset(bundle),
         ))
+    }
+    .await;
+    ctx.respond(result)
+}
+
+/// `Subscription/$status` (Subscriptions R5 Backport IG): the status of every Subscription the
+/// caller may read, or of those named by `id` and with a `status` given (each repeatable).
+async fn subscription_status(State(state): State<AppState>, ctx: Ctx) -> Response {
+    let result = async {
+        let ty = parse_type("Subscription")?;
+        ctx.policy.check(ty.as_str(), Perm::Search)?;
+        let mut ids = Vec::new();
+        let mut statuses = Vec::new();
+        for (k, v) in &ctx.params {
+            match k.as_str() {
+                "id" => ids.push(v.clone()),
+                "status" => statuses.push(v.clone()),
+                _ => {}
+            }
+        }
+        let mut params = vec![("_count".to_owned(), search::MAX_COUNT.to_string())];
+        if !ids.is_empty() {
+            params.push(("_id".into(), ids.join(",")));
+        }
+        if !statuses.is_empty() {
+            params.push(("status".into(), statuses.join(",")));
+        }
+        let q = search::parse(Some(ty), &params, &ctx.base);
+        if let Some((n, why)) = q.invalid.first() {
+            return Err(ApiError::bad_request("invalid", format!("{n}: {why}")));
+        }
+        let found =
+            search::engine::run_as(&mut state.store.reader(), &[ty], &q, &ctx.policy).await?;
+        let bundle =
+            crate::subscriptions::status_bundle(&state.store, &ctx.base, &found.matches).await?;
+        Ok(FhirResponse::new(StatusCode::OK, Payload::Value(bundle)))
+    }
+    .await;
+    ctx.respond(result)
+}
+
+/// `Subscription/[id]/$status`: that subscription's status (404 when the caller may not read it).
+async fn subscription_status_of(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ctx: Ctx,
+) -> Response {
+    let result = async {
+        let ty = parse_type("Subscription")?;
+        ctx.policy.check(ty.as_str(), Perm::Read)?;
+        let missing = || ApiError::NotFound(format!("Subscription/{id} is not known"));
+        let rid = ResourceId::parse(&id).ok_or_else(missing)?;
+        let v = match rest::current_for(&mut Lookup::Store(&state.store), &ctx.policy, ty, &rid)
+            .await?
+        {
+            Some(v) if !v.is_deleted() => v,
+            _ => return Err(missing()),
+        };
+        let bundle = crate::subscriptions::status_bundle(&state.store, &ctx.base, &[v]).await?;
+        Ok(FhirResponse::new(StatusCode::OK, Payload::Value(bundle)))
     }
     .await;
     ctx.respond(result)

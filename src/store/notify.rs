@@ -241,6 +241,15 @@ impl Store {
             .bind(subscription).execute(pool).await?.rows_affected()))
     }
 
+    /// How many events `subscription` has had (the Backport IG's
+    /// `events-since-subscription-start`), delivered or not.
+    pub async fn event_count(&self, subscription: &str) -> Result<i64, StoreError> {
+        let sql = "select events from subscription_events where subscription_id = $1";
+        let n: Option<(i64,)> = on_pool!(self, read, pool => sqlx::query_as(sql)
+            .bind(subscription).fetch_optional(pool).await?);
+        Ok(n.map_or(0, |(n,)| n))
+    }
+
     /// How many notifications wait for `subscription`.
     pub async fn queued(&self, subscription: &str) -> Result<i64, StoreError> {
         let sql = "select count(*) from notification where subscription_id = $1";

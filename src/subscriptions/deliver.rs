@@ -17,7 +17,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::model::{self, Channel, Format, Status, Subscription};
+use super::bundle;
+use super::model::{self, Channel, Content, Format, Status, Subscription};
 use super::{Config, Shared};
 use crate::fhir::types::{ResourceId, ResourceType};
 use crate::store::notify::Notification;
@@ -189,17 +190,15 @@ pub struct Request {
     pub body: Vec<u8>,
 }
 
-/// The request for notification `n` of `sub`; `resource` is the version's JSON when the
-/// subscription asks for a payload.
+/// The request for notification `n` of an R4 criteria-based `sub`; `resource` is the version's
+/// JSON when the subscription asks for a payload.
 pub fn rest_hook_request(
     sub: &Subscription,
     n: &Notification,
     resource: Option<&str>,
 ) -> Result<Request, String> {
     let Channel::RestHook {
-        endpoint,
-        headers,
-        payload,
+        endpoint, payload, ..
     } = &sub.channel
     else {
         return Err("not a rest-hook subscription".into());
@@ -230,22 +229,82 @@ pub fn rest_hook_request(
             )
         }
     };
-    let mut out = headers.clone();
+    Ok(signed(sub, Some(n.event_number), method, url, format, body))
+}
+
+/// A Backport IG notification Bundle (event, handshake or heartbeat) of `sub`, POSTed to its
+/// endpoint in its payload's format (http://hl7.org/fhir/uv/subscriptions-backport/STU1.1/channels.html).
+pub fn bundle_request(
+    sub: &Subscription,
+    event: Option<i64>,
+    bundle: &Value,
+) -> Result<Request, String> {
+    let Channel::RestHook {
+        endpoint, payload, ..
+    } = &sub.channel
+    else {
+        return Err("not a rest-hook subscription".into());
+    };
+    let format = payload.unwrap_or(Format::Json);
+    let body = render(format, &bundle.to_string())?;
+    Ok(signed(
+        sub,
+        event,
+        reqwest::Method::POST,
+        endpoint.to_string(),
+        Some(format),
+        body,
+    ))
+}
+
+/// The request with the channel's headers, ours, and the signature of the body.
+fn signed(
+    sub: &Subscription,
+    event: Option<i64>,
+    method: reqwest::Method,
+    url: String,
+    format: Option<Format>,
+    body: Vec<u8>,
+) -> Request {
+    let mut out = match &sub.channel {
+        Channel::RestHook { headers, .. } => headers.clone(),
+        Channel::Email { .. } => Vec::new(),
+    };
     if let Some(f) = format {
         out.push(("Content-Type".into(), f.mime().into()));
     }
     out.push((SUBSCRIPTION_HEADER.into(), sub.id.clone()));
-    out.push((EVENT_HEADER.into(), n.event_number.to_string()));
+    if let Some(n) = event {
+        out.push((EVENT_HEADER.into(), n.to_string()));
+    }
     if let Some(secret) = &sub.secret {
         let mac = crate::ingest::cellular::hmac_hex(secret, &body);
         out.push((SIGNATURE_HEADER.into(), format!("sha256={mac}")));
     }
-    Ok(Request {
+    Request {
         method,
         url,
         headers: out,
         body,
-    })
+    }
+}
+
+/// Sends `req` within the subscription's timeout; the reason when it was not taken.
+pub(super) async fn execute(sh: &Shared, sub: &Subscription, req: Request) -> Result<(), String> {
+    let mut builder = sh.http.request(req.method, &req.url);
+    if let Some(t) = sub.timeout {
+        builder = builder.timeout(Duration::from_secs(u64::from(t)));
+    }
+    for (name, value) in &req.headers {
+        builder = builder.header(name, value);
+    }
+    let response = builder.body(req.body).send().await.map_err(describe)?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("the endpoint answered HTTP {}", status.as_u16()))
+    }
 }
 
 /// A version's JSON in the payload's format.
@@ -263,41 +322,61 @@ fn render(format: Format, json: &str) -> Result<Vec<u8>, String> {
 
 /// Sends the notification; the reason when it was not taken.
 async fn send(sh: &Shared, sub: &Subscription, n: &Notification) -> Result<(), String> {
-    let resource = match &sub.channel {
-        Channel::RestHook {
-            payload: Some(_), ..
+    let content = sub.topic.as_ref().map(|t| t.content);
+    let wants_resource = match (&sub.channel, content) {
+        (_, Some(c)) => c == Content::FullResource,
+        (Channel::RestHook { payload, .. } | Channel::Email { payload, .. }, None) => {
+            payload.is_some()
         }
-        | Channel::Email {
-            payload: Some(_), ..
-        } if n.method != "DELETE" => {
-            let (Some(ty), Some(id)) = (
-                ResourceType::parse(&n.res_type),
-                ResourceId::parse(&n.res_id),
-            ) else {
-                return Err("the notified resource is not valid here".into());
-            };
-            sh.store
-                .vread(ty, &id, n.version_id)
-                .await
-                .map_err(|e| format!("cannot read the version: {e}"))?
-                .and_then(|v| v.content)
-        }
-        _ => None,
+    };
+    let resource = if wants_resource && n.method != "DELETE" {
+        let (Some(ty), Some(id)) = (
+            ResourceType::parse(&n.res_type),
+            ResourceId::parse(&n.res_id),
+        ) else {
+            return Err("the notified resource is not valid here".into());
+        };
+        sh.store
+            .vread(ty, &id, n.version_id)
+            .await
+            .map_err(|e| format!("cannot read the version: {e}"))?
+            .and_then(|v| v.content)
+    } else {
+        None
     };
     match &sub.channel {
         Channel::RestHook { .. } => {
-            let req = rest_hook_request(sub, n, resource.as_deref())?;
-            let mut builder = sh.http.request(req.method, &req.url);
-            for (name, value) in &req.headers {
-                builder = builder.header(name, value);
-            }
-            let response = builder.body(req.body).send().await.map_err(describe)?;
-            let status = response.status();
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(format!("the endpoint answered HTTP {}", status.as_u16()))
-            }
+            let req = match &sub.topic {
+                None => rest_hook_request(sub, n, resource.as_deref())?,
+                Some(_) => {
+                    let value = resource
+                        .as_deref()
+                        .map(serde_json::from_str::<Value>)
+                        .transpose()
+                        .map_err(|e| e.to_string())?;
+                    let event = bundle::Event {
+                        number: n.event_number,
+                        timestamp: n.created_at,
+                        res_type: &n.res_type,
+                        res_id: &n.res_id,
+                        method: &n.method,
+                        resource: value.as_ref(),
+                    };
+                    let base = &sh.config.base;
+                    let status = bundle::status(
+                        sub,
+                        base,
+                        Status::Active,
+                        bundle::Kind::EventNotification,
+                        n.event_number,
+                        std::slice::from_ref(&event),
+                        None,
+                    );
+                    let b = bundle::notification(sub, base, status, &[event], now_micros());
+                    bundle_request(sub, Some(n.event_number), &b)?
+                }
+            };
+            execute(sh, sub, req).await
         }
         Channel::Email { to, payload } => {
             let Some(mailer) = &sh.mailer else {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::Shared;
+use super::bundle;
 use super::criteria::{self, Version};
 use super::model::{self, Status, Subscription};
 use crate::auth::tenancy::{self, Area};
@@ -47,6 +48,9 @@ struct Leading {
     active: HashMap<String, Matching>,
     /// Subscriptions waiting for the server: `requested` ones, and active ones with an `end`.
     pending: HashMap<String, Subscription>,
+    /// When each active subscription with a heartbeat period last had a notification queued
+    /// or a heartbeat sent.
+    quiet_since: HashMap<String, Instant>,
     renewed: Instant,
 }
 
@@ -93,7 +97,7 @@ pub(super) async fn run(sh: Arc<Shared>) {
 }
 
 /// One run of the matcher; true when more changes are waiting.
-async fn step(sh: &Shared, leading: &mut Option<Leading>) -> Result<bool, StoreError> {
+async fn step(sh: &Arc<Shared>, leading: &mut Option<Leading>) -> Result<bool, StoreError> {
     let store = &sh.store;
     let now = now_micros();
     let due = leading
@@ -140,6 +144,12 @@ async fn step(sh: &Shared, leading: &mut Option<Leading>) -> Result<bool, StoreE
         state.cursor = to;
         if !matched.is_empty() {
             sh.queued.notify_one();
+            let now = Instant::now();
+            for (id, _) in &matched {
+                if let Some(t) = state.quiet_since.get_mut(id) {
+                    *t = now;
+                }
+            }
         }
     }
     for a in actions {
@@ -156,6 +166,7 @@ async fn lead(sh: &Shared) -> Result<Leading, StoreError> {
         cursor,
         active: HashMap::new(),
         pending: HashMap::new(),
+        quiet_since: HashMap::new(),
         renewed: Instant::now(),
     };
     let mut after = String::new();
@@ -192,6 +203,7 @@ impl Leading {
         let id = sub.id.clone();
         self.active.remove(&id);
         self.pending.remove(&id);
+        self.quiet_since.remove(&id);
         match sub.status {
             // Activated by settle_statuses once this run is queued.
             Status::Requested => {
@@ -199,6 +211,11 @@ impl Leading {
                 None
             }
             Status::Active => {
+                if sub.topic.as_ref().is_some_and(|t| t.heartbeat.is_some()) {
+                    self.quiet_since
+                        .entry(id.clone())
+                        .or_insert_with(Instant::now);
+                }
                 if sub.end.is_some() {
                     self.pending.insert(id.clone(), sub.clone());
                 }
@@ -216,6 +233,7 @@ impl Leading {
         if c.method == "DELETE" {
             self.active.remove(&c.res_id);
             self.pending.remove(&c.res_id);
+            self.quiet_since.remove(&c.res_id);
             return Some(Action::Discard(c.res_id.clone()));
         }
         self.take(c.content.as_deref()?, base)
@@ -255,7 +273,20 @@ impl Leading {
             content: None,
             ..c.clone()
         };
+        // A topic's trigger looks at the version itself (none for a delete) and, for some
+        // topics, at the one before it.
+        let current = (c.method != "DELETE").then_some(&resource);
+        let mut previous: Option<Option<Value>> = None;
         for m in subs {
+            if let Some(t) = &m.sub.topic {
+                if t.topic.needs_previous && previous.is_none() {
+                    previous = Some(previous_version(store, c).await?);
+                }
+                let before = previous.as_ref().and_then(Option::as_ref);
+                if !t.topic.triggered(before, current) {
+                    continue;
+                }
+            }
             let hit = match criteria::matches(&m.clause, &version, now) {
                 Some(hit) => hit,
                 None => store_decides(store, m, c).await?,
@@ -266,6 +297,25 @@ impl Leading {
         }
         Ok(())
     }
+}
+
+/// The version before the change's, if any.
+async fn previous_version(store: &Store, c: &Change) -> Result<Option<Value>, StoreError> {
+    // A delete's content is already the version it deleted; a first version has none before.
+    if c.method == "DELETE" || c.version_id < 2 {
+        return Ok(None);
+    }
+    let (Some(ty), Some(id)) = (
+        ResourceType::parse(&c.res_type),
+        ResourceId::parse(&c.res_id),
+    ) else {
+        return Ok(None);
+    };
+    Ok(store
+        .vread(ty, &id, c.version_id - 1)
+        .await?
+        .and_then(|v| v.content)
+        .and_then(|s| serde_json::from_str(&s).ok()))
 }
 
 /// The criteria and the owner's tenancy: a notification never carries what the owner may not
@@ -302,7 +352,7 @@ async fn store_decides(store: &Store, m: &Matching, c: &Change) -> Result<bool, 
     Ok(!found.matches.is_empty())
 }
 
-async fn act(sh: &Shared, a: Action) -> Result<(), StoreError> {
+async fn act(sh: &Arc<Shared>, a: Action) -> Result<(), StoreError> {
     match a {
         Action::Activate(sub) => {
             // R4 criteria-based subscriptions need no handshake: accepted is active.
@@ -314,6 +364,11 @@ async fn act(sh: &Shared, a: Action) -> Result<(), StoreError> {
             } else if unserved {
                 let why = super::deliver::NO_RELAY;
                 set_status(&sh.store, &sub.id, sub.version_id, Status::Error, Some(why)).await?;
+            } else if sub.topic.is_some() && matches!(sub.channel, model::Channel::RestHook { .. })
+            {
+                // Backport IG: a rest-hook subscription is active once its endpoint has
+                // accepted the handshake (http://hl7.org/fhir/uv/subscriptions-backport/STU1.1/workflow.html).
+                tokio::spawn(handshake(sh.clone(), *sub));
             } else if set_status(&sh.store, &sub.id, sub.version_id, Status::Active, None).await? {
                 // Back from `error`: what waited is delivered first.
                 sh.store.release(&sub.id, now).await?;
@@ -332,15 +387,104 @@ async fn act(sh: &Shared, a: Action) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Sends the handshake of a `requested` topic-based subscription: `active` when the endpoint
+/// takes it, `error` with the reason when not. Not queued: it precedes every event.
+async fn handshake(sh: Arc<Shared>, sub: Subscription) {
+    let outcome = async {
+        let events = sh
+            .store
+            .event_count(&sub.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        send_status(
+            &sh,
+            &sub,
+            Status::Requested,
+            bundle::Kind::Handshake,
+            events,
+        )
+        .await
+    }
+    .await;
+    let written = match outcome {
+        Ok(()) => {
+            let done = set_status(&sh.store, &sub.id, sub.version_id, Status::Active, None).await;
+            if matches!(done, Ok(true)) {
+                let _ = sh.store.release(&sub.id, now_micros()).await;
+                sh.queued.notify_one();
+                tracing::info!(subscription = %sub.id, "handshake accepted: subscription active");
+            }
+            done
+        }
+        Err(why) => {
+            tracing::info!(subscription = %sub.id, reason = %why, "handshake failed");
+            let why = format!("the handshake failed: {why}");
+            set_status(
+                &sh.store,
+                &sub.id,
+                sub.version_id,
+                Status::Error,
+                Some(&why),
+            )
+            .await
+        }
+    };
+    if let Err(e) = written {
+        tracing::warn!(error = %e, subscription = %sub.id, "cannot record the handshake's outcome");
+    }
+}
+
+/// POSTs a status-only notification (handshake or heartbeat) to the subscription's endpoint.
+async fn send_status(
+    sh: &Shared,
+    sub: &Subscription,
+    status: Status,
+    kind: bundle::Kind,
+    events: i64,
+) -> Result<(), String> {
+    let base = &sh.config.base;
+    let parameters = bundle::status(sub, base, status, kind, events, &[], None);
+    let b = bundle::notification(sub, base, parameters, &[], now_micros());
+    let req = super::deliver::bundle_request(sub, None, &b)?;
+    super::deliver::execute(sh, sub, req).await
+}
+
+/// A heartbeat: nothing was notified for the subscription's heartbeat period. Best effort:
+/// a lost heartbeat is what the client watches for.
+async fn heartbeat(sh: Arc<Shared>, sub: Subscription) {
+    let events = sh.store.event_count(&sub.id).await.unwrap_or(0);
+    if let Err(why) = send_status(&sh, &sub, Status::Active, bundle::Kind::Heartbeat, events).await
+    {
+        tracing::info!(subscription = %sub.id, reason = %why, "heartbeat not delivered");
+    }
+}
+
 /// Subscriptions whose `end` has passed turn off; `requested` ones left over (a crash between
 /// a Subscription's commit and its activation) are activated.
-async fn settle_statuses(sh: &Shared, state: &mut Leading, now: i64) -> Result<(), StoreError> {
+async fn settle_statuses(
+    sh: &Arc<Shared>,
+    state: &mut Leading,
+    now: i64,
+) -> Result<(), StoreError> {
     let due: Vec<Subscription> = state
         .pending
         .values()
         .filter(|s| s.status == Status::Requested || s.end.is_some_and(|e| e <= now))
         .cloned()
         .collect();
+    let beat: Vec<Subscription> = state
+        .active
+        .values()
+        .filter_map(|m| {
+            let period = m.sub.topic.as_ref()?.heartbeat?;
+            let quiet = state.quiet_since.get(&m.sub.id)?;
+            (quiet.elapsed() >= Duration::from_secs(u64::from(period))).then(|| m.sub.clone())
+        })
+        .collect();
+    for sub in beat {
+        state.quiet_since.insert(sub.id.clone(), Instant::now());
+        tokio::spawn(heartbeat(sh.clone(), sub));
+    }
     for sub in due {
         state.pending.remove(&sub.id);
         if sub.status == Status::Requested {

@@ -10,11 +10,13 @@
 //! - [`deliver`]: every process takes queued notifications, in order per subscription, and
 //!   sends them, with retries: rest-hook requests, or notices by [`email`].
 
+pub mod bundle;
 pub mod criteria;
 pub mod deliver;
 pub mod email;
 pub mod engine;
 pub mod model;
+pub mod topics;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,4 +107,42 @@ impl Engine {
     pub fn config(&self) -> &Config {
         &self.shared.config
     }
+}
+
+/// The `$status` answer for these Subscription versions (Backport IG
+/// http://hl7.org/fhir/uv/subscriptions-backport/STU1.1/OperationDefinition-backport-subscription-status.html):
+/// a `searchset` of status `Parameters`, with each one's event count and, in `error`, the
+/// reason. Versions that are not readable Subscriptions are left out.
+pub async fn status_bundle(
+    store: &Store,
+    base: &str,
+    versions: &[crate::store::Version],
+) -> Result<serde_json::Value, crate::store::StoreError> {
+    let mut items = Vec::new();
+    for v in versions {
+        let Some(content) = &v.content else { continue };
+        let value: serde_json::Value = serde_json::from_str(content)?;
+        let Ok(sub) = model::read(&value, base) else {
+            continue;
+        };
+        let events = store.event_count(&sub.id).await?;
+        let error = value["error"].as_str().map(str::to_owned);
+        items.push((sub, events, error));
+    }
+    let list = items
+        .iter()
+        .map(|(sub, events, error)| {
+            let p = bundle::status(
+                sub,
+                base,
+                sub.status,
+                bundle::Kind::QueryStatus,
+                *events,
+                &[],
+                error.as_deref(),
+            );
+            (sub, p)
+        })
+        .collect();
+    Ok(bundle::status_searchset(base, list))
 }

@@ -14,6 +14,18 @@ use crate::search::SearchQuery;
 pub const SECRET_EXTENSION: &str =
     "https://vitalbridge.dev/fhir/StructureDefinition/subscription-signing-secret";
 
+/// The Subscriptions R5 Backport IG's extensions (STU 1.1,
+/// http://hl7.org/fhir/uv/subscriptions-backport/STU1.1/components.html).
+pub const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
+const FILTER_CRITERIA: &str =
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria";
+const PAYLOAD_CONTENT: &str =
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content";
+const HEARTBEAT_PERIOD: &str =
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-heartbeat-period";
+const TIMEOUT: &str =
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-timeout";
+
 /// The shortest signing secret accepted: 128 bits of hex or base64.
 const MIN_SECRET: usize = 16;
 
@@ -63,6 +75,35 @@ impl Format {
     }
 }
 
+/// How much of the changed resource a topic-based notification carries
+/// (`backport-payload-content`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    Empty,
+    IdOnly,
+    FullResource,
+}
+
+impl Content {
+    pub fn parse(s: &str) -> Option<Content> {
+        Some(match s {
+            "empty" => Content::Empty,
+            "id-only" => Content::IdOnly,
+            "full-resource" => Content::FullResource,
+            _ => return None,
+        })
+    }
+}
+
+/// What makes a topic-based subscription different (Backport IG).
+#[derive(Debug, Clone)]
+pub struct TopicBased {
+    pub topic: &'static super::topics::Topic,
+    pub content: Content,
+    /// Seconds without a notification after which a heartbeat goes out.
+    pub heartbeat: Option<u32>,
+}
+
 /// Where and how notifications go.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Channel {
@@ -88,11 +129,16 @@ pub struct Subscription {
     pub owner: Option<String>,
     /// When it turns off by itself (microseconds).
     pub end: Option<i64>,
-    /// The resource type the criteria search.
+    /// The resource type the criteria search (a topic's resource for topic-based ones).
     pub ty: ResourceType,
+    /// The criteria (for a topic-based subscription: its filters, all of which must hold).
     pub criteria: SearchQuery,
     pub channel: Channel,
     pub secret: Option<String>,
+    /// Seconds an endpoint has to answer (`backport-timeout`); the server's own by default.
+    pub timeout: Option<u32>,
+    /// Set for a topic-based subscription.
+    pub topic: Option<TopicBased>,
 }
 
 /// Why a Subscription cannot be accepted: the element at fault and what is wrong.
@@ -120,13 +166,31 @@ pub fn read(resource: &Value, base: &str) -> Result<Subscription, Vec<Invalid>> 
             "status must be requested, active, error or off",
         ));
     }
-    let (ty, criteria) = match criteria(resource["criteria"].as_str().unwrap_or(""), base) {
-        Ok(c) => (Some(c.0), Some(c.1)),
+    let raw = resource["criteria"].as_str().unwrap_or("");
+    let topic_based = raw.starts_with("http://") || raw.starts_with("https://");
+    let parsed = if topic_based {
+        topic_criteria(raw, &resource["_criteria"], base)
+    } else {
+        criteria(raw, base).map(|(ty, q)| (ty, q, None))
+    };
+    let (ty, criteria, topic) = match parsed {
+        Ok((ty, q, topic)) => (Some(ty), Some(q), topic),
         Err(e) => {
             problems.push(e);
-            (None, None)
+            (None, None, None)
         }
     };
+    let topic = match topic.map(|t| topic_channel(t, &resource["channel"])) {
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            problems.push(e);
+            None
+        }
+        None => None,
+    };
+    let timeout = channel_extension(&resource["channel"], TIMEOUT)
+        .and_then(|e| e["valueUnsignedInt"].as_u64())
+        .map(|t| t.clamp(1, 600) as u32);
     let channel = match channel(&resource["channel"]) {
         Ok(c) => Some(c),
         Err(e) => {
@@ -171,10 +235,115 @@ pub fn read(resource: &Value, base: &str) -> Result<Subscription, Vec<Invalid>> 
                 criteria,
                 channel,
                 secret,
+                timeout,
+                topic,
             })
         }
         _ => Err(problems),
     }
+}
+
+fn channel_extension<'a>(channel: &'a Value, url: &str) -> Option<&'a Value> {
+    channel["extension"]
+        .as_array()?
+        .iter()
+        .find(|e| e["url"] == url)
+}
+
+/// A topic-based subscription's `criteria` (the topic's canonical URL) and the filters in
+/// its `backport-filter-criteria` extensions: `Type?param=value`, `param=value` or
+/// `Type.param=value`, each on a filter parameter the topic offers.
+fn topic_criteria(
+    url: &str,
+    extensions: &Value,
+    base: &str,
+) -> Result<
+    (
+        ResourceType,
+        SearchQuery,
+        Option<&'static super::topics::Topic>,
+    ),
+    Invalid,
+> {
+    let Some(topic) = super::topics::find(url) else {
+        return Err(invalid(
+            "criteria",
+            "this server offers no such topic; its topics are listed in the CapabilityStatement",
+        ));
+    };
+    let ty = ResourceType::parse(topic.resource)
+        .ok_or_else(|| invalid("criteria", "the topic's resource type is unknown"))?;
+    let mut pairs = Vec::new();
+    for e in extensions["extension"].as_array().into_iter().flatten() {
+        if e["url"] != FILTER_CRITERIA {
+            continue;
+        }
+        let raw = e["valueString"].as_str().unwrap_or("");
+        let prefix_q = format!("{}?", topic.resource);
+        let prefix_dot = format!("{}.", topic.resource);
+        let query = raw
+            .strip_prefix(&prefix_q)
+            .or_else(|| raw.strip_prefix(&prefix_dot))
+            .unwrap_or(raw);
+        for (name, value) in crate::search::decode_query(query) {
+            let param = name.split(':').next().unwrap_or("");
+            if !topic.filters.contains(&param) {
+                return Err(invalid(
+                    "criteria.extension",
+                    format!(
+                        "the topic {} filters by {} only",
+                        topic.url,
+                        topic.filters.join(", ")
+                    ),
+                ));
+            }
+            pairs.push((name, value));
+        }
+    }
+    let q = crate::search::parse(Some(ty), &pairs, base);
+    if let Some((name, why)) = q.invalid.first() {
+        return Err(invalid("criteria.extension", format!("{name}: {why}")));
+    }
+    Ok((ty, q, Some(topic)))
+}
+
+/// The channel settings only topic-based subscriptions have.
+fn topic_channel(
+    topic: &'static super::topics::Topic,
+    channel: &Value,
+) -> Result<TopicBased, Invalid> {
+    let content = match channel["_payload"]["extension"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["url"] == PAYLOAD_CONTENT)
+    {
+        // The IG makes it required; without it, the least that still names the resource.
+        None => Content::IdOnly,
+        Some(e) => e["valueCode"]
+            .as_str()
+            .and_then(Content::parse)
+            .ok_or_else(|| {
+                invalid(
+                    "channel.payload.extension",
+                    "payload content is empty, id-only or full-resource",
+                )
+            })?,
+    };
+    if channel["payload"].is_null() {
+        return Err(invalid(
+            "channel.payload",
+            "a topic-based subscription names its payload's format: application/fhir+json or application/fhir+xml",
+        ));
+    }
+    let heartbeat = channel_extension(channel, HEARTBEAT_PERIOD)
+        .and_then(|e| e["valueUnsignedInt"].as_u64())
+        .map(|s| s.clamp(1, 86_400) as u32);
+    Ok(TopicBased {
+        topic,
+        content,
+        heartbeat,
+    })
 }
 
 /// `criteria`: `Type?query` (or a bare `Type`) that this server can search.

@@ -35,4 +35,5 @@ mod smart_apps;
 mod subscriptions;
 mod tenancy;
 mod tls;
+mod topics;
 mod user_management;

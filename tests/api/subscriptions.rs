@@ -18,7 +18,7 @@ async fn app(backend: Backend, retry_for: Duration) -> TestApp {
 }
 
 /// Deliveries retry quickly, for a minute.
-fn fast(s: &mut vitalbridge::config::Settings) {
+pub(crate) fn fast(s: &mut vitalbridge::config::Settings) {
     quick(s, MINUTE)
 }
 
@@ -56,7 +56,7 @@ async fn subscribe(app: &TestApp, sub: &Value) -> String {
 }
 
 /// Waits until Subscription `id` has `status`; returns it.
-async fn wait_status(app: &TestApp, id: &str, status: &str) -> Value {
+pub(crate) async fn wait_status(app: &TestApp, id: &str, status: &str) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
         let s = app.get(&format!("Subscription/{id}")).await.json();

@@ -1,0 +1,312 @@
+//! Topic-based subscriptions (Subscriptions R5 Backport IG STU 1.1 for R4, issue 6 item 2)
+//! against a real HTTP receiver: the handshake, notification Bundles at each content level,
+//! filters, the topics' triggers, heartbeats, `$status`, and the CapabilityStatement.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::both;
+use crate::common::{TestApp, heart_rate, patient};
+use crate::receiver::{Received, Receiver};
+use crate::subscriptions::wait_status;
+
+const WAIT: Duration = Duration::from_secs(15);
+const TOPICS: &str = "https://vitalbridge.dev/fhir/SubscriptionTopic/";
+const BP: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
+
+fn topic_subscription(topic: &str, filter: Option<&str>, content: &str, endpoint: &str) -> Value {
+    let mut s = json!({
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": "topic-based",
+        "criteria": format!("{TOPICS}{topic}"),
+        "channel": {
+            "type": "rest-hook",
+            "endpoint": endpoint,
+            "payload": "application/fhir+json",
+            "_payload": {"extension": [{"url": format!("{BP}backport-payload-content"), "valueCode": content}]}
+        }
+    });
+    if let Some(f) = filter {
+        s["_criteria"] = json!({"extension": [{"url": format!("{BP}backport-filter-criteria"), "valueString": f}]});
+    }
+    s
+}
+
+/// The status `Parameters` of a notification, and its parameter `name`'s values.
+fn status_of(r: &Received) -> Value {
+    let b: Value = serde_json::from_slice(&r.body).expect("a JSON Bundle");
+    assert_eq!(b["resourceType"], "Bundle");
+    assert_eq!(b["type"], "history");
+    b
+}
+
+fn param<'a>(bundle: &'a Value, name: &str) -> Vec<&'a Value> {
+    bundle["entry"][0]["resource"]["parameter"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .filter(|p| p["name"] == name)
+        .collect()
+}
+
+fn kind(b: &Value) -> &str {
+    param(b, "type")[0]["valueCode"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+/// A subscription is `requested` until its endpoint takes the handshake, then `active`; each
+/// matching event then arrives as a history Bundle with the status first; other patients'
+/// readings and readings that are not vital signs do not.
+async fn the_handshake_comes_first_then_one_bundle_per_event(app: TestApp) {
+    let hook = Receiver::start().await;
+    let p = app.create(&patient("Topic")).await;
+    let q = app.create(&patient("Other")).await;
+    let sub = topic_subscription(
+        "vital-sign-observation",
+        Some(&format!("Observation?patient=Patient/{p}")),
+        "full-resource",
+        &hook.url("/topic"),
+    );
+    let r = app.post("Subscription", &sub).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json()["status"], "requested");
+    let id = r.json()["id"].as_str().expect("id").to_owned();
+    wait_status(&app, &id, "active").await;
+    let handshake = status_of(&hook.wait_for(1, WAIT).await[0]);
+    assert_eq!(kind(&handshake), "handshake");
+    assert_eq!(param(&handshake, "status")[0]["valueCode"], "requested");
+    assert_eq!(
+        param(&handshake, "events-since-subscription-start")[0]["valueString"],
+        "0"
+    );
+    assert!(param(&handshake, "notification-event").is_empty());
+    assert_eq!(handshake["entry"].as_array().map(Vec::len), Some(1));
+
+    app.create(&heart_rate(&q, 70.0)).await;
+    let mut lab = heart_rate(&p, 5.0);
+    lab["category"][0]["coding"][0]["code"] = json!("laboratory");
+    app.create(&lab).await;
+    let obs = app.create(&heart_rate(&p, 71.0)).await;
+    let got = hook.wait_for(2, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hook.all().len(), 2, "only the handshake and the one match");
+    let b = status_of(&got[1]);
+    assert_eq!(got[1].method, "POST");
+    assert_eq!(got[1].path, "/topic");
+    assert_eq!(got[1].header("content-type"), Some("application/fhir+json"));
+    assert_eq!(kind(&b), "event-notification");
+    assert_eq!(
+        param(&b, "topic")[0]["valueCanonical"],
+        format!("{TOPICS}vital-sign-observation")
+    );
+    assert_eq!(
+        param(&b, "events-since-subscription-start")[0]["valueString"],
+        "1"
+    );
+    let event = &param(&b, "notification-event")[0]["part"];
+    assert_eq!(event[0]["valueString"], "1");
+    assert!(
+        event[2]["valueReference"]["reference"]
+            .as_str()
+            .is_some_and(|r| r.ends_with(&format!("/Observation/{obs}")))
+    );
+    assert_eq!(b["entry"][1]["resource"]["id"], obs.as_str());
+    assert_eq!(b["entry"][1]["request"]["method"], "POST");
+    assert!(
+        b["entry"][0]["request"]["url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with(&format!("/Subscription/{id}/$status")))
+    );
+}
+both!(
+    the_handshake_comes_first_then_one_bundle_per_event,
+    crate::subscriptions::fast
+);
+
+/// A handshake the endpoint does not take puts the subscription in `error`, saying why.
+async fn a_refused_handshake_is_an_error(app: TestApp) {
+    let mut hook = Receiver::start().await;
+    hook.down();
+    let sub = topic_subscription("device-status", None, "id-only", &hook.url("/gone"));
+    let id = app.create(&sub).await;
+    let s = wait_status(&app, &id, "error").await;
+    assert!(
+        s["error"].as_str().is_some_and(|e| e.contains("handshake")),
+        "{s}"
+    );
+}
+both!(a_refused_handshake_is_an_error, crate::subscriptions::fast);
+
+/// Device status changes, abnormal readings: each topic fires on its own trigger only; an
+/// id-only notification names the resource without carrying it, an empty one names nothing.
+async fn each_topic_fires_on_its_trigger(app: TestApp) {
+    let devices = Receiver::start().await;
+    let abnormal = Receiver::start().await;
+    let d_id = app
+        .create(&topic_subscription(
+            "device-status",
+            None,
+            "id-only",
+            &devices.url("/d"),
+        ))
+        .await;
+    let a_id = app
+        .create(&topic_subscription(
+            "abnormal-reading",
+            None,
+            "empty",
+            &abnormal.url("/a"),
+        ))
+        .await;
+    wait_status(&app, &d_id, "active").await;
+    wait_status(&app, &a_id, "active").await;
+    let device = json!({"resourceType": "Device", "status": "active",
+                        "deviceName": [{"name": "cuff", "type": "user-friendly-name"}]});
+    let dev = app.create(&device).await;
+    let mut same = device.clone();
+    same["id"] = json!(dev);
+    same["deviceName"][0]["name"] = json!("renamed cuff");
+    assert_eq!(app.put(&format!("Device/{dev}"), &same).await.status, 200);
+    let mut off = same.clone();
+    off["status"] = json!("inactive");
+    assert_eq!(app.put(&format!("Device/{dev}"), &off).await.status, 200);
+    // Handshake, the create, the status change; not the rename.
+    let got = devices.wait_for(3, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(devices.all().len(), 3);
+    let b = status_of(&got[2]);
+    assert_eq!(
+        param(&b, "events-since-subscription-start")[0]["valueString"],
+        "2"
+    );
+    assert_eq!(
+        b["entry"][1]["fullUrl"]
+            .as_str()
+            .map(|u| u.ends_with(&format!("/Device/{dev}"))),
+        Some(true)
+    );
+    assert!(b["entry"][1].get("resource").is_none(), "id-only: {b}");
+    assert_eq!(b["entry"][1]["request"]["method"], "PUT");
+
+    let p = app.create(&patient("Abnormal")).await;
+    let interpreted = |code: &str| {
+        let mut o = heart_rate(&p, 150.0);
+        o["interpretation"] = json!([{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+            "code": code}]}]);
+        o
+    };
+    app.create(&interpreted("N")).await;
+    app.create(&interpreted("HH")).await;
+    let got = abnormal.wait_for(2, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        abnormal.all().len(),
+        2,
+        "the handshake and the critical reading"
+    );
+    let b = status_of(&got[1]);
+    assert_eq!(
+        b["entry"].as_array().map(Vec::len),
+        Some(1),
+        "empty: the status only"
+    );
+    assert!(param(&b, "topic").is_empty());
+    let parts = param(&b, "notification-event")[0]["part"]
+        .as_array()
+        .expect("parts")
+        .clone();
+    assert!(parts.iter().all(|p| p["name"] != "focus"), "{b}");
+}
+both!(each_topic_fires_on_its_trigger, crate::subscriptions::fast);
+
+/// With a heartbeat period, a quiet subscription gets heartbeats; `$status` answers for one
+/// subscription and for all, with the event count.
+async fn heartbeats_and_status(app: TestApp) {
+    let hook = Receiver::start().await;
+    let mut sub = topic_subscription("invoice-issued", None, "id-only", &hook.url("/hb"));
+    sub["channel"]["extension"] =
+        json!([{"url": format!("{BP}backport-heartbeat-period"), "valueUnsignedInt": 1}]);
+    let id = app.create(&sub).await;
+    wait_status(&app, &id, "active").await;
+    let got = hook.wait_for(3, WAIT).await;
+    assert_eq!(kind(&status_of(&got[0])), "handshake");
+    for r in &got[1..] {
+        let b = status_of(r);
+        assert_eq!(kind(&b), "heartbeat");
+        assert_eq!(param(&b, "status")[0]["valueCode"], "active");
+        assert_eq!(
+            param(&b, "events-since-subscription-start")[0]["valueString"],
+            "0"
+        );
+    }
+    let r = app.get(&format!("Subscription/{id}/$status")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let b = r.json();
+    assert_eq!(b["type"], "searchset");
+    assert_eq!(b["total"], 1);
+    let p = &b["entry"][0]["resource"]["parameter"];
+    assert!(
+        p.as_array()
+            .expect("params")
+            .iter()
+            .any(|x| x["name"] == "type" && x["valueCode"] == "query-status")
+    );
+    let r = app.get("Subscription/$status?status=active").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["total"], 1);
+    let r = app.get("Subscription/$status?status=off").await;
+    assert_eq!(r.json()["total"], 0);
+    assert_eq!(app.get("Subscription/nope/$status").await.status, 404);
+}
+both!(heartbeats_and_status, crate::subscriptions::fast);
+
+/// Topics this server does not offer, filters a topic does not allow and unknown content
+/// levels are refused; the CapabilityStatement lists the topics.
+async fn topics_are_advertised_and_others_refused(app: TestApp) {
+    let endpoint = "http://127.0.0.1:9/x";
+    let cases = [
+        topic_subscription("no-such-topic", None, "id-only", endpoint),
+        topic_subscription(
+            "device-status",
+            Some("Device?manufacturer=acme"),
+            "id-only",
+            endpoint,
+        ),
+        topic_subscription("device-status", None, "everything", endpoint),
+    ];
+    for c in &cases {
+        let r = app.post("Subscription", c).await;
+        assert_eq!(r.status, 422, "{c}: {}", r.text);
+    }
+    let cs = app.get("metadata").await.json();
+    let sub = cs["rest"][0]["resource"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["type"] == "Subscription")
+        .expect("Subscription")
+        .clone();
+    let topics: Vec<&str> = sub["extension"]
+        .as_array()
+        .expect("topic extensions")
+        .iter()
+        .filter_map(|e| e["valueCanonical"].as_str())
+        .collect();
+    assert!(topics.contains(&"https://vitalbridge.dev/fhir/SubscriptionTopic/abnormal-reading"));
+    assert_eq!(topics.len(), 4);
+    assert!(
+        sub["operation"]
+            .as_array()
+            .expect("ops")
+            .iter()
+            .any(|o| o["name"] == "status")
+    );
+}
+both!(
+    topics_are_advertised_and_others_refused,
+    crate::subscriptions::fast
+);
