@@ -103,6 +103,9 @@ enum Command {
         /// that only answers the API while others deliver
         #[arg(long, env = "VB_SUBSCRIPTIONS", default_value = "on", value_parser = ["on", "off"])]
         subscriptions: String,
+        /// Days each Subscription event is kept for Subscription/$events
+        #[arg(long, env = "VB_SUBSCRIPTION_EVENTS_DAYS", default_value_t = 7)]
+        subscription_events_days: u32,
         /// SMTP relay of the Subscription email channel: smtp://user:password@host:587?tls=required
         /// (STARTTLS), smtps://user:password@host:465 (TLS), or smtp://host:25 (a local relay)
         #[arg(long, env = "VB_SMTP_URL", hide_env_values = true)]
@@ -311,6 +314,7 @@ async fn run() -> std::process::ExitCode {
             subscription_backoff_ms,
             subscription_timeout_secs,
             subscriptions,
+            subscription_events_days,
             smtp_url,
             smtp_from,
             smtp_ca_file,
@@ -355,6 +359,9 @@ async fn run() -> std::process::ExitCode {
                 raw_retention_days,
                 subscriptions: vitalbridge::subscriptions::Config {
                     enabled: subscriptions == "on",
+                    events_kept: std::time::Duration::from_secs(
+                        u64::from(subscription_events_days) * 86_400,
+                    ),
                     retry_for: std::time::Duration::from_secs(subscription_retry_secs),
                     backoff: std::time::Duration::from_millis(subscription_backoff_ms.max(1)),
                     timeout: std::time::Duration::from_secs(subscription_timeout_secs.max(1)),

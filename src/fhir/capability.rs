@@ -174,10 +174,16 @@ fn operations(ty: ResourceType) -> Vec<Value> {
             "name": "everything",
             "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
         })),
-        "Subscription" => ops.push(json!({
-            "name": "status",
-            "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"
-        })),
+        "Subscription" => ops.extend([
+            json!({
+                "name": "status",
+                "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"
+            }),
+            json!({
+                "name": "events",
+                "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-events"
+            }),
+        ]),
         _ => {}
     }
     ops

@@ -39,6 +39,10 @@ pub fn router() -> Router<AppState> {
             "/Subscription/{id}/$status",
             get(subscription_status_of).post(subscription_status_of),
         )
+        .route(
+            "/Subscription/{id}/$events",
+            get(subscription_events).post(subscription_events),
+        )
         .route("/{type}/{id}/$everything", get(everything))
         .route("/metadata", get(metadata))
         // The audit trail: read and searched here, written only by the server (crate::audit).
@@ -965,6 +969,62 @@ async fn subscription_status_of(
             _ => return Err(missing()),
         };
         let bundle = crate::subscriptions::status_bundle(&state.store, &ctx.base, &[v]).await?;
+        Ok(FhirResponse::new(StatusCode::OK, Payload::Value(bundle)))
+    }
+    .await;
+    ctx.respond(result)
+}
+
+/// `Subscription/[id]/$events` (Subscriptions R5 Backport IG): the subscription's kept events
+/// from `eventsSinceNumber` to `eventsUntilNumber`, as a notification Bundle.
+async fn subscription_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ctx: Ctx,
+) -> Response {
+    let result = async {
+        let ty = parse_type("Subscription")?;
+        ctx.policy.check(ty.as_str(), Perm::Read)?;
+        let missing = || ApiError::NotFound(format!("Subscription/{id} is not known"));
+        let rid = ResourceId::parse(&id).ok_or_else(missing)?;
+        let v = match rest::current_for(&mut Lookup::Store(&state.store), &ctx.policy, ty, &rid)
+            .await?
+        {
+            Some(v) if !v.is_deleted() => v,
+            _ => return Err(missing()),
+        };
+        let number = |name: &str| -> Result<Option<i64>, ApiError> {
+            ctx.params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| {
+                    v.parse::<i64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                        ApiError::bad_request("invalid", format!("{name} must be an event number"))
+                    })
+                })
+                .transpose()
+        };
+        let from = number("eventsSinceNumber")?.unwrap_or(1);
+        let to = number("eventsUntilNumber")?.unwrap_or(i64::MAX);
+        let content = match ctx.params.iter().find(|(k, _)| k == "content") {
+            None => None,
+            Some((_, c)) => Some(crate::subscriptions::model::Content::parse(c).ok_or_else(
+                || ApiError::bad_request("invalid", "content is empty, id-only or full-resource"),
+            )?),
+        };
+        let bundle = crate::subscriptions::events_bundle(
+            &state.store,
+            &ctx.base,
+            &v,
+            from,
+            to,
+            content,
+            |r| ctx.policy.sees_version(r),
+        )
+        .await?
+        .ok_or_else(|| {
+            ApiError::internal(anyhow::anyhow!("a stored Subscription cannot be read"))
+        })?;
         Ok(FhirResponse::new(StatusCode::OK, Payload::Value(bundle)))
     }
     .await;

@@ -30,6 +30,18 @@ pub struct Notification {
     pub last_error: Option<String>,
 }
 
+/// A subscription's event as kept for `$events`.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Event {
+    pub event_number: i64,
+    pub res_type: String,
+    pub res_id: String,
+    pub version_id: i64,
+    pub method: String,
+    /// Microseconds since the epoch.
+    pub created_at: i64,
+}
+
 const COLUMNS: &str = "id, subscription_id, event_number, res_type, res_id, version_id, method, \
                        created_at, due_at, attempts, last_error";
 
@@ -118,6 +130,20 @@ impl Store {
                         "insert into notification (subscription_id, event_number, res_type, \
                          res_id, version_id, method, created_at, due_at) \
                          values ($1, $2, $3, $4, $5, $6, $7, $7)",
+                    )
+                    .bind(subscription)
+                    .bind(n)
+                    .bind(&c.res_type)
+                    .bind(&c.res_id)
+                    .bind(c.version_id)
+                    .bind(&c.method)
+                    .bind(now)
+                    .execute(&mut *$tx)
+                    .await?;
+                    sqlx::query(
+                        "insert into subscription_event (subscription_id, event_number, \
+                         res_type, res_id, version_id, method, created_at) \
+                         values ($1, $2, $3, $4, $5, $6, $7)",
                     )
                     .bind(subscription)
                     .bind(n)
@@ -248,6 +274,28 @@ impl Store {
         let n: Option<(i64,)> = on_pool!(self, read, pool => sqlx::query_as(sql)
             .bind(subscription).fetch_optional(pool).await?);
         Ok(n.map_or(0, |(n,)| n))
+    }
+
+    /// The events `from..=to` of `subscription` still kept, oldest first, at most `limit`.
+    pub async fn events(
+        &self,
+        subscription: &str,
+        from: i64,
+        to: i64,
+        limit: i64,
+    ) -> Result<Vec<Event>, StoreError> {
+        let sql = "select event_number, res_type, res_id, version_id, method, created_at \
+                   from subscription_event where subscription_id = $1 \
+                   and event_number >= $2 and event_number <= $3 order by event_number limit $4";
+        Ok(on_pool!(self, read, pool => sqlx::query_as(sql)
+            .bind(subscription).bind(from).bind(to).bind(limit).fetch_all(pool).await?))
+    }
+
+    /// Forgets the events recorded before `before` (microseconds); returns how many.
+    pub async fn purge_events(&self, before: i64) -> Result<u64, StoreError> {
+        let sql = "delete from subscription_event where created_at < $1";
+        Ok(on_pool!(self, write, pool => sqlx::query(sql)
+            .bind(before).execute(pool).await?.rows_affected()))
     }
 
     /// How many notifications wait for `subscription`.

@@ -32,6 +32,8 @@ const BATCH: i64 = 500;
 /// A short lease: after a crash, changes wait for a new leader at most this long.
 const LEASE: Duration = Duration::from_secs(5);
 const RENEW: Duration = Duration::from_secs(1);
+/// How often the leader purges events older than their retention.
+const PURGE: Duration = Duration::from_secs(3600);
 /// How long the leader waits for a change before it looks anyway (ends, settling gaps).
 const IDLE: Duration = Duration::from_secs(1);
 
@@ -52,6 +54,8 @@ struct Leading {
     /// or a heartbeat sent.
     quiet_since: HashMap<String, Instant>,
     renewed: Instant,
+    /// When kept events were last purged.
+    purged: Option<Instant>,
 }
 
 /// What happens to a subscription after its change is matched.
@@ -156,6 +160,14 @@ async fn step(sh: &Arc<Shared>, leading: &mut Option<Leading>) -> Result<bool, S
         act(sh, a).await?;
     }
     settle_statuses(sh, state, now).await?;
+    if state.purged.is_none_or(|p| p.elapsed() >= PURGE) {
+        state.purged = Some(Instant::now());
+        let before = now - sh.config.events_kept.as_micros() as i64;
+        let n = store.purge_events(before).await?;
+        if n > 0 {
+            tracing::info!(events = n, "subscriptions: past events purged");
+        }
+    }
     Ok(changes.len() as i64 == BATCH)
 }
 
@@ -168,6 +180,7 @@ async fn lead(sh: &Shared) -> Result<Leading, StoreError> {
         pending: HashMap::new(),
         quiet_since: HashMap::new(),
         renewed: Instant::now(),
+        purged: None,
     };
     let mut after = String::new();
     loop {

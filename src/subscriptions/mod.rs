@@ -42,6 +42,8 @@ pub struct Config {
     pub timeout: Duration,
     /// Deliveries in flight at once per process.
     pub workers: usize,
+    /// How long each event is kept for `Subscription/$events` (`VB_SUBSCRIPTION_EVENTS_DAYS`).
+    pub events_kept: Duration,
     /// The relay of the `email` channel; without one, email subscriptions go to `error`.
     pub smtp: Option<email::SmtpConfig>,
 }
@@ -56,6 +58,7 @@ impl Default for Config {
             max_backoff: Duration::from_secs(3600),
             timeout: Duration::from_secs(10),
             workers: 64,
+            events_kept: Duration::from_secs(7 * 24 * 3600),
             smtp: None,
         }
     }
@@ -145,4 +148,85 @@ pub async fn status_bundle(
         })
         .collect();
     Ok(bundle::status_searchset(base, list))
+}
+
+/// The most events one `$events` answer holds.
+pub const MAX_EVENTS: i64 = 500;
+
+/// The `$events` answer (Backport IG
+/// http://hl7.org/fhir/uv/subscriptions-backport/STU1.1/OperationDefinition-backport-subscription-events.html):
+/// a `history` Bundle with the `query-event` status first, then the kept events from `from`
+/// to `to` (at most [`MAX_EVENTS`]) at the subscription's content level, or at `content`
+/// when given. A resource goes into the Bundle only when `sees` lets the caller read it.
+pub async fn events_bundle(
+    store: &Store,
+    base: &str,
+    subscription: &crate::store::Version,
+    from: i64,
+    to: i64,
+    content: Option<model::Content>,
+    sees: impl Fn(&crate::store::Version) -> bool,
+) -> Result<Option<serde_json::Value>, crate::store::StoreError> {
+    let Some(json) = &subscription.content else {
+        return Ok(None);
+    };
+    let value: serde_json::Value = serde_json::from_str(json)?;
+    let Ok(mut sub) = model::read(&value, base) else {
+        return Ok(None);
+    };
+    // A criteria-based subscription's events are named (id-only) whatever is asked.
+    if let (Some(c), Some(t)) = (content, sub.topic.as_mut()) {
+        t.content = c;
+    }
+    let full = sub
+        .topic
+        .as_ref()
+        .is_some_and(|t| t.content == model::Content::FullResource);
+    let kept = store.events(&sub.id, from, to, MAX_EVENTS).await?;
+    let mut resources = Vec::with_capacity(kept.len());
+    for e in &kept {
+        let version = match (
+            full && e.method != "DELETE",
+            crate::fhir::types::ResourceType::parse(&e.res_type),
+            crate::fhir::types::ResourceId::parse(&e.res_id),
+        ) {
+            (true, Some(ty), Some(id)) => store.vread(ty, &id, e.version_id).await?,
+            _ => None,
+        };
+        resources.push(
+            version
+                .filter(|v| sees(v))
+                .and_then(|v| v.content)
+                .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok()),
+        );
+    }
+    let events: Vec<bundle::Event<'_>> = kept
+        .iter()
+        .zip(&resources)
+        .map(|(e, r)| bundle::Event {
+            number: e.event_number,
+            timestamp: e.created_at,
+            res_type: &e.res_type,
+            res_id: &e.res_id,
+            method: &e.method,
+            resource: r.as_ref(),
+        })
+        .collect();
+    let count = store.event_count(&sub.id).await?;
+    let status = bundle::status(
+        &sub,
+        base,
+        sub.status,
+        bundle::Kind::QueryEvent,
+        count,
+        &events,
+        None,
+    );
+    Ok(Some(bundle::notification(
+        &sub,
+        base,
+        status,
+        &events,
+        crate::store::now_micros(),
+    )))
 }

@@ -531,3 +531,24 @@ async fn two_processes_deliver_each_notification_once() {
     assert_eq!(hook.all().len(), N, "each once");
     assert_eq!(events(&got), (1..=N as i64).collect::<Vec<_>>());
 }
+
+/// Criteria that depend on another resource (a chain) are decided by the search engine.
+async fn chained_criteria_are_decided_by_search(app: TestApp) {
+    let hook = Receiver::start().await;
+    let mut sub = rest_hook(
+        "Observation?subject:Patient.family=Zedekiah",
+        &hook.url("/chain"),
+    );
+    sub["channel"]["payload"] = json!("application/fhir+json");
+    subscribe(&app, &sub).await;
+    let zed = app.create(&patient("Zedekiah")).await;
+    let other = app.create(&patient("Other")).await;
+    app.create(&heart_rate(&other, 50.0)).await;
+    let id = app.create(&heart_rate(&zed, 51.0)).await;
+    hook.wait_for(1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = hook.all();
+    assert_eq!(got.len(), 1, "only Zedekiah's reading");
+    assert_eq!(got[0].path, format!("/chain/Observation/{id}"));
+}
+both!(chained_criteria_are_decided_by_search, super::fast);

@@ -298,15 +298,75 @@ async fn topics_are_advertised_and_others_refused(app: TestApp) {
         .collect();
     assert!(topics.contains(&"https://vitalbridge.dev/fhir/SubscriptionTopic/abnormal-reading"));
     assert_eq!(topics.len(), 4);
-    assert!(
-        sub["operation"]
-            .as_array()
-            .expect("ops")
-            .iter()
-            .any(|o| o["name"] == "status")
-    );
+    let ops = sub["operation"].as_array().expect("ops");
+    for op in ["status", "events"] {
+        assert!(ops.iter().any(|o| o["name"] == op), "{op}");
+    }
 }
 both!(
     topics_are_advertised_and_others_refused,
+    crate::subscriptions::fast
+);
+
+/// `$events` answers the kept events in a range, as a notification Bundle at the content
+/// level asked (or the subscription's own).
+async fn past_events_are_answered_by_events(app: TestApp) {
+    let hook = Receiver::start().await;
+    let sub = topic_subscription(
+        "vital-sign-observation",
+        None,
+        "full-resource",
+        &hook.url("/e"),
+    );
+    let id = app.create(&sub).await;
+    wait_status(&app, &id, "active").await;
+    let p = app.create(&patient("Events")).await;
+    let mut obs = Vec::new();
+    for v in [60.0, 61.0, 62.0] {
+        obs.push(app.create(&heart_rate(&p, v)).await);
+    }
+    hook.wait_for(4, WAIT).await;
+    let r = app
+        .get(&format!("Subscription/{id}/$events?eventsSinceNumber=2"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let b = r.json();
+    assert_eq!(b["type"], "history");
+    assert_eq!(kind(&b), "query-event");
+    assert_eq!(
+        param(&b, "events-since-subscription-start")[0]["valueString"],
+        "3"
+    );
+    let numbers: Vec<&str> = param(&b, "notification-event")
+        .iter()
+        .filter_map(|e| e["part"][0]["valueString"].as_str())
+        .collect();
+    assert_eq!(numbers, ["2", "3"]);
+    let ids: Vec<&str> = b["entry"].as_array().expect("entries")[1..]
+        .iter()
+        .filter_map(|e| e["resource"]["id"].as_str())
+        .collect();
+    assert_eq!(ids, [obs[1].as_str(), obs[2].as_str()]);
+    let r = app
+        .get(&format!(
+            "Subscription/{id}/$events?eventsSinceNumber=1&eventsUntilNumber=1&content=id-only"
+        ))
+        .await;
+    let b = r.json();
+    assert_eq!(b["entry"].as_array().map(Vec::len), Some(2));
+    assert!(b["entry"][1].get("resource").is_none(), "{b}");
+    assert!(
+        b["entry"][1]["fullUrl"]
+            .as_str()
+            .is_some_and(|u| u.ends_with(&format!("/Observation/{}", obs[0])))
+    );
+    let r = app
+        .get(&format!("Subscription/{id}/$events?eventsSinceNumber=zero"))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(app.get("Subscription/nope/$events").await.status, 404);
+}
+both!(
+    past_events_are_answered_by_events,
     crate::subscriptions::fast
 );
