@@ -62,6 +62,7 @@ struct Leading {
 enum Action {
     Activate(Box<Subscription>),
     Hold(String),
+    Release(String),
     Discard(String),
 }
 
@@ -233,8 +234,11 @@ impl Leading {
                     self.pending.insert(id.clone(), sub.clone());
                 }
                 let clause = clause(&sub);
-                self.active.insert(id, Matching { sub, clause });
-                None
+                self.active.insert(id.clone(), Matching { sub, clause });
+                // A client may set an `error` subscription back to `active` itself
+                // (http://hl7.org/fhir/uv/subscriptions-backport/STU1.1/errors.html): what
+                // waited goes out first. Nothing is held otherwise, and this changes nothing.
+                Some(Action::Release(id))
             }
             Status::Error => Some(Action::Hold(id)),
             Status::Off => Some(Action::Discard(id)),
@@ -390,6 +394,10 @@ async fn act(sh: &Arc<Shared>, a: Action) -> Result<(), StoreError> {
             }
         }
         Action::Hold(id) => sh.store.hold(&id).await?,
+        Action::Release(id) => {
+            sh.store.release(&id, now_micros()).await?;
+            sh.queued.notify_one();
+        }
         Action::Discard(id) => {
             let n = sh.store.discard(&id).await?;
             if n > 0 {
@@ -488,6 +496,7 @@ async fn settle_statuses(
     let beat: Vec<Subscription> = state
         .active
         .values()
+        .filter(|m| matches!(m.sub.channel, model::Channel::RestHook { .. }))
         .filter_map(|m| {
             let period = m.sub.topic.as_ref()?.heartbeat?;
             let quiet = state.quiet_since.get(&m.sub.id)?;

@@ -275,10 +275,26 @@ async fn a_dead_endpoint_puts_the_subscription_in_error_until_requested_again(ba
     assert_eq!(r.status, 200, "{}", r.text);
     let active = wait_status(&app, &id, "active").await;
     assert!(active.get("error").is_none(), "{active}");
-    let second = app.create(&heart_rate(&p, 81.0)).await;
+    app.create(&heart_rate(&p, 81.0)).await;
     let got = hook.wait_for(2, WAIT).await;
     assert_eq!(events(&got), [1, 2]);
-    let _ = (first, second);
+    assert_eq!(
+        hook.all().iter().filter(|r| r.event_number() == 1).count(),
+        1
+    );
+    // Down again, in error again; this time the client sets it straight back to `active`.
+    hook.down();
+    app.create(&heart_rate(&p, 82.0)).await;
+    let s = wait_status(&app, &id, "error").await;
+    hook.up().await;
+    let mut again = s.clone();
+    again["status"] = json!("active");
+    again.as_object_mut().expect("object").remove("error");
+    let r = app.put(&format!("Subscription/{id}"), &again).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let got = hook.wait_for(3, WAIT).await;
+    assert_eq!(events(&got), [1, 2, 3]);
+    let _ = first;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
