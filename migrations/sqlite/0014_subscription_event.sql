@@ -13,3 +13,7 @@ create table subscription_event (
     primary key (subscription_id, event_number)
 );
 create index subscription_event_time on subscription_event (created_at);
+
+-- Since when a notification has been failing: its retry window runs from here (null: it has
+-- not failed, or its subscription was resumed since), not from when it was queued.
+alter table notification add column failing_since bigint;

@@ -1019,7 +1019,7 @@ async fn subscription_events(
             from,
             to,
             content,
-            |r| ctx.policy.sees_version(r),
+            |r| ctx.policy.may_include(r),
         )
         .await?
         .ok_or_else(|| {

@@ -28,6 +28,8 @@ pub struct Notification {
     /// Deliveries tried, this one included once taken.
     pub attempts: i32,
     pub last_error: Option<String>,
+    /// When its failures began (microseconds); `None` until one fails.
+    pub failing_since: Option<i64>,
 }
 
 /// A subscription's event as kept for `$events`.
@@ -43,7 +45,7 @@ pub struct Event {
 }
 
 const COLUMNS: &str = "id, subscription_id, event_number, res_type, res_id, version_id, method, \
-                       created_at, due_at, attempts, last_error";
+                       created_at, due_at, attempts, last_error, failing_since";
 
 /// The engine's position as stored.
 fn stored(cursor: &ChangeCursor) -> Result<(i64, String), StoreError> {
@@ -235,11 +237,28 @@ impl Store {
         Ok(())
     }
 
-    /// A delivery failed: the notification waits until `due_at`, with the reason kept.
-    pub async fn retry_later(&self, id: i64, due_at: i64, error: &str) -> Result<(), StoreError> {
-        let sql = "update notification set due_at = $2, last_error = $3 where id = $1";
+    /// The notification waits until `due_at` without having failed (its subscription is not
+    /// active yet).
+    pub async fn postpone(&self, id: i64, due_at: i64) -> Result<(), StoreError> {
+        let sql = "update notification set due_at = $2, attempts = attempts - 1 where id = $1";
         on_pool!(self, write, pool => sqlx::query(sql)
-            .bind(id).bind(due_at).bind(error).execute(pool).await.map(|_| ())?);
+            .bind(id).bind(due_at).execute(pool).await.map(|_| ())?);
+        Ok(())
+    }
+
+    /// A delivery failed at `now`: the notification waits until `due_at`, with the reason
+    /// kept and the start of its failures noted.
+    pub async fn retry_later(
+        &self,
+        id: i64,
+        now: i64,
+        due_at: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let sql = "update notification set due_at = $2, last_error = $3, \
+                   failing_since = coalesce(failing_since, $4) where id = $1";
+        on_pool!(self, write, pool => sqlx::query(sql)
+            .bind(id).bind(due_at).bind(error).bind(now).execute(pool).await.map(|_| ())?);
         Ok(())
     }
 
@@ -252,11 +271,27 @@ impl Store {
         Ok(())
     }
 
-    /// Resumes delivery to `subscription` from its first held notification.
+    /// Resumes delivery to `subscription` from its first held notification, with a fresh
+    /// retry window and back-off.
     pub async fn release(&self, subscription: &str, now: i64) -> Result<(), StoreError> {
-        let sql = "update notification set due_at = $2 where subscription_id = $1 and due_at = $3";
+        let sql = "update notification set due_at = $2, attempts = 0, failing_since = null \
+                   where subscription_id = $1 and due_at = $3";
         on_pool!(self, write, pool => sqlx::query(sql)
             .bind(subscription).bind(now).bind(HELD).execute(pool).await.map(|_| ())?);
+        Ok(())
+    }
+
+    /// Forgets everything about a deleted subscription: its queue, its event count and its
+    /// kept events, so that a new subscription with its id starts afresh.
+    pub async fn forget(&self, subscription: &str) -> Result<(), StoreError> {
+        for sql in [
+            "delete from notification where subscription_id = $1",
+            "delete from subscription_events where subscription_id = $1",
+            "delete from subscription_event where subscription_id = $1",
+        ] {
+            on_pool!(self, write, pool => sqlx::query(sql)
+                .bind(subscription).execute(pool).await.map(|_| ())?);
+        }
         Ok(())
     }
 

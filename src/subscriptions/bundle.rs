@@ -161,14 +161,17 @@ pub fn notification(
 }
 
 /// The `$status` answer: a `searchset` of status `Parameters`, one per subscription.
-pub fn status_searchset(base: &str, items: Vec<(&Subscription, Value)>) -> Value {
+pub fn status_searchset(items: Vec<Value>) -> Value {
     let total = items.len();
     let entry: Vec<Value> = items
         .into_iter()
-        .map(|(sub, p)| {
-            let mut e = status_entry(sub, base, p);
-            e["search"] = json!({"mode": "match"});
-            e
+        // A searchset's entries carry no request or response (Bundle invariants bdl-3, bdl-4).
+        .map(|p| {
+            json!({
+                "fullUrl": format!("urn:uuid:{}", p["id"].as_str().unwrap_or_default()),
+                "resource": p,
+                "search": {"mode": "match"}
+            })
         })
         .collect();
     json!({

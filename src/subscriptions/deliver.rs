@@ -97,17 +97,19 @@ async fn try_deliver(sh: &Shared, n: &Notification) -> Result<(), StoreError> {
         Some(s) if s.status == Status::Active => s,
         Some(s) if s.status == Status::Requested => {
             // Not yet active again: try once it is.
-            let due = now_micros() + 1_000_000;
-            return store
-                .retry_later(n.id, due, "subscription not active yet")
-                .await;
+            return store.postpone(n.id, now_micros() + 1_000_000).await;
         }
         Some(s) if s.status == Status::Error => return store.hold(&s.id).await,
         // Off or deleted: nothing more goes out.
         _ => return store.discard(&n.subscription_id).await.map(|_| ()),
     };
     let started = std::time::Instant::now();
-    match send(sh, &sub, n).await {
+    // No send outlives the lease the notification was taken under (timeout + 5 s): a
+    // subscription's own timeout is capped by the server's, and so is an SMTP conversation.
+    let sent = tokio::time::timeout(sh.config.timeout, send(sh, &sub, n))
+        .await
+        .unwrap_or_else(|_| Err("the endpoint did not answer in time".into()));
+    match sent {
         Ok(()) => {
             tracing::debug!(
                 subscription = %sub.id,
@@ -119,7 +121,8 @@ async fn try_deliver(sh: &Shared, n: &Notification) -> Result<(), StoreError> {
         }
         Err(reason) => {
             let now = now_micros();
-            let failing_for = Duration::from_micros((now - n.created_at).max(0) as u64);
+            let since = n.failing_since.unwrap_or(now);
+            let failing_for = Duration::from_micros((now - since).max(0) as u64);
             tracing::info!(
                 subscription = %sub.id,
                 event = n.event_number,
@@ -134,24 +137,28 @@ async fn try_deliver(sh: &Shared, n: &Notification) -> Result<(), StoreError> {
                     n.attempts,
                     failing_for.as_secs()
                 );
-                store
-                    .retry_later(n.id, crate::store::notify::HELD, &reason)
-                    .await?;
-                store.hold(&sub.id).await?;
-                super::engine::set_status(
+                // The status first: only a subscription that is now in `error` has its
+                // notifications held (a client's newer version decides otherwise).
+                if super::engine::set_status(
                     store,
                     &sub.id,
                     sub.version_id,
                     Status::Error,
                     Some(&why),
                 )
-                .await?;
-                tracing::warn!(subscription = %sub.id, "subscription in error: deliveries stopped");
-                return Ok(());
+                .await?
+                {
+                    store
+                        .retry_later(n.id, now, crate::store::notify::HELD, &reason)
+                        .await?;
+                    store.hold(&sub.id).await?;
+                    tracing::warn!(subscription = %sub.id, "subscription in error: deliveries stopped");
+                    return Ok(());
+                }
             }
             let wait = backoff(&sh.config, n.attempts, rand::random::<f64>());
             store
-                .retry_later(n.id, now + wait.as_micros() as i64, &reason)
+                .retry_later(n.id, now, now + wait.as_micros() as i64, &reason)
                 .await
         }
     }
@@ -293,7 +300,8 @@ fn signed(
 pub(super) async fn execute(sh: &Shared, sub: &Subscription, req: Request) -> Result<(), String> {
     let mut builder = sh.http.request(req.method, &req.url);
     if let Some(t) = sub.timeout {
-        builder = builder.timeout(Duration::from_secs(u64::from(t)));
+        // Shorter than the server's own, never longer (the claim lease is built on it).
+        builder = builder.timeout(Duration::from_secs(u64::from(t)).min(sh.config.timeout));
     }
     for (name, value) in &req.headers {
         builder = builder.header(name, value);
@@ -442,6 +450,7 @@ mod tests {
             due_at: 0,
             attempts: 1,
             last_error: None,
+            failing_since: None,
         }
     }
 

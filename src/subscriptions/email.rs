@@ -200,6 +200,7 @@ mod tests {
             due_at: 0,
             attempts: 1,
             last_error: None,
+            failing_since: None,
         }
     }
 

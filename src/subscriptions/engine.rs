@@ -64,6 +64,7 @@ enum Action {
     Hold(String),
     Release(String),
     Discard(String),
+    Forget(String),
 }
 
 pub(super) async fn run(sh: Arc<Shared>) {
@@ -146,7 +147,6 @@ async fn step(sh: &Arc<Shared>, leading: &mut Option<Leading>) -> Result<bool, S
             }
             Err(e) => return Err(e),
         }
-        state.cursor = to;
         if !matched.is_empty() {
             sh.queued.notify_one();
             let now = Instant::now();
@@ -157,6 +157,8 @@ async fn step(sh: &Arc<Shared>, leading: &mut Option<Leading>) -> Result<bool, S
             }
         }
     }
+    // Also when nothing was stored: the gaps' settling notes live in the cursor.
+    state.cursor = to;
     for a in actions {
         act(sh, a).await?;
     }
@@ -173,7 +175,7 @@ async fn step(sh: &Arc<Shared>, leading: &mut Option<Leading>) -> Result<bool, S
 }
 
 /// Becomes the leader: the stored position and the subscriptions as they are now.
-async fn lead(sh: &Shared) -> Result<Leading, StoreError> {
+async fn lead(sh: &Arc<Shared>) -> Result<Leading, StoreError> {
     let cursor = sh.store.engine_cursor().await?.unwrap_or_default();
     let mut state = Leading {
         cursor,
@@ -191,8 +193,14 @@ async fn lead(sh: &Shared) -> Result<Leading, StoreError> {
             .await?;
         let last = page.len() < 200;
         for v in page.iter().filter(|v| v.ty == "Subscription") {
-            if let Some(content) = &v.content {
-                state.take(content, &sh.config.base);
+            // What an earlier leader may not have done before it stopped (release, hold,
+            // discard) is done again; each is idempotent.
+            if let Some(a) = v
+                .content
+                .as_deref()
+                .and_then(|c| state.take(c, &sh.config.base))
+            {
+                act(sh, a).await?;
             }
         }
         match page.last() {
@@ -240,7 +248,12 @@ impl Leading {
                 // waited goes out first. Nothing is held otherwise, and this changes nothing.
                 Some(Action::Release(id))
             }
-            Status::Error => Some(Action::Hold(id)),
+            Status::Error => {
+                if sub.end.is_some() {
+                    self.pending.insert(id.clone(), sub);
+                }
+                Some(Action::Hold(id))
+            }
             Status::Off => Some(Action::Discard(id)),
         }
     }
@@ -251,7 +264,7 @@ impl Leading {
             self.active.remove(&c.res_id);
             self.pending.remove(&c.res_id);
             self.quiet_since.remove(&c.res_id);
-            return Some(Action::Discard(c.res_id.clone()));
+            return Some(Action::Forget(c.res_id.clone()));
         }
         self.take(c.content.as_deref()?, base)
     }
@@ -398,6 +411,7 @@ async fn act(sh: &Arc<Shared>, a: Action) -> Result<(), StoreError> {
             sh.store.release(&id, now_micros()).await?;
             sh.queued.notify_one();
         }
+        Action::Forget(id) => sh.store.forget(&id).await?,
         Action::Discard(id) => {
             let n = sh.store.discard(&id).await?;
             if n > 0 {

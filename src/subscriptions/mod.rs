@@ -129,25 +129,17 @@ pub async fn status_bundle(
             continue;
         };
         let events = store.event_count(&sub.id).await?;
-        let error = value["error"].as_str().map(str::to_owned);
-        items.push((sub, events, error));
+        items.push(bundle::status(
+            &sub,
+            base,
+            sub.status,
+            bundle::Kind::QueryStatus,
+            events,
+            &[],
+            value["error"].as_str(),
+        ));
     }
-    let list = items
-        .iter()
-        .map(|(sub, events, error)| {
-            let p = bundle::status(
-                sub,
-                base,
-                sub.status,
-                bundle::Kind::QueryStatus,
-                *events,
-                &[],
-                error.as_deref(),
-            );
-            (sub, p)
-        })
-        .collect();
-    Ok(bundle::status_searchset(base, list))
+    Ok(bundle::status_searchset(items))
 }
 
 /// The most events one `$events` answer holds.

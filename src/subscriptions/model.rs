@@ -420,7 +420,8 @@ fn channel(c: &Value) -> Result<Channel, Vec<Invalid>> {
                     Some(pair) => headers.push(pair),
                     None => problems.push(invalid(
                         &format!("channel.header[{i}]"),
-                        "a header is `Name: value` with a valid HTTP header name and value",
+                        "a header is `Name: value` with a valid HTTP name and value, and not one the \
+                         server sets itself (Host, Content-Length, Content-Type, ...)",
                     )),
                 }
             }
@@ -467,7 +468,22 @@ pub fn header(raw: &str) -> Option<(String, String)> {
     let valid_value = value
         .bytes()
         .all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
-    (valid_name && valid_value).then(|| (name.to_owned(), value.to_owned()))
+    // The server frames the request itself: a channel header may not redirect or reframe it.
+    let framing = [
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "te",
+        "trailer",
+        "keep-alive",
+        "proxy-authorization",
+        "content-type",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h));
+    (valid_name && valid_value && !framing).then(|| (name.to_owned(), value.to_owned()))
 }
 
 /// `local@domain` without spaces, brackets or a second `@` (RFC 5322's addr-spec, less its
@@ -647,6 +663,8 @@ mod tests {
             Some(("X-Url".into(), "https://a.example:8443/x".into()))
         );
         assert_eq!(header("Bad Name: v"), None);
+        assert_eq!(header("Host: internal.example"), None);
+        assert_eq!(header("content-length: 0"), None);
         assert_eq!(header("X-Line: a\nb"), None);
         assert_eq!(header("novalue"), None);
     }

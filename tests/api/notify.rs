@@ -101,7 +101,7 @@ async fn notifications_are_taken_in_order_one_at_a_time(app: TestApp) {
     // a-1 delivered, b-1 failed and waits for its retry: a-2 is next, b-2 waits behind b-1.
     store.delivered(got[0].id).await.expect("delivered");
     store
-        .retry_later(got[1].id, now + 5_000, "HTTP 503")
+        .retry_later(got[1].id, now, now + 5_000, "HTTP 503")
         .await
         .expect("retry");
     let got = store.claim(now + 1, LEASE, 10).await.expect("claim");
@@ -110,6 +110,17 @@ async fn notifications_are_taken_in_order_one_at_a_time(app: TestApp) {
     assert_eq!(taken(&got), [("sub-b".into(), 1, "o1".into())]);
     assert_eq!(got[0].attempts, 2);
     assert_eq!(got[0].last_error.as_deref(), Some("HTTP 503"));
+    assert_eq!(
+        got[0].failing_since,
+        Some(now),
+        "its retry window runs from its first failure"
+    );
+    // Released (its subscription resumed): a fresh window and back-off.
+    store.hold("sub-b").await.expect("hold");
+    store.release("sub-b", now + 6_000).await.expect("release");
+    let got = store.claim(now + 6_000, LEASE, 10).await.expect("claim");
+    assert_eq!(taken(&got), [("sub-b".into(), 1, "o1".into())]);
+    assert_eq!((got[0].attempts, got[0].failing_since), (1, None));
     store.close().await;
 }
 both!(

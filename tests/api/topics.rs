@@ -365,6 +365,31 @@ async fn past_events_are_answered_by_events(app: TestApp) {
         .await;
     assert_eq!(r.status, 400, "{}", r.text);
     assert_eq!(app.get("Subscription/nope/$events").await.status, 404);
+    // Deleted, then created again under the same id: it starts afresh, with none of the
+    // old subscription's events.
+    assert_eq!(app.delete(&format!("Subscription/{id}")).await.status, 204);
+    let mut again = sub.clone();
+    again["id"] = json!(id);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        // The engine forgets the deleted one's events right after the delete.
+        let r = app.get("Subscription/$status").await;
+        if r.json()["total"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = app.put(&format!("Subscription/{id}"), &again).await;
+    assert!(r.status == 200 || r.status == 201, "{}", r.text);
+    wait_status(&app, &id, "active").await;
+    let b = app.get(&format!("Subscription/{id}/$events")).await.json();
+    assert_eq!(
+        param(&b, "events-since-subscription-start")[0]["valueString"],
+        "0"
+    );
+    assert!(param(&b, "notification-event").is_empty(), "{b}");
 }
 both!(
     past_events_are_answered_by_events,
