@@ -143,12 +143,12 @@ async fn admit(
     resource: &mut Value,
 ) -> Result<(), ApiError> {
     let base = policy.base();
-    if ty.as_str() == "Subscription" {
-        check_subscription(resource, base, id.is_none())?;
-    }
+    let subscription = ty.as_str() == "Subscription";
     let named = tenancy::named_org(ty.as_str(), resource, base);
-    // Admins need the current version only to keep an owner nothing in the body gives.
+    // Admins need the current version only to keep an owner nothing in the body gives, and
+    // to tell a new Subscription (a create, also by PUT) from a changed one.
     let need_current = !policy.unrestricted()
+        || subscription
         || (named.is_none()
             && tenancy::linked(ty.as_str(), resource, base).is_none()
             && tenancy::owner_of(resource).is_none());
@@ -161,6 +161,9 @@ async fn admit(
             .map_err(ApiError::internal)?,
         _ => None,
     };
+    if subscription {
+        check_subscription(resource, base, current.is_none())?;
+    }
     let linked = match (&named, tenancy::linked(ty.as_str(), resource, base)) {
         (None, Some(target)) => linked_owner(look, policy, target).await?,
         _ => None,

@@ -207,6 +207,12 @@ async fn subscriptions_the_server_cannot_serve_are_refused(app: TestApp) {
         let issues = r.outcome_issues();
         assert_eq!(issues[0]["expression"][0], expression, "{}", r.text);
     }
+    // A PUT that creates one is a create too: no making itself active.
+    let mut put = ok.clone();
+    put["id"] = json!("made-active");
+    put["status"] = json!("active");
+    let r = app.put("Subscription/made-active", &put).await;
+    assert_eq!(r.status, 422, "{}", r.text);
     // `off` is a client's to choose, and stays off.
     let mut off = ok.clone();
     off["status"] = json!("off");
