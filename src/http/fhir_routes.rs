@@ -951,6 +951,23 @@ async fn subscription_status(State(state): State<AppState>, ctx: Ctx) -> Respons
     ctx.respond(result)
 }
 
+/// The current Subscription `id` when the caller may read it; 404 otherwise (existence does
+/// not leak).
+async fn readable_subscription(
+    state: &AppState,
+    ctx: &Ctx,
+    id: &str,
+) -> Result<crate::store::Version, ApiError> {
+    let ty = parse_type("Subscription")?;
+    ctx.policy.check(ty.as_str(), Perm::Read)?;
+    let missing = || ApiError::NotFound(format!("Subscription/{id} is not known"));
+    let rid = ResourceId::parse(id).ok_or_else(missing)?;
+    match rest::current_for(&mut Lookup::Store(&state.store), &ctx.policy, ty, &rid).await? {
+        Some(v) if !v.is_deleted() => Ok(v),
+        _ => Err(missing()),
+    }
+}
+
 /// `Subscription/[id]/$status`: that subscription's status (404 when the caller may not read it).
 async fn subscription_status_of(
     State(state): State<AppState>,
@@ -958,16 +975,7 @@ async fn subscription_status_of(
     ctx: Ctx,
 ) -> Response {
     let result = async {
-        let ty = parse_type("Subscription")?;
-        ctx.policy.check(ty.as_str(), Perm::Read)?;
-        let missing = || ApiError::NotFound(format!("Subscription/{id} is not known"));
-        let rid = ResourceId::parse(&id).ok_or_else(missing)?;
-        let v = match rest::current_for(&mut Lookup::Store(&state.store), &ctx.policy, ty, &rid)
-            .await?
-        {
-            Some(v) if !v.is_deleted() => v,
-            _ => return Err(missing()),
-        };
+        let v = readable_subscription(&state, &ctx, &id).await?;
         let bundle = crate::subscriptions::status_bundle(&state.store, &ctx.base, &[v]).await?;
         Ok(FhirResponse::new(StatusCode::OK, Payload::Value(bundle)))
     }
@@ -983,16 +991,7 @@ async fn subscription_events(
     ctx: Ctx,
 ) -> Response {
     let result = async {
-        let ty = parse_type("Subscription")?;
-        ctx.policy.check(ty.as_str(), Perm::Read)?;
-        let missing = || ApiError::NotFound(format!("Subscription/{id} is not known"));
-        let rid = ResourceId::parse(&id).ok_or_else(missing)?;
-        let v = match rest::current_for(&mut Lookup::Store(&state.store), &ctx.policy, ty, &rid)
-            .await?
-        {
-            Some(v) if !v.is_deleted() => v,
-            _ => return Err(missing()),
-        };
+        let v = readable_subscription(&state, &ctx, &id).await?;
         let number = |name: &str| -> Result<Option<i64>, ApiError> {
             ctx.params
                 .iter()

@@ -197,6 +197,16 @@ pub struct Request {
     pub body: Vec<u8>,
 }
 
+/// The endpoint and payload format of a rest-hook subscription.
+fn rest_hook(sub: &Subscription) -> Result<(&url::Url, &Option<Format>), String> {
+    match &sub.channel {
+        Channel::RestHook {
+            endpoint, payload, ..
+        } => Ok((endpoint, payload)),
+        Channel::Email { .. } => Err("not a rest-hook subscription".into()),
+    }
+}
+
 /// The request for notification `n` of an R4 criteria-based `sub`; `resource` is the version's
 /// JSON when the subscription asks for a payload.
 pub fn rest_hook_request(
@@ -204,12 +214,7 @@ pub fn rest_hook_request(
     n: &Notification,
     resource: Option<&str>,
 ) -> Result<Request, String> {
-    let Channel::RestHook {
-        endpoint, payload, ..
-    } = &sub.channel
-    else {
-        return Err("not a rest-hook subscription".into());
-    };
+    let (endpoint, payload) = rest_hook(sub)?;
     let at_resource = || {
         format!(
             "{}/{}/{}",
@@ -246,12 +251,7 @@ pub fn bundle_request(
     event: Option<i64>,
     bundle: &Value,
 ) -> Result<Request, String> {
-    let Channel::RestHook {
-        endpoint, payload, ..
-    } = &sub.channel
-    else {
-        return Err("not a rest-hook subscription".into());
-    };
+    let (endpoint, payload) = rest_hook(sub)?;
     let format = payload.unwrap_or(Format::Json);
     let body = render(format, &bundle.to_string())?;
     Ok(signed(
