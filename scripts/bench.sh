@@ -13,35 +13,15 @@ BACKENDS=${BACKENDS:-"postgres sqlite"}
 SCENARIOS=${SCENARIOS:-read,create,update,delete,mixed}
 DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-32}
-PG_ADMIN=${VB_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 PORT=${PORT:-18090}
 
-cargo build --release --quiet
-# The server creates this admin client at start; the bench obtains its tokens with it.
-export VB_BENCH_CLIENT_ID=bench VB_BENCH_CLIENT_SECRET="${BENCH_SECRET:=bench-$RANDOM$RANDOM}"
-bin=target/release/vitalbridge
+source scripts/bench-lib.sh
 out=target/bench
 mkdir -p "$out"
 
 for backend in $BACKENDS; do
-  case $backend in
-    postgres)
-      db=vb_bench_$$
-      psql "$PG_ADMIN" -qc "drop database if exists $db" -c "create database $db" >/dev/null
-      url="${PG_ADMIN%/*}/$db" ;;
-    sqlite)
-      dir=$(mktemp -d)
-      url="sqlite://$dir/bench.db" ;;
-    *) echo "unknown backend $backend" >&2; exit 2 ;;
-  esac
-  VB_LOG=warn VB_BOOTSTRAP_CLIENT_ID=bench VB_BOOTSTRAP_CLIENT_SECRET="$BENCH_SECRET" DATABASE_URL="$url" "$bin" serve --listen "127.0.0.1:$PORT" &
-  pid=$!
-  trap 'kill $pid 2>/dev/null || true' EXIT
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
-  echo "== $backend ($(nproc) cores, $(git rev-parse --short HEAD))"
+  bench_start "$backend"
   "$bin" bench --base-url "http://127.0.0.1:$PORT/fhir" --clients "$CLIENTS" --duration "$DURATION" \
     --scenarios "$SCENARIOS" --json "$out/$backend.json"
-  kill $pid; wait $pid 2>/dev/null || true
-  trap - EXIT
-  if [ "$backend" = postgres ]; then psql "$PG_ADMIN" -qc "drop database if exists $db" >/dev/null; fi
+  bench_stop "$backend"
 done

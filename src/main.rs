@@ -106,6 +106,12 @@ enum Command {
         /// Days each Subscription event is kept for Subscription/$events
         #[arg(long, env = "VB_SUBSCRIPTION_EVENTS_DAYS", default_value_t = 7)]
         subscription_events_days: u32,
+        /// Networks a rest-hook endpoint may be in besides public addresses: `10.20.0.0/16,
+        /// 127.0.0.1`, or `any`. Private, loopback and link-local addresses are refused by
+        /// default, so a client cannot make the server call into its own network
+        #[arg(long, env = "VB_SUBSCRIPTION_ALLOW_NETWORKS", default_value = "",
+              value_parser = vitalbridge::subscriptions::egress::Egress::parse)]
+        subscription_allow_networks: vitalbridge::subscriptions::egress::Egress,
         /// SMTP relay of the Subscription email channel: smtp://user:password@host:587?tls=required
         /// (STARTTLS), smtps://user:password@host:465 (TLS), or smtp://host:25 (a local relay)
         #[arg(long, env = "VB_SMTP_URL", hide_env_values = true)]
@@ -315,6 +321,7 @@ async fn run() -> std::process::ExitCode {
             subscription_timeout_secs,
             subscriptions,
             subscription_events_days,
+            subscription_allow_networks,
             smtp_url,
             smtp_from,
             smtp_ca_file,
@@ -365,6 +372,7 @@ async fn run() -> std::process::ExitCode {
                     retry_for: std::time::Duration::from_secs(subscription_retry_secs),
                     backoff: std::time::Duration::from_millis(subscription_backoff_ms.max(1)),
                     timeout: std::time::Duration::from_secs(subscription_timeout_secs.max(1)),
+                    egress: subscription_allow_networks,
                     smtp: smtp_url.map(|url| vitalbridge::subscriptions::email::SmtpConfig {
                         url,
                         from: smtp_from,

@@ -147,6 +147,42 @@ const COLUMNS: &str =
     "c.seq, c.res_type, c.res_id, c.version_id, c.method, c.recorded_at, h.content";
 
 impl Store {
+    /// The resources of type `ty` changed after `cursor` (not yet read through it), each with
+    /// the first such change's version: as of the cursor, each was at the version before.
+    pub async fn changed_after(
+        &self,
+        cursor: &ChangeCursor,
+        ty: &str,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let gaps: Vec<i64> = cursor.open_gaps().collect();
+        let sql = format!(
+            "select res_id, min(version_id) from change_log where res_type = $3 \
+             and (seq >= $1 or seq in (select value from {})) group by res_id",
+            match self {
+                Store::Pg { .. } => "unnest($2::int8[]) as g(value)",
+                Store::Sqlite { .. } => "json_each($2)",
+            }
+        );
+        Ok(match self {
+            Store::Pg { pool, .. } => {
+                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(cursor.next)
+                    .bind(&gaps)
+                    .bind(ty)
+                    .fetch_all(pool)
+                    .await?
+            }
+            Store::Sqlite { read, .. } => {
+                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(cursor.next)
+                    .bind(serde_json::to_string(&gaps)?)
+                    .bind(ty)
+                    .fetch_all(read)
+                    .await?
+            }
+        })
+    }
+
     /// The next committed changes after `cursor`, at most `limit`, in `seq` order (a late
     /// commit's change comes when it becomes visible); moves the cursor past them.
     pub async fn read_changes(

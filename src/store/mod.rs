@@ -270,9 +270,14 @@ impl Store {
                 // https://www.sqlite.org/pragma.html#pragma_synchronous
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true)
-                // 64 MiB of page cache per connection instead of 2 MiB.
-                .pragma("cache_size", "-65536");
+                // SQLite's default page cache (2 MiB per connection), not a large one: a
+                // connection drops its whole cache whenever another connection has committed
+                // (https://www.sqlite.org/wal.html#concurrency), and every commit truncates the
+                // writer's, each time walking the cache's hash table. With 64 MiB caches that
+                // walk took a fifth of the writer's time under creates, and reads ran at 12,300
+                // req/s instead of 17,900 (perf, scripts/bench.sh, 2026-12-02). The operating
+                // system's page cache keeps the file's pages across both.
+                .foreign_keys(true);
             if let Some(parent) = std::path::Path::new(options.get_filename()).parent()
                 && !parent.as_os_str().is_empty()
             {

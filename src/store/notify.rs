@@ -281,6 +281,39 @@ impl Store {
         Ok(())
     }
 
+    /// [`Store::release`] of several subscriptions in one statement (a new leader releases
+    /// every active one).
+    pub async fn release_all(&self, subscriptions: &[String], now: i64) -> Result<(), StoreError> {
+        if subscriptions.is_empty() {
+            return Ok(());
+        }
+        let sql = |list: &str| {
+            format!(
+                "update notification set due_at = $2, attempts = 0, failing_since = null \
+                 where due_at = $3 and subscription_id in (select value from {list})"
+            )
+        };
+        match self {
+            Store::Pg { pool, .. } => {
+                sqlx::query(sqlx::AssertSqlSafe(sql("unnest($1::text[]) as s(value)")))
+                    .bind(subscriptions)
+                    .bind(now)
+                    .bind(HELD)
+                    .execute(pool)
+                    .await?;
+            }
+            Store::Sqlite { write, .. } => {
+                sqlx::query(sqlx::AssertSqlSafe(sql("json_each($1)")))
+                    .bind(serde_json::to_string(subscriptions)?)
+                    .bind(now)
+                    .bind(HELD)
+                    .execute(write)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Forgets everything about a deleted subscription: its queue, its event count and its
     /// kept events, so that a new subscription with its id starts afresh.
     pub async fn forget(&self, subscription: &str) -> Result<(), StoreError> {

@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use super::bundle;
+use super::egress;
 use super::model::{self, Channel, Content, Format, Status, Subscription};
 use super::{Config, Shared};
 use crate::fhir::types::{ResourceId, ResourceType};
@@ -119,7 +120,7 @@ async fn try_deliver(sh: &Shared, n: &Notification) -> Result<(), StoreError> {
             );
             store.delivered(n.id).await
         }
-        Err(reason) => {
+        Err(Failure { reason, permanent }) => {
             let now = now_micros();
             let since = n.failing_since.unwrap_or(now);
             let failing_for = Duration::from_micros((now - since).max(0) as u64);
@@ -130,13 +131,17 @@ async fn try_deliver(sh: &Shared, n: &Notification) -> Result<(), StoreError> {
                 reason = %reason,
                 "notification not delivered"
             );
-            if failing_for >= sh.config.retry_for {
-                let why = format!(
-                    "notification {} undelivered after {} attempts over {} s: {reason}",
-                    n.event_number,
-                    n.attempts,
-                    failing_for.as_secs()
-                );
+            if failing_for >= sh.config.retry_for || permanent {
+                let why = if permanent {
+                    format!("notification {} not delivered: {reason}", n.event_number)
+                } else {
+                    format!(
+                        "notification {} undelivered after {} attempts over {} s: {reason}",
+                        n.event_number,
+                        n.attempts,
+                        failing_for.as_secs()
+                    )
+                };
                 // The status first: only a subscription that is now in `error` has its
                 // notifications held (a client's newer version decides otherwise).
                 if super::engine::set_status(
@@ -296,9 +301,50 @@ fn signed(
     }
 }
 
+/// Why a notification was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: String,
+    /// Trying again cannot help (the endpoint's address is not allowed): the subscription
+    /// goes to `error` at once.
+    pub permanent: bool,
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Failure {
+        Failure {
+            reason,
+            permanent: false,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(reason: &str) -> Failure {
+        Failure::from(reason.to_owned())
+    }
+}
+
+impl From<egress::Refused> for Failure {
+    fn from(r: egress::Refused) -> Failure {
+        Failure {
+            reason: r.to_string(),
+            permanent: true,
+        }
+    }
+}
+
 /// Sends `req` within the subscription's timeout; the reason when it was not taken.
-pub(super) async fn execute(sh: &Shared, sub: &Subscription, req: Request) -> Result<(), String> {
-    let mut builder = sh.http.request(req.method, &req.url);
+pub(super) async fn execute(sh: &Shared, sub: &Subscription, req: Request) -> Result<(), Failure> {
+    // An IP literal is never resolved, so the egress rule is applied to it here; a name's
+    // addresses are filtered by the client's resolver (`egress::Resolver`).
+    let url = url::Url::parse(&req.url).map_err(|_| "the endpoint URL is not valid")?;
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => sh.config.egress.check(ip.into())?,
+        Some(url::Host::Ipv6(ip)) => sh.config.egress.check(ip.into())?,
+        _ => {}
+    }
+    let mut builder = sh.http.request(req.method, url);
     if let Some(t) = sub.timeout {
         // Shorter than the server's own, never longer (the claim lease is built on it).
         builder = builder.timeout(Duration::from_secs(u64::from(t)).min(sh.config.timeout));
@@ -311,7 +357,7 @@ pub(super) async fn execute(sh: &Shared, sub: &Subscription, req: Request) -> Re
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("the endpoint answered HTTP {}", status.as_u16()))
+        Err(format!("the endpoint answered HTTP {}", status.as_u16()).into())
     }
 }
 
@@ -329,7 +375,7 @@ fn render(format: Format, json: &str) -> Result<Vec<u8>, String> {
 }
 
 /// Sends the notification; the reason when it was not taken.
-async fn send(sh: &Shared, sub: &Subscription, n: &Notification) -> Result<(), String> {
+async fn send(sh: &Shared, sub: &Subscription, n: &Notification) -> Result<(), Failure> {
     let content = sub.topic.as_ref().map(|t| t.content);
     let wants_resource = match (&sub.channel, content) {
         (_, Some(c)) => c == Content::FullResource,
@@ -394,20 +440,24 @@ async fn send(sh: &Shared, sub: &Subscription, n: &Notification) -> Result<(), S
                 (Some(f), Some(json)) => Some((*f, render(*f, json)?)),
                 _ => None,
             };
-            mailer.send(sub, to, n, attachment).await
+            Ok(mailer.send(sub, to, n, attachment).await?)
         }
     }
 }
 
 /// A transport failure in a few words, without the URL (it may carry a token).
-fn describe(e: reqwest::Error) -> String {
-    if e.is_timeout() {
-        "the endpoint did not answer in time".into()
-    } else if e.is_connect() {
-        "cannot connect to the endpoint".into()
-    } else {
-        "the request to the endpoint failed".into()
+fn describe(e: reqwest::Error) -> Failure {
+    if let Some(r) = egress::refusal(&e) {
+        return r.clone().into();
     }
+    let reason = if e.is_timeout() {
+        "the endpoint did not answer in time"
+    } else if e.is_connect() {
+        "cannot connect to the endpoint"
+    } else {
+        "the request to the endpoint failed"
+    };
+    reason.into()
 }
 
 #[cfg(test)]

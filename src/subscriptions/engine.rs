@@ -61,6 +61,8 @@ struct Leading {
 /// What happens to a subscription after its change is matched.
 enum Action {
     Activate(Box<Subscription>),
+    /// An active subscription's new endpoint is handshaken before it gets anything.
+    Handshake(Box<Subscription>),
     Hold(String),
     Release(String),
     Discard(String),
@@ -148,6 +150,15 @@ async fn step(sh: &Arc<Shared>, leading: &mut Option<Leading>) -> Result<bool, S
             Err(e) => return Err(e),
         }
         if !matched.is_empty() {
+            // Queued after a handshake began: held with what is already waiting.
+            let handshaking = sh.handshaking.lock().await;
+            let mut held = std::collections::HashSet::new();
+            for (id, _) in &matched {
+                if handshaking.contains(id) && held.insert(id) {
+                    store.hold(id).await?;
+                }
+            }
+            drop(handshaking);
             sh.queued.notify_one();
             let now = Instant::now();
             for (id, _) in &matched {
@@ -174,9 +185,19 @@ async fn step(sh: &Arc<Shared>, leading: &mut Option<Leading>) -> Result<bool, S
     Ok(changes.len() as i64 == BATCH)
 }
 
-/// Becomes the leader: the stored position and the subscriptions as they are now.
+/// Becomes the leader: the stored position and the subscriptions as of that position, so that
+/// the changes still to be read are matched against the subscriptions of their time (a
+/// Subscription created after a change, but before a leader's crash, does not match it).
 async fn lead(sh: &Arc<Shared>) -> Result<Leading, StoreError> {
-    let cursor = sh.store.engine_cursor().await?.unwrap_or_default();
+    let store = &sh.store;
+    let cursor = store.engine_cursor().await?.unwrap_or_default();
+    // Those changed after the cursor were, as of it, at the version before their first change
+    // there (none: not yet created); the log brings the rest.
+    let mut at_cursor: HashMap<String, i64> = store
+        .changed_after(&cursor, "Subscription")
+        .await?
+        .into_iter()
+        .collect();
     let mut state = Leading {
         cursor,
         active: HashMap::new(),
@@ -185,22 +206,17 @@ async fn lead(sh: &Arc<Shared>) -> Result<Leading, StoreError> {
         renewed: Instant::now(),
         purged: None,
     };
+    let mut versions = Vec::new();
     let mut after = String::new();
     loop {
-        let page = sh
-            .store
+        let page = store
             .scan_current(Some(("Subscription", &after)), 200)
             .await?;
         let last = page.len() < 200;
         for v in page.iter().filter(|v| v.ty == "Subscription") {
-            // What an earlier leader may not have done before it stopped (release, hold,
-            // discard) is done again; each is idempotent.
-            if let Some(a) = v
-                .content
-                .as_deref()
-                .and_then(|c| state.take(c, &sh.config.base))
-            {
-                act(sh, a).await?;
+            match at_cursor.remove(&v.id) {
+                None => versions.push(v.content.clone()),
+                Some(first) => versions.push(version_before(store, &v.id, first).await?),
             }
         }
         match page.last() {
@@ -208,11 +224,46 @@ async fn lead(sh: &Arc<Shared>) -> Result<Leading, StoreError> {
             _ => break,
         }
     }
+    // Deleted since the cursor.
+    for (id, first) in at_cursor {
+        versions.push(version_before(store, &id, first).await?);
+    }
+    // What an earlier leader may not have done before it stopped (release, hold, discard) is
+    // done again; each is idempotent. Releases go in one statement: every active one has one.
+    let mut released = Vec::new();
+    for content in versions.iter().flatten() {
+        match state.take(content, &sh.config.base) {
+            Some(Action::Release(id)) => released.push(id),
+            Some(a) => act(sh, a).await?,
+            None => {}
+        }
+    }
+    store.release_all(&released, now_micros()).await?;
+    sh.queued.notify_one();
     tracing::info!(
         active = state.active.len(),
         "subscriptions: this process matches the change log"
     );
     Ok(state)
+}
+
+/// Subscription `id`'s content at the version before `version` (none before the first, or
+/// when that was a delete).
+async fn version_before(
+    store: &Store,
+    id: &str,
+    version: i64,
+) -> Result<Option<String>, StoreError> {
+    let (Some(ty), Some(rid)) = (ResourceType::parse("Subscription"), ResourceId::parse(id)) else {
+        return Ok(None);
+    };
+    if version < 2 {
+        return Ok(None);
+    }
+    Ok(store
+        .vread(ty, &rid, version - 1)
+        .await?
+        .and_then(|v| v.content))
 }
 
 impl Leading {
@@ -223,7 +274,7 @@ impl Leading {
             .ok()
             .and_then(|v| model::read(&v, base).ok())?;
         let id = sub.id.clone();
-        self.active.remove(&id);
+        let before = self.active.remove(&id);
         self.pending.remove(&id);
         self.quiet_since.remove(&id);
         match sub.status {
@@ -241,7 +292,17 @@ impl Leading {
                 if sub.end.is_some() {
                     self.pending.insert(id.clone(), sub.clone());
                 }
+                // A topic-based rest-hook subscription whose client moved it to another
+                // endpoint has that endpoint's handshake first; nothing goes there before.
+                let moved = sub.topic.is_some()
+                    && before.is_some_and(|b| endpoint(&b.sub) != endpoint(&sub))
+                    && matches!(sub.channel, model::Channel::RestHook { .. });
                 let clause = clause(&sub);
+                if moved {
+                    let again = Box::new(sub.clone());
+                    self.active.insert(id, Matching { sub, clause });
+                    return Some(Action::Handshake(again));
+                }
                 self.active.insert(id.clone(), Matching { sub, clause });
                 // A client may set an `error` subscription back to `active` itself
                 // (http://hl7.org/fhir/uv/subscriptions-backport/STU1.1/errors.html): what
@@ -329,6 +390,14 @@ impl Leading {
     }
 }
 
+/// Where a subscription's notifications go.
+fn endpoint(sub: &Subscription) -> &str {
+    match &sub.channel {
+        model::Channel::RestHook { endpoint, .. } => endpoint.as_str(),
+        model::Channel::Email { to, .. } => to,
+    }
+}
+
 /// The version before the change's, if any.
 async fn previous_version(store: &Store, c: &Change) -> Result<Option<Value>, StoreError> {
     // A delete's content is already the version it deleted; a first version has none before.
@@ -406,6 +475,12 @@ async fn act(sh: &Arc<Shared>, a: Action) -> Result<(), StoreError> {
                 tracing::info!(subscription = %sub.id, "subscription active");
             }
         }
+        Action::Handshake(sub) => {
+            let mut handshaking = sh.handshaking.lock().await;
+            sh.store.hold(&sub.id).await?;
+            handshaking.insert(sub.id.clone());
+            tokio::spawn(handshake(sh.clone(), *sub));
+        }
         Action::Hold(id) => sh.store.hold(&id).await?,
         Action::Release(id) => {
             sh.store.release(&id, now_micros()).await?;
@@ -422,7 +497,8 @@ async fn act(sh: &Arc<Shared>, a: Action) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Sends the handshake of a `requested` topic-based subscription: `active` when the endpoint
+/// Sends the handshake of a `requested` topic-based subscription, or of an active one moved to
+/// a new endpoint: `active` (or still active, with what waited released) when the endpoint
 /// takes it, `error` with the reason when not. Not queued: it precedes every event.
 async fn handshake(sh: Arc<Shared>, sub: Subscription) {
     let outcome = async {
@@ -441,7 +517,18 @@ async fn handshake(sh: Arc<Shared>, sub: Subscription) {
         .await
     }
     .await;
+    let moved = sub.status == Status::Active;
     let written = match outcome {
+        Ok(()) if moved => {
+            // It stays active; what waited for the new endpoint goes now.
+            let mut handshaking = sh.handshaking.lock().await;
+            handshaking.remove(&sub.id);
+            let done = sh.store.release(&sub.id, now_micros()).await;
+            drop(handshaking);
+            sh.queued.notify_one();
+            tracing::info!(subscription = %sub.id, "handshake of the new endpoint accepted");
+            done.map(|_| true)
+        }
         Ok(()) => {
             let done = set_status(&sh.store, &sub.id, sub.version_id, Status::Active, None).await;
             if matches!(done, Ok(true)) {
@@ -454,14 +541,17 @@ async fn handshake(sh: Arc<Shared>, sub: Subscription) {
         Err(why) => {
             tracing::info!(subscription = %sub.id, reason = %why, "handshake failed");
             let why = format!("the handshake failed: {why}");
-            set_status(
+            let done = set_status(
                 &sh.store,
                 &sub.id,
                 sub.version_id,
                 Status::Error,
                 Some(&why),
             )
-            .await
+            .await;
+            // Held as an `error` subscription's are, or released by a newer version.
+            sh.handshaking.lock().await.remove(&sub.id);
+            done
         }
     };
     if let Err(e) = written {
@@ -481,7 +571,9 @@ async fn send_status(
     let parameters = bundle::status(sub, base, status, kind, events, &[], None);
     let b = bundle::notification(sub, base, parameters, &[], now_micros());
     let req = super::deliver::bundle_request(sub, None, &b)?;
-    super::deliver::execute(sh, sub, req).await
+    super::deliver::execute(sh, sub, req)
+        .await
+        .map_err(|f| f.reason)
 }
 
 /// A heartbeat: nothing was notified for the subscription's heartbeat period. Best effort:

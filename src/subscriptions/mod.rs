@@ -13,6 +13,7 @@
 pub mod bundle;
 pub mod criteria;
 pub mod deliver;
+pub mod egress;
 pub mod email;
 pub mod engine;
 pub mod model;
@@ -46,6 +47,8 @@ pub struct Config {
     pub events_kept: Duration,
     /// The relay of the `email` channel; without one, email subscriptions go to `error`.
     pub smtp: Option<email::SmtpConfig>,
+    /// Which addresses rest-hook endpoints may have (`VB_SUBSCRIPTION_ALLOW_NETWORKS`).
+    pub egress: egress::Egress,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             workers: 64,
             events_kept: Duration::from_secs(7 * 24 * 3600),
             smtp: None,
+            egress: egress::Egress::public(),
         }
     }
 }
@@ -80,6 +84,10 @@ struct Shared {
     queued: tokio::sync::Notify,
     /// This process, as the engine lease names it.
     process: String,
+    /// Active subscriptions whose new endpoint is being handshaken: their notifications are
+    /// held until it is done. Locked across the hold and the release, so that neither
+    /// overtakes the other.
+    handshaking: tokio::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Engine {
@@ -90,6 +98,7 @@ impl Engine {
             .connect_timeout(config.timeout)
             // A webhook that answers with a redirect has not taken the notification.
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(egress::Resolver(Arc::new(config.egress.clone()))))
             .user_agent(concat!("vitalbridge/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let mailer = config.smtp.as_ref().map(email::Mailer::new).transpose()?;
@@ -100,6 +109,7 @@ impl Engine {
             mailer,
             queued: tokio::sync::Notify::new(),
             process: uuid::Uuid::new_v4().to_string(),
+            handshaking: Default::default(),
         });
         tokio::spawn(engine::run(shared.clone()));
         tokio::spawn(deliver::run(shared.clone()));

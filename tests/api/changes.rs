@@ -42,6 +42,42 @@ async fn every_committed_version_is_read_once_in_order(app: TestApp) {
     changed["id"] = a.clone().into();
     assert_eq!(app.put(&format!("Patient/{a}"), &changed).await.status, 200);
     assert_eq!(app.delete(&format!("Patient/{b}")).await.status, 204);
+    // What changed after a position, each with its first version there: what a new leader
+    // of the subscription engine takes back to that position.
+    let sorted = |mut v: Vec<(String, i64)>| {
+        v.sort();
+        v
+    };
+    let pending = store
+        .changed_after(&cursor, "Patient")
+        .await
+        .expect("changed");
+    assert_eq!(
+        sorted(pending),
+        sorted(vec![(a.clone(), 1), (b.clone(), 1)])
+    );
+    let mut partial = cursor.clone();
+    assert_eq!(
+        store
+            .read_changes(&mut partial, 2)
+            .await
+            .expect("read")
+            .len(),
+        2
+    );
+    let pending = store
+        .changed_after(&partial, "Patient")
+        .await
+        .expect("changed");
+    assert_eq!(
+        sorted(pending),
+        sorted(vec![(a.clone(), 2), (b.clone(), 2)])
+    );
+    let none = store
+        .changed_after(&cursor, "Observation")
+        .await
+        .expect("changed");
+    assert!(none.is_empty());
     // Read two at a time: the cursor picks up where it stopped.
     let mut read = Vec::new();
     loop {

@@ -73,6 +73,12 @@ pub fn test_settings(database_url: &str) -> Settings {
             secret: ADMIN_SECRET.into(),
         }),
         signing_key_pem: Some(test_signing_key()),
+        // The tests' receivers listen on the loopback interface.
+        subscriptions: vitalbridge::subscriptions::Config {
+            egress: vitalbridge::subscriptions::egress::Egress::parse("127.0.0.1")
+                .expect("an address"),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }

@@ -41,6 +41,8 @@ async fn start_logging(
     env: &[(&str, &str)],
 ) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
+        // The tests' receivers listen on the loopback interface.
+        .env("VB_SUBSCRIPTION_ALLOW_NETWORKS", "127.0.0.1")
         .envs(env.iter().copied())
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", database_url)

@@ -119,6 +119,55 @@ both!(
     super::fast
 );
 
+/// Without an operator's allowance, an endpoint in a private network is never called, whether
+/// the endpoint names the address or a host that resolves to it: the subscription goes to
+/// `error` at once, naming the address and what to configure. A topic-based one fails its
+/// handshake the same way.
+async fn an_endpoint_in_a_private_network_is_refused(app: TestApp) {
+    let hook = Receiver::start().await;
+    let literal = hook.url("/hook");
+    let named = literal.replace("127.0.0.1", "localhost");
+    let mut ids = Vec::new();
+    for endpoint in [&literal, &named] {
+        ids.push(subscribe(&app, &rest_hook("Observation?code=8867-4", endpoint)).await);
+    }
+    let mut topic = rest_hook(
+        "https://vitalbridge.dev/fhir/SubscriptionTopic/device-status",
+        &literal,
+    );
+    topic["channel"]["payload"] = json!("application/fhir+json");
+    let topic_id = app.create(&topic).await;
+    let p = app.create(&patient("Private")).await;
+    app.create(&heart_rate(&p, 70.0)).await;
+    for id in ids.iter().chain([&topic_id]) {
+        let s = wait_status(&app, id, "error").await;
+        let why = s["error"].as_str().unwrap_or_default();
+        assert!(
+            why.contains("VB_SUBSCRIPTION_ALLOW_NETWORKS") && why.contains("not a public"),
+            "{s}"
+        );
+    }
+    let s = wait_status(&app, &ids[0], "error").await;
+    assert!(
+        s["error"].as_str().is_some_and(|e| e.contains("127.0.0.1")),
+        "{s}"
+    );
+    assert!(
+        hook.all().is_empty(),
+        "nothing reaches the private endpoint"
+    );
+}
+both!(
+    an_endpoint_in_a_private_network_is_refused,
+    super::public_only
+);
+
+/// [`fast`], with the default egress rule: public addresses only.
+fn public_only(s: &mut vitalbridge::config::Settings) {
+    fast(s);
+    s.subscriptions.egress = vitalbridge::subscriptions::egress::Egress::public();
+}
+
 /// With a payload, each version is PUT at `{endpoint}/{type}/{id}` in the requested format; a
 /// delete is a DELETE there.
 async fn a_payload_is_put_at_the_resource_and_a_delete_deleted(app: TestApp) {

@@ -140,6 +140,45 @@ async fn a_refused_handshake_is_an_error(app: TestApp) {
 }
 both!(a_refused_handshake_is_an_error, crate::subscriptions::fast);
 
+/// A client that moves an active subscription to another endpoint: the new endpoint has the
+/// handshake before any event; the old one gets nothing more; it stays active.
+async fn a_moved_endpoint_is_handshaken_first(app: TestApp) {
+    let old = Receiver::start().await;
+    let new = Receiver::start().await;
+    let p = app.create(&patient("Moved")).await;
+    let sub = topic_subscription("vital-sign-observation", None, "id-only", &old.url("/old"));
+    let id = app.create(&sub).await;
+    wait_status(&app, &id, "active").await;
+    app.create(&heart_rate(&p, 70.0)).await;
+    assert_eq!(
+        old.wait_for(2, WAIT).await.len(),
+        2,
+        "handshake and one event"
+    );
+    let mut moved = app.get(&format!("Subscription/{id}")).await.json();
+    moved["channel"]["endpoint"] = json!(new.url("/new"));
+    let r = app.put(&format!("Subscription/{id}"), &moved).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    app.create(&heart_rate(&p, 71.0)).await;
+    let got = new.wait_for(2, WAIT).await;
+    assert_eq!(kind(&status_of(&got[0])), "handshake");
+    let event = status_of(&got[1]);
+    assert_eq!(kind(&event), "event-notification");
+    assert_eq!(
+        param(&event, "events-since-subscription-start")[0]["valueString"],
+        "2"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(old.all().len(), 2, "nothing more goes to the old endpoint");
+    assert_eq!(new.all().len(), 2);
+    let s = app.get(&format!("Subscription/{id}")).await.json();
+    assert_eq!(s["status"], "active", "{s}");
+}
+both!(
+    a_moved_endpoint_is_handshaken_first,
+    crate::subscriptions::fast
+);
+
 /// Device status changes, abnormal readings: each topic fires on its own trigger only; an
 /// id-only notification names the resource without carrying it, an empty one names nothing.
 async fn each_topic_fires_on_its_trigger(app: TestApp) {
