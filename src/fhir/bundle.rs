@@ -751,13 +751,14 @@ impl Searchset {
     }
 }
 
-/// A `searchset` Bundle with self/first/previous/next links (search.html#paging).
-pub fn searchset(
+/// The self/first/previous/next links of a page of `q`'s results at `{base}/{path}`
+/// (search.html#paging).
+pub fn page_links(
     base: &str,
     path: &str,
     q: &search::SearchQuery,
-    result: search::engine::SearchResult,
-) -> Result<Searchset, ApiError> {
+    result: &search::engine::SearchResult,
+) -> Vec<Value> {
     use search::engine::PageRef;
     // Links carry the parameters that were used; unknown and malformed ones were ignored
     // (search.html#errors). Paging positions are added per link.
@@ -797,6 +798,17 @@ pub fn searchset(
     if let Some(n) = &result.next {
         links.push(json!({"relation": "next", "url": link(Some(n))}));
     }
+    links
+}
+
+/// A `searchset` Bundle with self/first/previous/next links (search.html#paging).
+pub fn searchset(
+    base: &str,
+    path: &str,
+    q: &search::SearchQuery,
+    result: search::engine::SearchResult,
+) -> Result<Searchset, ApiError> {
+    let links = page_links(base, path, q, &result);
     let elements: Option<Vec<&str>> = q
         .elements
         .as_ref()

@@ -923,14 +923,17 @@ async fn subscription_status(State(state): State<AppState>, ctx: Ctx) -> Respons
         ctx.policy.check(ty.as_str(), Perm::Search)?;
         let mut ids = Vec::new();
         let mut statuses = Vec::new();
+        // Pages as searches do: `_count`, and the positions of the next and previous links,
+        // whose `_id` stands for the `id`s.
+        let mut params = Vec::new();
         for (k, v) in &ctx.params {
             match k.as_str() {
-                "id" => ids.push(v.clone()),
+                "id" | "_id" => ids.push(v.clone()),
                 "status" => statuses.push(v.clone()),
+                "_count" | "_cursor" | "_offset" => params.push((k.clone(), v.clone())),
                 _ => {}
             }
         }
-        let mut params = vec![("_count".to_owned(), search::MAX_COUNT.to_string())];
         if !ids.is_empty() {
             params.push(("_id".into(), ids.join(",")));
         }
@@ -943,8 +946,22 @@ async fn subscription_status(State(state): State<AppState>, ctx: Ctx) -> Respons
         }
         let found =
             search::engine::run_as(&mut state.store.reader(), &[ty], &q, &ctx.policy).await?;
-        let bundle =
+        let links = crate::fhir::bundle::page_links(&ctx.base, "Subscription/$status", &q, &found);
+        let first_and_only = found.next.is_none() && q.cursor.is_none() && q.offset == 0;
+        let total = found
+            .total
+            .or(first_and_only.then_some(found.matches.len() as i64));
+        let mut bundle =
             crate::subscriptions::status_bundle(&state.store, &ctx.base, &found.matches).await?;
+        bundle["link"] = serde_json::Value::Array(links);
+        match total {
+            Some(n) => bundle["total"] = n.into(),
+            None => {
+                if let Some(b) = bundle.as_object_mut() {
+                    b.remove("total");
+                }
+            }
+        }
         Ok(FhirResponse::new(StatusCode::OK, Payload::Value(bundle)))
     }
     .await;

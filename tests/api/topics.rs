@@ -179,6 +179,57 @@ both!(
     crate::subscriptions::fast
 );
 
+/// `$status` over many subscriptions pages as a search does: `_count`, then the next link,
+/// until every one has been answered once.
+async fn status_pages_through_every_subscription(app: TestApp) {
+    let mut made = std::collections::BTreeSet::new();
+    for i in 0..5 {
+        let mut sub = topic_subscription(
+            "device-status",
+            None,
+            "empty",
+            &format!("https://ehr.example/{i}"),
+        );
+        sub["status"] = json!("off");
+        made.insert(app.create(&sub).await);
+    }
+    let subscription_of = |e: &Value| -> String {
+        e["resource"]["parameter"]
+            .as_array()
+            .and_then(|p| p.iter().find(|x| x["name"] == "subscription"))
+            .and_then(|x| x["valueReference"]["reference"].as_str())
+            .and_then(|r| r.rsplit('/').next())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut page = app.get("Subscription/$status?status=off&_count=2").await;
+    let mut pages = 0;
+    loop {
+        assert_eq!(page.status, 200, "{}", page.text);
+        let b = page.json();
+        let entries = b["entry"].as_array().cloned().unwrap_or_default();
+        assert!(entries.len() <= 2, "{b}");
+        for e in &entries {
+            assert!(seen.insert(subscription_of(e)), "answered twice: {b}");
+        }
+        pages += 1;
+        let next = b["link"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+            .and_then(|l| l["url"].as_str())
+            .map(str::to_owned);
+        match next {
+            Some(url) => page = app.send(app.client.get(&url)).await,
+            None => break,
+        }
+        assert!(pages < 10, "paging never ends");
+    }
+    assert_eq!(seen, made);
+    assert!(pages >= 3, "five subscriptions in pages of two");
+}
+both!(status_pages_through_every_subscription);
+
 /// Device status changes, abnormal readings: each topic fires on its own trigger only; an
 /// id-only notification names the resource without carrying it, an empty one names nothing.
 async fn each_topic_fires_on_its_trigger(app: TestApp) {
