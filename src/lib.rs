@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod auth;
 pub mod bench;
+pub mod billing;
 pub mod config;
 pub mod fhir;
 pub mod http;

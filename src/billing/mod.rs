@@ -1,0 +1,9 @@
+//! Monthly billing (issue 7, DESIGN.md room `billing`): the catalog, the days each device and
+//! hub was active for each customer, Invoices, RPM Claims, payments and statements.
+//!
+//! - [`activity`]: from a Device's versions, the days of a month (in the customer's time zone)
+//!   it was active for each customer (pure);
+//! - [`price`]: money in minor units, proration and tax (pure).
+
+pub mod activity;
+pub mod price;
