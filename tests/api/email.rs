@@ -39,8 +39,9 @@ fn python() -> PathBuf {
 }
 
 impl SmtpServer {
-    /// Starts the server requiring AUTH, and STARTTLS with `tls` (certificate and key files).
-    async fn start(tls: Option<(PathBuf, PathBuf)>) -> SmtpServer {
+    /// Starts the server requiring AUTH, and with `tls` (certificate and key files) STARTTLS, or
+    /// TLS from the first byte when `implicit`.
+    async fn start(tls: Option<(PathBuf, PathBuf)>, implicit: bool) -> SmtpServer {
         let port = crate::process::free_port();
         let maildir = std::env::temp_dir()
             .join("vitalbridge-tests")
@@ -53,6 +54,9 @@ impl SmtpServer {
             .args(["--user", USER, "--password", PASSWORD]);
         if let Some((cert, key)) = &tls {
             cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+            if implicit {
+                cmd.arg("--implicit-tls");
+            }
         }
         let child = cmd
             .stdout(Stdio::null())
@@ -145,7 +149,7 @@ async fn subscribe(app: &TestApp, sub: &Value) -> String {
 /// A notice goes to the address through the relay with its credentials; it names the change
 /// and carries no patient data; with a payload the version is attached.
 async fn notices_arrive_through_the_relay(backend: Backend) {
-    let smtp = SmtpServer::start(None).await;
+    let smtp = SmtpServer::start(None, false).await;
     let url = format!(
         "smtp://{USER}:{}@127.0.0.1:{}",
         "relay-pass%3Awith-colon", smtp.port
@@ -214,26 +218,43 @@ async fn notices_arrive_through_the_relay_sqlite() {
     notices_arrive_through_the_relay(Backend::Sqlite).await
 }
 
-/// STARTTLS to a relay whose certificate a private CA issued (`VB_SMTP_CA_FILE`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn starttls_to_a_relay_with_a_private_ca() {
+/// STARTTLS (`smtp://…?tls=required`) and TLS from the first byte (`smtps://`) to a relay whose
+/// certificate a private CA issued (`VB_SMTP_CA_FILE`).
+async fn tls_to_a_relay_with_a_private_ca(implicit: bool) {
     let pki = crate::tls::pki();
-    let smtp = SmtpServer::start(Some((
-        pki.dir.join("server.pem"),
-        pki.dir.join("server.key"),
-    )))
+    let smtp = SmtpServer::start(
+        Some((pki.dir.join("server.pem"), pki.dir.join("server.key"))),
+        implicit,
+    )
     .await;
-    let url = format!(
-        "smtp://{USER}:relay-pass%3Awith-colon@localhost:{}?tls=required",
-        smtp.port
-    );
+    let url = if implicit {
+        format!(
+            "smtps://{USER}:relay-pass%3Awith-colon@localhost:{}",
+            smtp.port
+        )
+    } else {
+        format!(
+            "smtp://{USER}:relay-pass%3Awith-colon@localhost:{}?tls=required",
+            smtp.port
+        )
+    };
     let app = app_with_relay(Backend::Sqlite, url, Some(pki.dir.join("ca.pem"))).await;
     subscribe(&app, &email("nurse@clinic.example", None)).await;
     let p = app.create(&patient("Tls")).await;
     app.create(&heart_rate(&p, 70.0)).await;
     let got = smtp.wait_for(1).await;
-    assert_eq!(got[0].1["tls"], true, "the message went over STARTTLS");
+    assert_eq!(got[0].1["tls"], true, "the message went over TLS");
     assert_eq!(got[0].1["user"], USER);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_to_a_relay_with_a_private_ca() {
+    tls_to_a_relay_with_a_private_ca(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_tls_to_a_relay_with_a_private_ca() {
+    tls_to_a_relay_with_a_private_ca(true).await
 }
 
 /// Without a relay an email subscription cannot be served: it goes to `error` saying so.

@@ -1,10 +1,12 @@
 """A real SMTP server for the subscription email tests (PyPI aiosmtpd).
 
-    python server.py --port N --maildir DIR [--user U --password P] [--tls-cert C --tls-key K]
+    python server.py --port N --maildir DIR [--user U --password P] [--tls-cert C --tls-key K
+                     [--implicit-tls]]
 
 Each message it accepts is written to DIR as `{n}.eml` (the message as received) and
 `{n}.json` (the envelope: sender, recipients, the authenticated user). With --tls-cert it offers
-STARTTLS and requires it before AUTH and MAIL; with --user it requires AUTH (PLAIN or LOGIN).
+STARTTLS and requires it before AUTH and MAIL, or with --implicit-tls speaks TLS from the first
+byte (SMTPS, port 465 style); with --user it requires AUTH (PLAIN or LOGIN).
 It prints "ready" once it listens.
 """
 
@@ -35,7 +37,8 @@ class Store:
             "from": envelope.mail_from,
             "to": envelope.rcpt_tos,
             "user": getattr(session, "auth_data", None) and session.auth_data.login.decode(),
-            "tls": session.ssl is not None,
+            "tls": session.ssl is not None
+            or server.transport.get_extra_info("ssl_object") is not None,
         }
         with open(base + ".json", "w") as f:
             json.dump(meta, f)
@@ -51,6 +54,7 @@ def main():
     p.add_argument("--password")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
+    p.add_argument("--implicit-tls", action="store_true")
     a = p.parse_args()
     os.makedirs(a.maildir, exist_ok=True)
 
@@ -66,12 +70,16 @@ def main():
     if a.tls_cert:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(a.tls_cert, a.tls_key)
-        kwargs.update(tls_context=ctx, require_starttls=True)
+        if a.implicit_tls:
+            kwargs.update(ssl_context=ctx)
+        else:
+            kwargs.update(tls_context=ctx, require_starttls=True)
     if a.user:
         kwargs.update(
             authenticator=authenticate,
             auth_required=True,
-            auth_require_tls=bool(a.tls_cert),
+            # aiosmtpd counts only STARTTLS as TLS; an implicit TLS connection is one throughout.
+            auth_require_tls=bool(a.tls_cert) and not a.implicit_tls,
         )
     controller = Controller(
         Store(a.maildir), hostname="127.0.0.1", port=a.port, server_hostname="localhost", **kwargs
