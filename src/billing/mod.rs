@@ -3,7 +3,10 @@
 //!
 //! - [`activity`]: from a Device's versions, the days of a month (in the customer's time zone)
 //!   it was active for each customer (pure);
-//! - [`price`]: money in minor units, proration and tax (pure).
+//! - [`price`]: money in minor units, proration and tax (pure);
+//! - [`catalog`]: ChargeItemDefinitions read as prices, and the one that prices a device
+//!   (pure).
 
 pub mod activity;
+pub mod catalog;
 pub mod price;

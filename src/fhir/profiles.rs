@@ -34,6 +34,7 @@ const SOURCES: &[&str] = &[
     include_str!("../../fhir-profiles/vb-oxygen-saturation.json"),
     include_str!("../../fhir-profiles/vb-blood-glucose.json"),
     include_str!("../../fhir-profiles/vb-bp-status.json"),
+    include_str!("../../fhir-profiles/vb-catalog-entry.json"),
 ];
 
 /// The canonical URL prefix of these profiles.
@@ -336,6 +337,16 @@ pub fn check_write(resource: &Value) -> Vec<Issue> {
     let claims_phd = claimed
         .iter()
         .any(|u| u.starts_with(PHD_PROFILES) && u.ends_with("Observation"));
+    // A billing catalog entry is also read as the billing run reads it: prices, tax rates and
+    // settings it could not use are refused here, not discovered at the end of the month.
+    if resource["resourceType"] == "ChargeItemDefinition"
+        && claimed
+            .iter()
+            .any(|u| u.split('|').next() == Some(crate::billing::catalog::PROFILE))
+        && let Err(problems) = crate::billing::catalog::read(resource)
+    {
+        issues.extend(problems.into_iter().map(super::types::Invalid::issue));
+    }
     if claims_phd
         && !claims_own
         && resource["resourceType"] == "Observation"

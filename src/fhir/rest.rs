@@ -123,7 +123,7 @@ fn check_subscription(resource: &Value, base: &str, new: bool) -> Result<(), Api
         Ok(_) => Vec::new(),
         Err(problems) => problems
             .into_iter()
-            .map(|p| Issue::error("value", p.message).at(p.expression))
+            .map(crate::fhir::types::Invalid::issue)
             .collect(),
     };
     if issues.is_empty() {

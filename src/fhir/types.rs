@@ -267,3 +267,26 @@ mod tests {
         );
     }
 }
+
+/// Why a resource cannot be accepted by a room that reads it for its own use (a Subscription,
+/// a billing catalog entry): the element at fault and what is wrong, answered as a 422 issue
+/// at that element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub expression: String,
+    pub message: String,
+}
+
+impl Invalid {
+    /// A problem at `ty.element`.
+    pub fn new(ty: &str, element: &str, message: impl Into<String>) -> Invalid {
+        Invalid {
+            expression: format!("{ty}.{element}"),
+            message: message.into(),
+        }
+    }
+
+    pub fn issue(self) -> crate::http::error::Issue {
+        crate::http::error::Issue::error("value", self.message).at(self.expression)
+    }
+}

@@ -141,18 +141,10 @@ pub struct Subscription {
     pub topic: Option<TopicBased>,
 }
 
-/// Why a Subscription cannot be accepted: the element at fault and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
-    pub expression: String,
-    pub message: String,
-}
+pub use crate::fhir::types::Invalid;
 
 fn invalid(expression: &str, message: impl Into<String>) -> Invalid {
-    Invalid {
-        expression: format!("Subscription.{expression}"),
-        message: message.into(),
-    }
+    Invalid::new("Subscription", expression, message)
 }
 
 /// Reads a Subscription; `base` is the server's FHIR base (references in the criteria under it

@@ -8,6 +8,7 @@ mod backend_services;
 mod batched_creates;
 mod batched_reads;
 
+mod billing;
 mod bundles;
 mod changes;
 mod criteria;
