@@ -5,8 +5,10 @@
 //!   it was active for each customer (pure);
 //! - [`price`]: money in minor units, proration and tax (pure);
 //! - [`catalog`]: ChargeItemDefinitions read as prices, and the one that prices a device
-//!   (pure).
+//!   (pure);
+//! - [`invoice`]: a customer's month as ChargeItems and one Invoice (pure).
 
 pub mod activity;
 pub mod catalog;
+pub mod invoice;
 pub mod price;
