@@ -6,9 +6,12 @@
 //! - [`price`]: money in minor units, proration and tax (pure);
 //! - [`catalog`]: ChargeItemDefinitions read as prices, and the one that prices a device
 //!   (pure);
-//! - [`invoice`]: a customer's month as ChargeItems and one Invoice (pure).
+//! - [`invoice`]: a customer's month as ChargeItems and one Invoice (pure);
+//! - [`rpm`]: the remote-monitoring CPT codes a patient's period earns, by rules kept as data
+//!   (pure).
 
 pub mod activity;
 pub mod catalog;
 pub mod invoice;
 pub mod price;
+pub mod rpm;
