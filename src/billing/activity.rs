@@ -23,6 +23,42 @@ pub struct State {
     pub owner: Option<String>,
 }
 
+impl State {
+    /// What a Device version says, recorded at `at`: `status` `active`, and the customer of
+    /// `owner` (`Organization/{id}`); a deleted version (`None`) is neither.
+    pub fn of_device(device: Option<&serde_json::Value>, at: i64) -> State {
+        let owner = device
+            .and_then(|d| d["owner"]["reference"].as_str())
+            .and_then(|r| r.strip_prefix("Organization/"))
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+            .map(str::to_owned);
+        State {
+            at,
+            active: device.is_some_and(|d| d["status"] == "active"),
+            owner,
+        }
+    }
+}
+
+/// The FHIR core extension giving an Organization's time zone
+/// (http://hl7.org/fhir/R4/extension-timezone.html): an IANA name as `valueCode`.
+pub const TIMEZONE: &str = "http://hl7.org/fhir/StructureDefinition/timezone";
+
+/// A customer Organization's time zone: its `timezone` extension, UTC without one. An unknown
+/// name is an error naming it (a month cut at the wrong midnight is a wrong invoice).
+pub fn time_zone(organization: &serde_json::Value) -> Result<TimeZone, String> {
+    let name = organization["extension"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["url"] == TIMEZONE)
+        .and_then(|e| e["valueCode"].as_str());
+    match name {
+        None => Ok(TimeZone::UTC),
+        Some(n) => TimeZone::get(n).map_err(|_| format!("{n:?} is not an IANA time zone")),
+    }
+}
+
 /// A calendar month.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Month {
@@ -171,6 +207,47 @@ mod tests {
 
     fn days(v: &[u8]) -> BTreeSet<u8> {
         v.iter().copied().collect()
+    }
+
+    #[test]
+    fn device_versions_and_organizations_read_as_billing_needs() {
+        let d = serde_json::json!({"resourceType": "Device", "status": "active",
+                                   "owner": {"reference": "Organization/c1"}});
+        assert_eq!(
+            State::of_device(Some(&d), 5),
+            State {
+                at: 5,
+                active: true,
+                owner: Some("c1".into())
+            }
+        );
+        let mut off = d.clone();
+        off["status"] = serde_json::json!("inactive");
+        assert!(!State::of_device(Some(&off), 6).active);
+        assert_eq!(
+            State::of_device(None, 7),
+            State {
+                at: 7,
+                active: false,
+                owner: None
+            }
+        );
+        let mut elsewhere = d.clone();
+        elsewhere["owner"] =
+            serde_json::json!({"reference": "https://other.example/Organization/c1"});
+        assert_eq!(State::of_device(Some(&elsewhere), 8).owner, None);
+
+        let org = |tz: &str| {
+            serde_json::json!({"resourceType": "Organization",
+            "extension": [{"url": TIMEZONE, "valueCode": tz}]})
+        };
+        assert_eq!(
+            time_zone(&org("America/Chicago")).unwrap().iana_name(),
+            Some("America/Chicago")
+        );
+        assert_eq!(time_zone(&serde_json::json!({})).unwrap(), TimeZone::UTC);
+        let err = time_zone(&org("Mars/Olympus")).unwrap_err();
+        assert!(err.contains("Mars/Olympus"), "{err}");
     }
 
     #[test]

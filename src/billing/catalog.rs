@@ -313,6 +313,30 @@ pub struct Priced<'a> {
     pub distributor: Option<&'a str>,
 }
 
+impl<'a> Priced<'a> {
+    /// What prices `device` (a Device's JSON) for a customer of `distributor`: its `type`
+    /// codings, and whether it is a hub (a hub-client identifier,
+    /// `ingest::pipeline::HUB_CLIENT_SYSTEM`).
+    pub fn of_device(device: &'a Value, distributor: Option<&'a str>) -> Priced<'a> {
+        let types = device["type"]["coding"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| Some((c["system"].as_str()?, c["code"].as_str()?)))
+            .collect();
+        let hub = device["identifier"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|i| i["system"] == crate::ingest::pipeline::HUB_CLIENT_SYSTEM);
+        Priced {
+            types,
+            hub,
+            distributor,
+        }
+    }
+}
+
 impl Entry {
     /// In force on some day of `month`.
     pub fn in_force(&self, month: Month) -> bool {
@@ -603,6 +627,19 @@ mod tests {
             .unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn a_device_is_priced_by_its_types_or_as_a_hub() {
+        let cuff = json!({"resourceType": "Device",
+            "type": {"coding": [{"system": MDC, "code": "528391"}, {"display": "no code"}]}});
+        let p = Priced::of_device(&cuff, Some("d1"));
+        assert_eq!(p.types, vec![(MDC, "528391")]);
+        assert!(!p.hub);
+        assert_eq!(p.distributor, Some("d1"));
+        let hub = json!({"resourceType": "Device", "identifier": [
+            {"system": crate::ingest::pipeline::HUB_CLIENT_SYSTEM, "value": "hub-7"}]});
+        assert!(Priced::of_device(&hub, None).hub);
     }
 
     #[test]
