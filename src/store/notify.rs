@@ -128,34 +128,27 @@ impl Store {
                     .bind(subscription)
                     .fetch_one(&mut *$tx)
                     .await?;
-                    sqlx::query(
+                    // The queued notification and the kept event (`$events`) carry the same
+                    // columns; the notification is due at once.
+                    for sql in [
                         "insert into notification (subscription_id, event_number, res_type, \
                          res_id, version_id, method, created_at, due_at) \
                          values ($1, $2, $3, $4, $5, $6, $7, $7)",
-                    )
-                    .bind(subscription)
-                    .bind(n)
-                    .bind(&c.res_type)
-                    .bind(&c.res_id)
-                    .bind(c.version_id)
-                    .bind(&c.method)
-                    .bind(now)
-                    .execute(&mut *$tx)
-                    .await?;
-                    sqlx::query(
                         "insert into subscription_event (subscription_id, event_number, \
                          res_type, res_id, version_id, method, created_at) \
                          values ($1, $2, $3, $4, $5, $6, $7)",
-                    )
-                    .bind(subscription)
-                    .bind(n)
-                    .bind(&c.res_type)
-                    .bind(&c.res_id)
-                    .bind(c.version_id)
-                    .bind(&c.method)
-                    .bind(now)
-                    .execute(&mut *$tx)
-                    .await?;
+                    ] {
+                        sqlx::query(sql)
+                            .bind(subscription)
+                            .bind(n)
+                            .bind(&c.res_type)
+                            .bind(&c.res_id)
+                            .bind(c.version_id)
+                            .bind(&c.method)
+                            .bind(now)
+                            .execute(&mut *$tx)
+                            .await?;
+                    }
                     numbers.push(n);
                 }
                 sqlx::query(
