@@ -33,6 +33,8 @@ pub struct Settings {
     /// Subscription delivery: retries, back-off, timeouts (issue 6). Its `base` is filled in
     /// from `base_url` or the listening address.
     pub subscriptions: crate::subscriptions::Config,
+    /// The monthly billing scheduler (`VB_BILLING`, `VB_BILLING_INTERVAL_SECS`, issue 7).
+    pub billing: crate::billing::schedule::Config,
 }
 
 impl Default for Settings {
@@ -50,6 +52,7 @@ impl Default for Settings {
             tls: None,
             raw_retention_days: 7,
             subscriptions: Default::default(),
+            billing: Default::default(),
         }
     }
 }

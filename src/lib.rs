@@ -96,6 +96,7 @@ impl Application {
             subscriptions::Engine::start(store.clone(), subscriptions)
                 .context("cannot start the subscription engine")?;
         }
+        billing::schedule::start(store.clone(), settings.billing.clone());
         tokio::spawn(ingest::purge_raw_messages(
             store.clone(),
             settings.raw_retention_days,

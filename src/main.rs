@@ -122,6 +122,24 @@ enum Command {
         /// PEM certificates of a private CA that issued the SMTP relay's certificate
         #[arg(long, env = "VB_SMTP_CA_FILE")]
         smtp_ca_file: Option<std::path::PathBuf>,
+        /// Run each month's billing in this process when the month ends in the customer's time
+        /// zone; `off` for processes that leave it to the others (one of them runs it either way)
+        #[arg(long, env = "VB_BILLING", default_value = "on", value_parser = ["on", "off"])]
+        billing: String,
+        /// Seconds between the billing scheduler's looks at the clock
+        #[arg(long, env = "VB_BILLING_INTERVAL_SECS", default_value_t = 60)]
+        billing_interval_secs: u64,
+    },
+    /// Run a month's billing by hand: ChargeItems and one Invoice per recipient and currency for
+    /// every Organization whose month has ended. Running a month again changes nothing unless
+    /// what it invoices has changed (a corrected price): then the issued invoice is cancelled
+    /// and a new one issued
+    Bill {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The month, YYYY-MM [default: the last month that has ended in UTC]
+        #[arg(long)]
+        month: Option<String>,
     },
     /// Apply the database migrations and exit
     Migrate {
@@ -325,6 +343,8 @@ async fn run() -> std::process::ExitCode {
             smtp_url,
             smtp_from,
             smtp_ca_file,
+            billing,
+            billing_interval_secs,
         } => {
             let oidc_providers = match oidc_providers
                 .as_deref()
@@ -380,6 +400,10 @@ async fn run() -> std::process::ExitCode {
                     }),
                     ..Default::default()
                 },
+                billing: vitalbridge::billing::schedule::Config {
+                    enabled: billing == "on",
+                    interval: std::time::Duration::from_secs(billing_interval_secs.max(1)),
+                },
                 tls: tls_cert
                     .zip(tls_key)
                     .map(|(cert, key)| vitalbridge::http::tls::TlsFiles {
@@ -390,6 +414,7 @@ async fn run() -> std::process::ExitCode {
             })
             .await
         }
+        Command::Bill { db, month } => bill(db.database_url, month).await,
         Command::Migrate { db } => migrate(db.database_url).await,
         Command::Reindex { db, batch } => reindex(db.database_url, batch).await,
         Command::Bench(args) => bench::run(args).await,
@@ -490,6 +515,75 @@ async fn reindex(database_url: Option<String>, batch: usize) -> anyhow::Result<(
         tidying.elapsed().as_secs_f64()
     );
     store.close().await;
+    Ok(())
+}
+
+async fn bill(database_url: Option<String>, month: Option<String>) -> anyhow::Result<()> {
+    use vitalbridge::billing::{Month, run};
+    let month = match month {
+        Some(m) => Month::parse(&m).map_err(anyhow::Error::msg)?,
+        None => Month::last_ended(vitalbridge::store::now_micros()),
+    };
+    let store = open_store(database_url).await?;
+    let started = std::time::Instant::now();
+    let bar = indicatif::ProgressBar::new(0);
+    let style = |what: &str| {
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {month}: {what} [{{bar:40}}] {{pos}}/{{len}} ({{per_sec}}, {{eta}} left)"
+        ))
+        .map(|s| s.progress_chars("=> "))
+    };
+    let (devices, recipients) = (style("devices")?, style("recipients")?);
+    let on_progress = |p: run::Progress| match p {
+        run::Progress::Devices { done, total } => {
+            bar.set_style(devices.clone());
+            bar.set_length(total.max(done));
+            bar.set_position(done);
+        }
+        run::Progress::Recipients { done, total } => {
+            if done == 1 {
+                bar.set_style(recipients.clone());
+                bar.reset();
+            }
+            bar.set_length(total.max(done));
+            bar.set_position(done);
+        }
+    };
+    let report = run::run(&store, month, run::Which::All, None, &on_progress).await;
+    bar.finish_and_clear();
+    store.close().await;
+    let r = report?;
+    println!(
+        "billed {month}: {} devices read, {} recipients, {} invoices issued ({} ChargeItems), \
+         {} unchanged, {} corrected, {} cancelled in {:.1} s",
+        r.devices,
+        r.recipients,
+        r.issued.len(),
+        r.charge_items,
+        r.unchanged,
+        r.corrected.len(),
+        r.cancelled.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for (old, new) in &r.corrected {
+        println!("corrected: {old} cancelled, replaced by {new}");
+    }
+    for c in &r.cancelled {
+        println!("cancelled: {c}");
+    }
+    if !r.not_ended.is_empty() {
+        println!(
+            "not yet ended in their time zone, left for later: {}",
+            r.not_ended
+                .iter()
+                .map(|o| format!("Organization/{o}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for p in &r.problems {
+        eprintln!("warning: {p}");
+    }
     Ok(())
 }
 

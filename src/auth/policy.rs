@@ -132,6 +132,18 @@ impl Policy {
         }
     }
 
+    /// The server's own writes (the billing run): every resource of every tenant, as an admin
+    /// with `system/*.cruds`.
+    pub fn system() -> Policy {
+        Policy {
+            scopes: ResourceScope::parse("system/*.cruds").into_iter().collect(),
+            role: Role::Admin,
+            orgs: None,
+            base: String::new(),
+            patient: None,
+        }
+    }
+
     /// A policy that permits nothing (a request without a principal).
     pub fn none() -> Policy {
         Policy::default()

@@ -103,6 +103,37 @@ impl Month {
         }
     }
 
+    pub fn previous(self) -> Month {
+        if self.month == 1 {
+            Month {
+                year: self.year - 1,
+                month: 12,
+            }
+        } else {
+            Month {
+                year: self.year,
+                month: self.month - 1,
+            }
+        }
+    }
+
+    /// The month of the instant `at` (microseconds) in UTC.
+    pub fn of_utc(at: i64) -> Month {
+        let date = jiff::Timestamp::from_microsecond(at)
+            .unwrap_or_default()
+            .to_zoned_datetime(TimeZone::UTC)
+            .date();
+        Month {
+            year: date.year(),
+            month: date.month(),
+        }
+    }
+
+    /// The last month that has ended in UTC at `now` (microseconds).
+    pub fn last_ended(now: i64) -> Month {
+        Month::of_utc(now).previous()
+    }
+
     /// The start of `day` (1-based; `days() + 1` is the next month's first) in `tz`, in
     /// microseconds since the epoch.
     pub fn day_start(self, day: u8, tz: &TimeZone) -> Result<i64, String> {

@@ -1,9 +1,10 @@
 //! A customer's month as FHIR (issue 7, item 3): one ChargeItem per device and catalog entry,
 //! and one Invoice over them. Pure, no I/O (DESIGN.md rule 5): the run stores what this builds.
 //!
-//! - ChargeItem (https://hl7.org/fhir/R4/chargeitem.html): `billable`, `code` the catalog
-//!   entry's item, `subject` the customer's billing Group (R4 requires a Patient or Group; the
-//!   devices a customer is billed for are its Group's members), `productReference` the Device,
+//! - ChargeItem (https://hl7.org/fhir/R4/chargeitem.html): `billed` (it is written with the
+//!   invoice that includes it), `code` the catalog entry's item, `subject` the recipient's
+//!   billing Group (R4 requires a Patient or Group there), `requestingOrganization` the
+//!   customer that had the device in service, `productReference` the Device,
 //!   `occurrencePeriod` the first and last day it was active in the month, `quantity` the days
 //!   active, `priceOverride` the net amount of the month, `definitionCanonical` the entry.
 //! - Invoice (https://hl7.org/fhir/R4/invoice.html): `issued`, `recipient` the Organization
@@ -26,6 +27,9 @@ pub const PERIOD: &str = "https://vitalbridge.dev/fhir/StructureDefinition/billi
 /// One device's month under one catalog entry.
 #[derive(Debug, Clone)]
 pub struct Line<'a> {
+    /// The customer that had the device in service (the recipient, or one of a distributor's
+    /// customers).
+    pub customer: &'a str,
     pub device: &'a str,
     pub entry: &'a Entry,
     /// The days (1-based) it was active for the recipient's customer.
@@ -72,12 +76,12 @@ fn item_code(entry: &Entry) -> Value {
     }
 }
 
-/// The ChargeItem of `line`, for `customer` (whose billing Group is `group`), in `month`.
-pub fn charge_item(customer: &str, group: &str, month: Month, line: &Line<'_>) -> Value {
+/// The ChargeItem of `line` in `month`, for the recipient whose billing Group is `group`.
+pub fn charge_item(group: &str, month: Month, line: &Line<'_>) -> Value {
     let day = |d: u8| format!("{month}-{d:02}");
     let mut c = json!({
         "resourceType": "ChargeItem",
-        "status": "billable",
+        "status": "billed",
         "code": item_code(line.entry),
         "subject": {"reference": format!("Group/{group}")},
         "occurrencePeriod": {"start": day(line.first_day), "end": day(line.last_day)},
@@ -88,7 +92,7 @@ pub fn charge_item(customer: &str, group: &str, month: Month, line: &Line<'_>) -
             "code": "d"
         },
         "priceOverride": money(line.net(), line.currency()),
-        "requestingOrganization": {"reference": format!("Organization/{customer}")},
+        "requestingOrganization": {"reference": format!("Organization/{}", line.customer)},
         "productReference": {"reference": format!("Device/{}", line.device)},
         "definitionUri": [format!("ChargeItemDefinition/{}", line.entry.id)]
     });
@@ -200,6 +204,7 @@ mod tests {
 
     fn line<'a>(device: &'a str, e: &'a Entry, first: u8, last: u8) -> Line<'a> {
         Line {
+            customer: "c1",
             device,
             entry: e,
             first_day: first,
@@ -274,7 +279,7 @@ mod tests {
         let e = entry("bp", "25.00", "USD", Proration::ProRata, 72_500);
         let l = line("d1", &e, 2, 30);
         let mut inv = invoice(&heading(oct), std::slice::from_ref(&l), &["ci1".into()]).unwrap();
-        let mut ci = charge_item("c1", "billing-c1", oct, &l);
+        let mut ci = charge_item("billing-c1", oct, &l);
         for (v, ty) in [(&mut inv, "Invoice"), (&mut ci, "ChargeItem")] {
             v["id"] = json!("x1");
             let ty = crate::fhir::types::ResourceType::parse(ty).unwrap();
@@ -310,8 +315,8 @@ mod tests {
     fn a_charge_item_names_the_device_the_days_and_the_price() {
         let oct = Month::parse("2026-10").unwrap();
         let part = entry("bp-pr", "25.00", "USD", Proration::ProRata, 0);
-        let c = charge_item("c1", "billing-c1", oct, &line("d2", &part, 1, 10));
-        assert_eq!(c["status"], "billable");
+        let c = charge_item("billing-c1", oct, &line("d2", &part, 1, 10));
+        assert_eq!(c["status"], "billed");
         assert_eq!(c["subject"]["reference"], "Group/billing-c1");
         assert_eq!(c["productReference"]["reference"], "Device/d2");
         assert_eq!(

@@ -28,6 +28,7 @@ macro_rules! on_pool {
 pub mod audit;
 pub mod auth;
 mod batch;
+pub mod billing;
 pub mod changes;
 pub mod ingest;
 pub mod notify;

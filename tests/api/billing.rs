@@ -88,3 +88,329 @@ async fn catalog_entries_are_checked_as_the_run_reads_them(app: TestApp) {
     assert_eq!(r.json()["type"], "ChargeItemDefinition");
 }
 both!(catalog_entries_are_checked_as_the_run_reads_them);
+
+const MDC: &str = "urn:iso:std:iso:11073:10101";
+const CUFF: &str = "528391";
+const SCALE: &str = "528399";
+
+/// Microseconds since the epoch of an RFC 3339 instant.
+fn micros(at: &str) -> i64 {
+    at.parse::<jiff::Timestamp>()
+        .expect("an instant")
+        .as_microsecond()
+}
+
+/// A price: `code` per month in `currency`, prorated as `proration`, with more extensions.
+fn price(code: &str, amount: &str, currency: &str, proration: &str, tax: Option<f64>) -> Value {
+    let mut components = vec![json!({"type": "base", "amount": {
+        "value": serde_json::from_str::<Value>(amount).expect("a number"), "currency": currency}})];
+    if let Some(t) = tax {
+        components.push(json!({"type": "tax", "factor": t}));
+    }
+    json!({
+        "resourceType": "ChargeItemDefinition",
+        "meta": {"profile": [PROFILE]},
+        "url": format!("https://platform.example/price/{code}-{currency}"),
+        "status": "active",
+        "code": {"coding": [{"system": MDC, "code": code}]},
+        "propertyGroup": [{"priceComponent": components}],
+        "extension": [{"url": format!("{EXT}billing-proration"), "valueCode": proration}]
+    })
+}
+
+/// Organization `id` in time zone `tz` (the core `timezone` extension), under `part_of`.
+async fn organization(app: &TestApp, id: &str, tz: &str, part_of: Option<&str>) {
+    let mut org = json!({
+        "resourceType": "Organization", "id": id, "name": format!("Org {id}"),
+        "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/timezone", "valueCode": tz}]
+    });
+    if let Some(p) = part_of {
+        org["partOf"] = json!({"reference": format!("Organization/{p}")});
+    }
+    let r = app.put(&format!("Organization/{id}"), &org).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+}
+
+/// A Device whose versions are `(instant, status, owner)`, written through the API and then
+/// moved back in time to those instants (the store stamps versions with its clock; the run
+/// reads history, so the test sets the clock of history as a month in the past left it).
+async fn device(app: &TestApp, code: &str, versions: &[(&str, &str, &str)]) -> String {
+    let mut id = String::new();
+    for (i, (_, status, owner)) in versions.iter().enumerate() {
+        let mut d = json!({
+            "resourceType": "Device",
+            "status": status,
+            "owner": {"reference": format!("Organization/{owner}")},
+            "type": {"coding": [{"system": MDC, "code": code}]}
+        });
+        if i == 0 {
+            id = app.create(&d).await;
+        } else {
+            d["id"] = json!(id);
+            let r = app.put(&format!("Device/{id}"), &d).await;
+            assert_eq!(r.status, 200, "{}", r.text);
+        }
+    }
+    for (i, (at, _, _)) in versions.iter().enumerate() {
+        app.sql(&format!(
+            "update resource_history set last_updated = {} \
+             where res_type = 'Device' and res_id = '{id}' and version_id = {}",
+            micros(at),
+            i + 1
+        ))
+        .await;
+    }
+    id
+}
+
+/// `vitalbridge bill --month {month}` against the app's database: its standard output.
+fn bill(app: &TestApp, month: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
+        .args([
+            "bill",
+            "--month",
+            month,
+            "--database-url",
+            &app.database_url,
+        ])
+        .output()
+        .expect("bill runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The invoices of `org`, oldest first.
+async fn invoices(app: &TestApp, org: &str) -> Vec<Value> {
+    let r = app
+        .get(&format!(
+            "Invoice?recipient=Organization/{org}&_sort=_lastUpdated&_count=50"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json()["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["resource"].clone())
+        .collect()
+}
+
+fn amount(v: &Value) -> (String, String) {
+    (
+        v["value"].to_string(),
+        v["currency"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+fn usd(s: &str) -> (String, String) {
+    (s.to_owned(), "USD".to_owned())
+}
+
+/// The customers and devices of February 2024 (29 days): a clinic in New York billed
+/// directly, and a clinic in Berlin under a distributor that is invoiced for its cuffs.
+struct February {
+    moved: String,
+    late: String,
+}
+
+async fn february(app: &TestApp) -> February {
+    organization(app, "ny-clinic", "America/New_York", None).await;
+    organization(app, "dist", "UTC", None).await;
+    organization(app, "berlin-clinic", "Europe/Berlin", Some("dist")).await;
+    app.create(&price(CUFF, "25.00", "USD", "any-day", Some(0.0725)))
+        .await;
+    app.create(&price(SCALE, "29.00", "USD", "pro-rata", None))
+        .await;
+    let mut theirs = price(CUFF, "20.00", "EUR", "pro-rata", None);
+    theirs["extension"]
+        .as_array_mut()
+        .expect("extensions")
+        .extend([
+            json!({"url": format!("{EXT}billing-distributor"), "valueReference": {"reference": "Organization/dist"}}),
+            json!({"url": format!("{EXT}billing-invoice-to"), "valueCode": "distributor"}),
+        ]);
+    app.create(&theirs).await;
+
+    // In service all month: 25.00 + 7.25 % tax.
+    device(
+        app,
+        CUFF,
+        &[("2024-01-15T12:00:00Z", "active", "ny-clinic")],
+    )
+    .await;
+    // A scale from the 10th to the 20th in New York (11 days of 29, pro rata: 11.00).
+    device(
+        app,
+        SCALE,
+        &[
+            ("2024-02-10T17:00:00Z", "active", "ny-clinic"),
+            ("2024-02-20T15:00:00Z", "inactive", "ny-clinic"),
+        ],
+    )
+    .await;
+    // Moved at 03:00 UTC on the 15th: the 14th in New York, the 15th in Berlin. New York pays
+    // the month (any day); the distributor 15 days of 29 of 20.00 EUR (10.34).
+    let moved = device(
+        app,
+        CUFF,
+        &[
+            ("2024-01-20T12:00:00Z", "active", "ny-clinic"),
+            ("2024-02-15T03:00:00Z", "active", "berlin-clinic"),
+        ],
+    )
+    .await;
+    // Never in service.
+    device(
+        app,
+        CUFF,
+        &[("2024-01-20T12:00:00Z", "inactive", "ny-clinic")],
+    )
+    .await;
+    // Switched on at 22:00 on the 29th in New York, which is already March in UTC.
+    let late = device(
+        app,
+        CUFF,
+        &[("2024-03-01T03:00:00Z", "active", "ny-clinic")],
+    )
+    .await;
+    February { moved, late }
+}
+
+/// The run of a month from Device history, in each customer's time zone: ChargeItems and one
+/// Invoice per recipient and currency, with line items, tax and totals; the same run again
+/// changes nothing; a corrected price cancels the issued invoice and issues a new one.
+async fn a_month_is_invoiced_from_device_history(app: TestApp) {
+    let f = february(&app).await;
+    let out = bill(&app, "2024-02");
+    assert!(out.contains("2 invoices issued (5 ChargeItems)"), "{out}");
+
+    let ny = invoices(&app, "ny-clinic").await;
+    assert_eq!(ny.len(), 1, "{ny:?}");
+    let inv = &ny[0];
+    assert_eq!(inv["status"], "issued");
+    assert_eq!(
+        inv["identifier"][0]["value"], "ny-clinic/2024-02/USD",
+        "{inv}"
+    );
+    assert_eq!(inv["date"], "2024-02-29T23:59:59-05:00");
+    // 3 cuffs at 25.00 with 1.81 tax each, and the scale's 11.00.
+    assert_eq!(amount(&inv["totalNet"]), usd("86.00"), "{inv}");
+    assert_eq!(amount(&inv["totalGross"]), usd("91.43"), "{inv}");
+    let lines = inv["lineItem"].as_array().expect("lines");
+    assert_eq!(lines.len(), 4);
+    let mut devices = Vec::new();
+    for l in lines {
+        let r = app
+            .get(l["chargeItemReference"]["reference"].as_str().expect("ref"))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let ci = r.json();
+        assert_eq!(ci["status"], "billed");
+        assert_eq!(ci["subject"]["reference"], "Group/billing-ny-clinic");
+        devices.push((
+            ci["productReference"]["reference"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            ci["occurrencePeriod"]["start"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            ci["occurrencePeriod"]["end"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            ci["quantity"]["value"].as_u64().unwrap_or_default(),
+        ));
+    }
+    assert!(
+        devices.contains(&(
+            format!("Device/{}", f.moved),
+            "2024-02-01".into(),
+            "2024-02-14".into(),
+            14
+        )),
+        "{devices:?}"
+    );
+    assert!(
+        devices.contains(&(
+            format!("Device/{}", f.late),
+            "2024-02-29".into(),
+            "2024-02-29".into(),
+            1
+        )),
+        "{devices:?}"
+    );
+
+    let dist = invoices(&app, "dist").await;
+    assert_eq!(dist.len(), 1, "{dist:?}");
+    assert_eq!(
+        amount(&dist[0]["totalNet"]),
+        ("10.34".to_owned(), "EUR".to_owned())
+    );
+    assert_eq!(dist[0]["date"], "2024-02-29T23:59:59+00:00");
+    assert!(invoices(&app, "berlin-clinic").await.is_empty());
+
+    // Again: nothing changes, not even a version.
+    let versions = |app: TestApp| async move {
+        let r = app.get("Invoice/_history?_summary=count").await;
+        let c = app.get("ChargeItem/_history?_summary=count").await;
+        (r.json()["total"].clone(), c.json()["total"].clone())
+    };
+    let before = versions(app.clone()).await;
+    let out = bill(&app, "2024-02");
+    assert!(
+        out.contains("0 invoices issued (0 ChargeItems), 2 unchanged, 0 corrected"),
+        "{out}"
+    );
+    assert_eq!(versions(app.clone()).await, before);
+
+    // The scale's price was wrong: the run cancels New York's invoice and issues another;
+    // the distributor's, unchanged, stays.
+    let r = app
+        .get(&format!(
+            "ChargeItemDefinition?url=https://platform.example/price/{SCALE}-USD"
+        ))
+        .await;
+    let mut def = r.json()["entry"][0]["resource"].clone();
+    def["propertyGroup"][0]["priceComponent"][0]["amount"]["value"] = json!(30.00);
+    let id = def["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        app.put(&format!("ChargeItemDefinition/{id}"), &def)
+            .await
+            .status,
+        200
+    );
+    let out = bill(&app, "2024-02");
+    assert!(out.contains("1 unchanged, 1 corrected"), "{out}");
+    let ny = invoices(&app, "ny-clinic").await;
+    assert_eq!(ny.len(), 2, "{ny:?}");
+    let by_status = |s: &str| ny.iter().find(|i| i["status"] == s).expect(s);
+    let (old, new) = (by_status("cancelled"), by_status("issued"));
+    assert_eq!(old["id"], inv["id"]);
+    assert_eq!(
+        old["cancelledReason"],
+        format!(
+            "corrected: replaced by Invoice/{}",
+            new["id"].as_str().unwrap_or_default()
+        )
+    );
+    // Nothing else of the issued invoice was edited.
+    assert_eq!(old["totalNet"], inv["totalNet"]);
+    assert_eq!(old["lineItem"], inv["lineItem"]);
+    assert_eq!(new["status"], "issued");
+    // 30.00 × 11 / 29 = 11.38.
+    assert_eq!(amount(&new["totalNet"]), usd("86.38"), "{new}");
+    let first_item = old["lineItem"][0]["chargeItemReference"]["reference"]
+        .as_str()
+        .expect("ref")
+        .to_owned();
+    assert_eq!(app.get(&first_item).await.json()["status"], "aborted");
+    assert_eq!(invoices(&app, "dist").await.len(), 1);
+}
+both!(a_month_is_invoiced_from_device_history);

@@ -79,6 +79,12 @@ pub fn test_settings(database_url: &str) -> Settings {
                 .expect("an address"),
             ..Default::default()
         },
+        // Billing runs by hand (`vitalbridge bill`, `billing::schedule::tick`) in the tests
+        // that are about it, not behind every other test's back.
+        billing: vitalbridge::billing::schedule::Config {
+            enabled: false,
+            ..Default::default()
+        },
         ..Default::default()
     }
 }

@@ -1,0 +1,82 @@
+//! What the monthly billing run (issue 7, `billing::run`) reads and records besides FHIR
+//! resources (`0015_billing.sql`): every version of a type up to an instant, which recipients'
+//! months are done, and the lease that lets one server process schedule runs.
+
+use std::collections::HashSet;
+
+use super::{Store, StoreError, Version, query};
+
+impl Store {
+    /// The next `limit` versions of resources of type `ty` recorded before `until`
+    /// (microseconds), deletes included, in (id, version) order after `after`.
+    pub async fn history_page(
+        &self,
+        ty: &str,
+        until: i64,
+        after: Option<(&str, i64)>,
+        limit: usize,
+    ) -> Result<Vec<Version>, StoreError> {
+        let mut sql = query::Sql::default();
+        sql.push(
+            "select res_type, res_id, version_id, last_updated, method, content \
+             from resource_history where res_type = ",
+        );
+        sql.text(ty).push(" and last_updated < ");
+        sql.bind(query::Bind::Int(until));
+        if let Some((id, version)) = after {
+            sql.push(" and (res_id, version_id) > (");
+            sql.text(id).push(", ");
+            sql.bind(query::Bind::Int(version)).push(")");
+        }
+        sql.push(" order by res_id, version_id limit ");
+        sql.bind(query::Bind::Int(limit as i64));
+        self.reader().versions(&sql).await
+    }
+
+    /// How many resources of type `ty` exist or existed (deleted ones included).
+    pub async fn count_of_type(&self, ty: &str) -> Result<i64, StoreError> {
+        let sql = "select count(*) from resource where res_type = $1";
+        Ok(on_pool!(self, read, pool => sqlx::query_scalar(sql).bind(ty).fetch_one(pool).await?))
+    }
+
+    /// The recipients whose run of `month` (`YYYY-MM`) is done.
+    pub async fn billed(&self, month: &str) -> Result<HashSet<String>, StoreError> {
+        let sql = "select recipient from billing_run where month = $1";
+        let rows: Vec<(String,)> = on_pool!(self, read, pool => sqlx::query_as(sql)
+            .bind(month).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(|(r,)| r).collect())
+    }
+
+    /// Records that `recipient`'s run of `month` is done (again: the time of the latest).
+    pub async fn mark_billed(
+        &self,
+        recipient: &str,
+        month: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let sql = "insert into billing_run (recipient, month, done_at) values ($1, $2, $3) \
+                   on conflict (recipient, month) do update set done_at = excluded.done_at";
+        on_pool!(self, write, pool => sqlx::query(sql)
+            .bind(recipient).bind(month).bind(now).execute(pool).await.map(|_| ())?);
+        Ok(())
+    }
+
+    /// Takes or renews the lease `name` for `holder` until `now + lease` (microseconds); false
+    /// while another holder has it.
+    pub async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        lease: i64,
+    ) -> Result<bool, StoreError> {
+        let sql = "insert into lease (name, holder, lease_until) values ($1, $2, $3 + $4) \
+                   on conflict (name) do update set holder = excluded.holder, \
+                   lease_until = excluded.lease_until \
+                   where lease.holder = excluded.holder or lease.lease_until < $3 \
+                   returning name";
+        let row: Option<(String,)> = on_pool!(self, write, pool => sqlx::query_as(sql)
+            .bind(name).bind(holder).bind(now).bind(lease).fetch_optional(pool).await?);
+        Ok(row.is_some())
+    }
+}
