@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::both;
-use crate::common::TestApp;
+use crate::common::{TestApp, with};
 
 const PROFILE: &str = "https://vitalbridge.dev/fhir/StructureDefinition/vb-catalog-entry";
 const ITEM: &str = "https://vitalbridge.dev/fhir/CodeSystem/billing-item";
@@ -414,3 +414,174 @@ async fn a_month_is_invoiced_from_device_history(app: TestApp) {
     assert_eq!(invoices(&app, "dist").await.len(), 1);
 }
 both!(a_month_is_invoiced_from_device_history);
+
+fn summary_counts(out: &str) -> (u32, u32) {
+    // "… N invoices issued (M ChargeItems), K unchanged, …"
+    let number_before = |what: &str| -> u32 {
+        let end = out.find(what).unwrap_or_else(|| panic!("{what} in {out}"));
+        out[..end]
+            .split_whitespace()
+            .last()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{what} in {out}"))
+    };
+    (
+        number_before(" invoices issued"),
+        number_before(" unchanged"),
+    )
+}
+
+/// Two processes running the same month at once issue each invoice once: the second waits
+/// for the first's transaction on the recipient and finds its invoice. What each role then
+/// sees of the invoices follows the tenancy of the recipient.
+async fn two_runs_racing_issue_each_invoice_once(app: TestApp) {
+    february(&app).await;
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
+            .args([
+                "bill",
+                "--month",
+                "2024-02",
+                "--database-url",
+                &app.database_url,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("bill starts")
+    };
+    let (a, b) = (spawn(), spawn());
+    let mut issued = 0;
+    let mut unchanged = 0;
+    for child in [a, b] {
+        let out = child.wait_with_output().expect("bill ends");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (i, u) = summary_counts(&text);
+        issued += i;
+        unchanged += u;
+    }
+    assert_eq!((issued, unchanged), (2, 2));
+    assert_eq!(invoices(&app, "ny-clinic").await.len(), 1);
+    assert_eq!(invoices(&app, "dist").await.len(), 1);
+    let r = app.get("ChargeItem?_summary=count").await;
+    assert_eq!(r.json()["total"], 5, "{}", r.text);
+
+    // Customers see their own invoices and what they are billed for; distributors theirs and
+    // their customers'; clinic staff no billing at all.
+    let ny_invoice = invoices(&app, "ny-clinic").await[0].clone();
+    let dist_invoice = invoices(&app, "dist").await[0].clone();
+    let path = |i: &Value| format!("Invoice/{}", i["id"].as_str().unwrap_or_default());
+    let get = |token: String, p: String| {
+        let app = app.clone();
+        async move {
+            app.send(app.client.get(app.url(&p)).bearer_auth(token))
+                .await
+        }
+    };
+    let ny = crate::tenancy::role_token(&app, "customer", Some("ny-clinic")).await;
+    assert_eq!(get(ny.clone(), path(&ny_invoice)).await.status, 200);
+    let item = ny_invoice["lineItem"][0]["chargeItemReference"]["reference"]
+        .as_str()
+        .expect("ref")
+        .to_owned();
+    assert_eq!(get(ny.clone(), item.clone()).await.status, 200);
+    assert_eq!(get(ny.clone(), path(&dist_invoice)).await.status, 404);
+    let r = get(ny.clone(), "Invoice?_summary=count".into()).await;
+    assert_eq!(r.json()["total"], 1, "{}", r.text);
+    let r = app
+        .send(
+            app.client
+                .put(app.url(&path(&ny_invoice)))
+                .bearer_auth(&ny)
+                .header("content-type", "application/fhir+json")
+                .body(with(ny_invoice.clone(), "status", json!("balanced")).to_string()),
+        )
+        .await;
+    assert_eq!(
+        r.status, 403,
+        "a customer does not settle its own invoice: {}",
+        r.text
+    );
+
+    let dist = crate::tenancy::role_token(&app, "distributor", Some("dist")).await;
+    assert_eq!(get(dist.clone(), path(&dist_invoice)).await.status, 200);
+    assert_eq!(get(dist.clone(), path(&ny_invoice)).await.status, 404);
+    let berlin = crate::tenancy::role_token(&app, "customer", Some("berlin-clinic")).await;
+    let r = get(berlin, "Invoice?_summary=count".into()).await;
+    assert_eq!(r.json()["total"], 0, "{}", r.text);
+    let staff = crate::tenancy::role_token(&app, "customer-user", Some("ny-clinic")).await;
+    assert_eq!(get(staff.clone(), "Invoice".into()).await.status, 403);
+    assert_eq!(get(staff, item).await.status, 403);
+}
+both!(two_runs_racing_issue_each_invoice_once);
+
+/// The scheduler inside `serve` runs each recipient's month when it has ended in the
+/// recipient's time zone (and its customers'), once, in the process holding the lease.
+async fn the_scheduler_runs_each_month_at_its_end_in_the_customers_time_zone(app: TestApp) {
+    use vitalbridge::billing::schedule::tick;
+    february(&app).await;
+    let store = vitalbridge::store::Store::connect(&app.database_url, &Default::default())
+        .await
+        .expect("store");
+    let month = |reports: &[(
+        vitalbridge::billing::Month,
+        vitalbridge::billing::run::Report,
+    )],
+                 m: &str| {
+        reports
+            .iter()
+            .find(|(month, _)| month.to_string() == m)
+            .map(|(_, r)| r.clone())
+    };
+
+    // 04:59 UTC on 1 March: February has ended in Berlin and in UTC, not yet in New York.
+    // January, over everywhere, is run too (a server that was down at its end catches up).
+    let done = tick(&store, "one", micros("2024-03-01T04:59:00Z"))
+        .await
+        .expect("tick");
+    let feb = month(&done, "2024-02").expect("February ran");
+    assert_eq!(feb.issued.len(), 1, "{feb:?}");
+    assert_eq!(feb.not_ended, vec!["ny-clinic".to_owned()]);
+    let jan = month(&done, "2024-01").expect("January ran");
+    assert_eq!(jan.issued.len(), 1, "{jan:?}");
+    assert_eq!(invoices(&app, "dist").await.len(), 1);
+    let ny = invoices(&app, "ny-clinic").await;
+    assert_eq!(ny.len(), 1);
+    assert_eq!(ny[0]["identifier"][0]["value"], "ny-clinic/2024-01/USD");
+
+    // Another process does not run while the first holds the lease.
+    let other = tick(&store, "two", micros("2024-03-01T05:00:00Z"))
+        .await
+        .expect("tick");
+    assert!(other.is_empty(), "{other:?}");
+    assert_eq!(invoices(&app, "ny-clinic").await.len(), 1);
+
+    // Midnight in New York: its February.
+    let done = tick(&store, "one", micros("2024-03-01T05:00:00Z"))
+        .await
+        .expect("tick");
+    let feb = month(&done, "2024-02").expect("February ran");
+    assert_eq!(feb.issued.len(), 1, "{feb:?}");
+    assert!(feb.not_ended.is_empty());
+    assert_eq!(invoices(&app, "ny-clinic").await.len(), 2);
+
+    // Done months are not run again.
+    let later = tick(&store, "one", micros("2024-03-01T06:00:00Z"))
+        .await
+        .expect("tick");
+    assert!(later.is_empty(), "{later:?}");
+    // When the holder stops renewing, another process takes over.
+    assert!(
+        store
+            .take_lease("billing", "two", micros("2024-03-01T06:16:00Z"), 1)
+            .await
+            .expect("lease")
+    );
+    store.close().await;
+}
+both!(the_scheduler_runs_each_month_at_its_end_in_the_customers_time_zone);
