@@ -1,6 +1,6 @@
 # Shared by the bench scripts (sourced): a fresh database of a backend, a release server on it
 # with the bench's admin client, and its teardown.
-#   bench_start BACKEND [VAR=value …]   # sets $bin, $pid; extra environment for the server
+#   bench_start BACKEND [VAR=value …]   # sets $bin, $pid, $bench_url; extra environment for the server
 #   bench_stop BACKEND
 PG_ADMIN=${VB_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 [ -n "${NO_BUILD:-}" ] || cargo build --release --quiet
@@ -20,6 +20,7 @@ bench_start() {
       url="sqlite://$(mktemp -d)/bench.db" ;;
     *) echo "unknown backend $backend" >&2; exit 2 ;;
   esac
+  bench_url=$url
   env "$@" VB_LOG=warn VB_BOOTSTRAP_CLIENT_ID=bench VB_BOOTSTRAP_CLIENT_SECRET="$BENCH_SECRET" \
     DATABASE_URL="$url" "$bin" serve --listen "127.0.0.1:$PORT" &
   pid=$!

@@ -9,12 +9,14 @@
 //! - [`invoice`]: a customer's month as ChargeItems and one Invoice (pure);
 //! - [`rpm`]: the remote-monitoring CPT codes a patient's period earns, by rules kept as data
 //!   (pure);
+//! - [`payment`]: payments recorded against invoices (`Invoice/[id]/$record-payment`);
 //! - [`run`]: a month's run over the store, through the one write path;
 //! - [`schedule`]: the run at each month's end inside `serve`, once across processes.
 
 pub mod activity;
 pub mod catalog;
 pub mod invoice;
+pub mod payment;
 pub mod price;
 pub mod rpm;
 pub mod run;

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use super::activity::{self, Month, State};
 use super::catalog::{self, Entry, InvoiceTo, Priced};
 use super::invoice::{self, Heading, INVOICE_SYSTEM, Line};
+use super::payment;
 use crate::auth::policy::Policy;
 use crate::fhir::parse::{Expect, validate_resource};
 use crate::fhir::rest;
@@ -564,6 +565,9 @@ async fn same(
     let mut have = plain(stored.invoice.clone());
     // Being paid is not a difference in what was invoiced.
     have["status"] = want["status"].clone();
+    if let Some(list) = have["extension"].as_array_mut() {
+        list.retain(|e| e["url"] != payment::PAID);
+    }
     Ok(have == want)
 }
 
@@ -640,10 +644,13 @@ async fn write_recipient(
             Some(s) if !lines.is_empty() && same(&mut tx, bill, s, lines).await? => {
                 report.unchanged += 1;
             }
-            Some(s) if s.invoice["status"] == "balanced" => report.problems.push(format!(
-                "Invoice/{} is paid but {} {} now comes out differently; issue a credit by hand",
-                s.id, bill.recipient, bill.month
-            )),
+            Some(s) if s.invoice["status"] == "balanced" || payment::paid(&s.invoice) > 0 => {
+                report.problems.push(format!(
+                    "Invoice/{} is paid (in part) but {} {} now comes out differently; \
+                     settle the difference by hand",
+                    s.id, bill.recipient, bill.month
+                ))
+            }
             Some(s) if lines.is_empty() => {
                 cancel(
                     &mut tx,

@@ -44,6 +44,7 @@ pub fn router() -> Router<AppState> {
             get(subscription_events).post(subscription_events),
         )
         .route("/{type}/{id}/$everything", get(everything))
+        .route("/Invoice/{id}/$record-payment", post(record_payment))
         .route("/metadata", get(metadata))
         // The audit trail: read and searched here, written only by the server (crate::audit).
         .route(
@@ -1042,6 +1043,45 @@ async fn subscription_events(
             ApiError::internal(anyhow::anyhow!("a stored Subscription cannot be read"))
         })?;
         Ok(FhirResponse::new(StatusCode::OK, Payload::Value(bundle)))
+    }
+    .await;
+    ctx.respond(result)
+}
+
+/// `Invoice/[id]/$record-payment` (issue 7, `billing::payment`): records a payment of the
+/// invoice (Parameters `amount`, `date`, `identifier`) as a PaymentReconciliation and answers
+/// the Invoice after it: `balanced` once paid in full, its amount paid so far in the
+/// `billing-paid` extension. Admins only (it updates an Invoice).
+async fn record_payment(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ctx: Ctx,
+    body: Body,
+) -> Response {
+    use crate::billing::payment;
+    let result = async {
+        let value = body_json(&state, &headers, body).await?;
+        let now = now_micros();
+        let today = crate::store::format_instant(now)
+            .get(..10)
+            .unwrap_or_default()
+            .to_owned();
+        let p = payment::read_parameters(&value, &today).map_err(|problems| {
+            ApiError::Unprocessable(problems.into_iter().map(|i| i.issue()).collect())
+        })?;
+        let rid = ResourceId::parse(&id)
+            .ok_or_else(|| ApiError::NotFound(format!("Invoice/{id} is not known")))?;
+        let created = crate::store::format_instant(now);
+        let invoice = in_tx!(state, |tx| payment::record(
+            &mut tx,
+            &rid,
+            &p,
+            &ctx.policy,
+            &created
+        )
+        .await?)?;
+        Ok(FhirResponse::new(StatusCode::OK, Payload::Value(invoice)))
     }
     .await;
     ctx.respond(result)

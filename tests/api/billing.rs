@@ -585,3 +585,123 @@ async fn the_scheduler_runs_each_month_at_its_end_in_the_customers_time_zone(app
     store.close().await;
 }
 both!(the_scheduler_runs_each_month_at_its_end_in_the_customers_time_zone);
+
+fn payment(amount: &str, currency: &str, reference: Option<&str>) -> Value {
+    let mut p = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "amount", "valueMoney": {
+            "value": serde_json::from_str::<Value>(amount).expect("a number"), "currency": currency}},
+        {"name": "date", "valueDate": "2024-03-10"}
+    ]});
+    if let Some(r) = reference {
+        p["parameter"].as_array_mut().expect("list").push(json!(
+            {"name": "identifier", "valueIdentifier": {"system": "https://bank.example/transfer", "value": r}}
+        ));
+    }
+    p
+}
+
+/// Recording payments (`Invoice/[id]/$record-payment`): partial payments are tracked on the
+/// invoice, a retried payment counts once, the invoice is `balanced` when paid in full, and a
+/// re-run of the month does not take a payment for a change. Customers see their invoices'
+/// status and payments; they do not record them.
+async fn payments_move_an_invoice_to_balanced(app: TestApp) {
+    february(&app).await;
+    bill(&app, "2024-02");
+    let inv = invoices(&app, "ny-clinic").await[0].clone();
+    let id = inv["id"].as_str().expect("id").to_owned();
+    let pay = |body: Value| {
+        let app = app.clone();
+        let id = id.clone();
+        async move {
+            app.post(&format!("Invoice/{id}/$record-payment"), &body)
+                .await
+        }
+    };
+    let paid = |i: &Value| {
+        i["extension"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["url"] == format!("{EXT}billing-paid"))
+            .map(|e| amount(&e["valueMoney"]))
+    };
+
+    let r = pay(payment("50.00", "USD", Some("T1"))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["status"], "issued");
+    assert_eq!(paid(&r.json()), Some(usd("50.00")));
+    // The bank's retry of the same transfer counts once.
+    let r = pay(payment("50.00", "USD", Some("T1"))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(paid(&r.json()), Some(usd("50.00")));
+    let r = app.get("PaymentReconciliation?_summary=count").await;
+    assert_eq!(r.json()["total"], 1, "{}", r.text);
+
+    for (bad, status) in [
+        (payment("10", "EUR", None), 422),
+        (payment("0", "USD", None), 422),
+        (payment("1.001", "USD", None), 422),
+        (json!({"resourceType": "Parameters"}), 422),
+    ] {
+        let r = pay(bad.clone()).await;
+        assert_eq!(r.status, status, "{bad}: {}", r.text);
+        assert!(!r.outcome_issues().is_empty(), "{}", r.text);
+    }
+    assert_eq!(
+        app.post(
+            "Invoice/no-such-invoice/$record-payment",
+            &payment("1", "USD", None)
+        )
+        .await
+        .status,
+        404
+    );
+
+    let customer = crate::tenancy::role_token(&app, "customer", Some("ny-clinic")).await;
+    let r = app
+        .send(
+            app.client
+                .post(app.url(&format!("Invoice/{id}/$record-payment")))
+                .bearer_auth(&customer)
+                .header("content-type", "application/fhir+json")
+                .body(payment("41.43", "USD", None).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+
+    let r = pay(payment("41.43", "USD", Some("T2"))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["status"], "balanced");
+    assert_eq!(paid(&r.json()), Some(usd("91.43")));
+    // Nothing of what was invoiced changed.
+    assert_eq!(r.json()["lineItem"], inv["lineItem"]);
+    assert_eq!(r.json()["totalGross"], inv["totalGross"]);
+    let r = pay(payment("1", "USD", None)).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+
+    // The customer sees the status and its payments; the distributor sees neither.
+    let as_customer = |p: String| {
+        let app = app.clone();
+        let t = customer.clone();
+        async move { app.send(app.client.get(app.url(&p)).bearer_auth(t)).await }
+    };
+    let r = as_customer(format!("Invoice/{id}")).await;
+    assert_eq!(r.json()["status"], "balanced", "{}", r.text);
+    let r = as_customer("PaymentReconciliation?_summary=count".into()).await;
+    assert_eq!(r.json()["total"], 2, "{}", r.text);
+    let dist = crate::tenancy::role_token(&app, "distributor", Some("dist")).await;
+    let r = app
+        .send(
+            app.client
+                .get(app.url("PaymentReconciliation?_summary=count"))
+                .bearer_auth(dist),
+        )
+        .await;
+    assert_eq!(r.json()["total"], 0, "{}", r.text);
+
+    // Being paid is not a correction: the month runs again unchanged.
+    let out = bill(&app, "2024-02");
+    assert!(out.contains("2 unchanged, 0 corrected"), "{out}");
+    assert_eq!(invoices(&app, "ny-clinic").await.len(), 1);
+}
+both!(payments_move_an_invoice_to_balanced);
