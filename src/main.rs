@@ -112,11 +112,11 @@ enum Command {
         #[arg(long, env = "VB_SUBSCRIPTION_ALLOW_NETWORKS", default_value = "",
               value_parser = vitalbridge::subscriptions::egress::Egress::parse)]
         subscription_allow_networks: vitalbridge::subscriptions::egress::Egress,
-        /// SMTP relay of the Subscription email channel: smtp://user:password@host:587?tls=required
+        /// SMTP relay of Subscription emails and billing statements: smtp://user:password@host:587?tls=required
         /// (STARTTLS), smtps://user:password@host:465 (TLS), or smtp://host:25 (a local relay)
         #[arg(long, env = "VB_SMTP_URL", hide_env_values = true)]
         smtp_url: Option<String>,
-        /// Sender address of Subscription emails
+        /// Sender address of Subscription emails and billing statements
         #[arg(long, env = "VB_SMTP_FROM", default_value = "vitalbridge@localhost")]
         smtp_from: String,
         /// PEM certificates of a private CA that issued the SMTP relay's certificate
@@ -373,6 +373,11 @@ async fn run() -> std::process::ExitCode {
                 }
                 _ => None,
             };
+            let smtp = smtp_url.map(|url| vitalbridge::subscriptions::email::SmtpConfig {
+                url,
+                from: smtp_from,
+                ca_file: smtp_ca_file,
+            });
             serve(Settings {
                 listen,
                 database_url: db.database_url,
@@ -393,16 +398,13 @@ async fn run() -> std::process::ExitCode {
                     backoff: std::time::Duration::from_millis(subscription_backoff_ms.max(1)),
                     timeout: std::time::Duration::from_secs(subscription_timeout_secs.max(1)),
                     egress: subscription_allow_networks,
-                    smtp: smtp_url.map(|url| vitalbridge::subscriptions::email::SmtpConfig {
-                        url,
-                        from: smtp_from,
-                        ca_file: smtp_ca_file,
-                    }),
+                    smtp: smtp.clone(),
                     ..Default::default()
                 },
                 billing: vitalbridge::billing::schedule::Config {
                     enabled: billing == "on",
                     interval: std::time::Duration::from_secs(billing_interval_secs.max(1)),
+                    smtp,
                 },
                 tls: tls_cert
                     .zip(tls_key)
@@ -567,6 +569,13 @@ async fn bill(database_url: Option<String>, month: Option<String>) -> anyhow::Re
     );
     for (old, new) in &r.corrected {
         println!("corrected: {old} cancelled, replaced by {new}");
+    }
+    let queued = r.issued.len() + r.corrected.len();
+    if queued > 0 {
+        println!(
+            "{queued} statements queued: the server holding the billing lease e-mails them to \
+             each recipient's billing contact (VB_SMTP_URL)"
+        );
     }
     for c in &r.cancelled {
         println!("cancelled: {c}");

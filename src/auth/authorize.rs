@@ -92,7 +92,8 @@ pub(super) enum Refusal {
     Redirect(String, &'static str, String),
 }
 
-pub(super) fn escape(s: &str) -> String {
+/// `&`, `<`, `>`, `"` and `'` as HTML entities (also the billing statements' HTML).
+pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

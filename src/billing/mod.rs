@@ -11,6 +11,7 @@
 //!   (pure);
 //! - [`payment`]: payments recorded against invoices (`Invoice/[id]/$record-payment`);
 //! - [`run`]: a month's run over the store, through the one write path;
+//! - [`statement`]: each issued invoice e-mailed to the recipient's billing contact;
 //! - [`schedule`]: the run at each month's end inside `serve`, once across processes.
 
 pub mod activity;
@@ -21,5 +22,6 @@ pub mod price;
 pub mod rpm;
 pub mod run;
 pub mod schedule;
+pub mod statement;
 
 pub use activity::Month;

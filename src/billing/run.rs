@@ -231,6 +231,7 @@ pub async fn run(
             date: last_second(month, tz).map_err(anyhow::Error::msg)?,
             lines: mine,
             entries: &entries,
+            now,
         };
         write_recipient(store, &bill, &mut report).await?;
         store
@@ -389,6 +390,8 @@ struct Bill<'a> {
     date: String,
     lines: &'a [Owned],
     entries: &'a [Entry],
+    /// The run's clock (microseconds): statements are due from then.
+    now: i64,
 }
 
 impl Bill<'_> {
@@ -638,6 +641,7 @@ async fn write_recipient(
             None => {
                 ensure_group(&mut tx, bill).await?;
                 let id = issue(&mut tx, bill, lines).await?;
+                tx.queue_statement(&id, bill.now).await?;
                 charge_items += lines.len() as u64;
                 report.issued.push(format!("Invoice/{id}"));
             }
@@ -666,6 +670,7 @@ async fn write_recipient(
             Some(s) => {
                 ensure_group(&mut tx, bill).await?;
                 let id = issue(&mut tx, bill, lines).await?;
+                tx.queue_statement(&id, bill.now).await?;
                 cancel(&mut tx, s, &format!("corrected: replaced by Invoice/{id}")).await?;
                 charge_items += lines.len() as u64;
                 report

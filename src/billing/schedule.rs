@@ -10,14 +10,19 @@ use std::time::Duration;
 
 use super::activity::Month;
 use super::run::{self, Report, Which};
+use super::statement;
 use crate::store::Store;
+use crate::subscriptions::email::{Mailer, SmtpConfig};
 
-/// Scheduler settings (`VB_BILLING`, `VB_BILLING_INTERVAL_SECS`).
+/// Scheduler settings (`VB_BILLING`, `VB_BILLING_INTERVAL_SECS`, and the SMTP relay of
+/// `VB_SMTP_URL` for statements).
 #[derive(Debug, Clone)]
 pub struct Config {
     pub enabled: bool,
     /// How often each process looks for months that have ended.
     pub interval: Duration,
+    /// The relay statements go through; without one they wait in the outbox.
+    pub smtp: Option<SmtpConfig>,
 }
 
 impl Default for Config {
@@ -25,8 +30,18 @@ impl Default for Config {
         Config {
             enabled: true,
             interval: Duration::from_secs(60),
+            smtp: None,
         }
     }
+}
+
+/// What one tick did.
+#[derive(Debug, Default)]
+pub struct Ticked {
+    /// The months that ran something, with what they did.
+    pub months: Vec<(Month, Report)>,
+    /// Statements sent.
+    pub statements: u64,
 }
 
 /// How long a process holds the lease without renewing it: longer than a run of a large month.
@@ -44,20 +59,28 @@ pub fn months_at(now: i64) -> Vec<Month> {
 }
 
 /// One look at the clock: when this process holds the lease, runs the due recipients of each
-/// month [`months_at`] `now`. The reports of the months that did something.
-pub async fn tick(store: &Store, holder: &str, now: i64) -> anyhow::Result<Vec<(Month, Report)>> {
+/// month [`months_at`] `now`, then sends the statements due through `mailer`.
+pub async fn tick(
+    store: &Store,
+    holder: &str,
+    now: i64,
+    mailer: Option<&Mailer>,
+) -> anyhow::Result<Ticked> {
+    let mut out = Ticked::default();
     if !store
         .take_lease("billing", holder, now, LEASE.as_micros() as i64)
         .await?
     {
-        return Ok(Vec::new());
+        return Ok(out);
     }
-    let mut out = Vec::new();
     for month in months_at(now) {
         let report = run::run(store, month, Which::Due, Some(now), &|_| {}).await?;
         if report.recipients > 0 || !report.problems.is_empty() {
-            out.push((month, report));
+            out.months.push((month, report));
         }
+    }
+    if let Some(m) = mailer {
+        out.statements = statement::send_due(store, m, now).await?;
     }
     Ok(out)
 }
@@ -68,11 +91,22 @@ pub fn start(store: Store, config: Config) {
         return;
     }
     let holder = uuid::Uuid::new_v4().to_string();
+    let mailer = match config.smtp.as_ref().map(Mailer::new).transpose() {
+        Ok(m) => m,
+        Err(e) => {
+            // `serve` checked the relay's settings when the subscription channel started.
+            tracing::error!(error = %e, "billing: statements cannot be sent");
+            None
+        }
+    };
     tokio::spawn(async move {
         loop {
-            match tick(&store, &holder, crate::store::now_micros()).await {
+            match tick(&store, &holder, crate::store::now_micros(), mailer.as_ref()).await {
                 Ok(done) => {
-                    for (month, r) in done {
+                    if done.statements > 0 {
+                        tracing::info!(sent = done.statements, "billing: statements sent");
+                    }
+                    for (month, r) in done.months {
                         tracing::info!(
                             month = %month,
                             recipients = r.recipients,

@@ -80,3 +80,68 @@ impl Store {
         Ok(row.is_some())
     }
 }
+
+/// A statement waiting to be sent (`statement_outbox`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct QueuedStatement {
+    pub invoice_id: String,
+    pub attempts: i32,
+}
+
+impl super::StoreTx {
+    /// Queues the statement of Invoice `invoice_id`, due at once, in this transaction.
+    pub async fn queue_statement(&mut self, invoice_id: &str, now: i64) -> Result<(), StoreError> {
+        let sql = "insert into statement_outbox (invoice_id, queued_at, next_at) \
+                   values ($1, $2, $2) on conflict (invoice_id) do nothing";
+        match self {
+            super::StoreTx::Pg(tx) => {
+                sqlx::query(sql)
+                    .bind(invoice_id)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            super::StoreTx::Sqlite(tx) => {
+                sqlx::query(sql)
+                    .bind(invoice_id)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Statements due at `now`, oldest first, at most `limit`.
+    pub async fn due_statements(
+        &self,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<QueuedStatement>, StoreError> {
+        let sql = "select invoice_id, attempts from statement_outbox \
+                   where next_at is not null and next_at <= $1 order by next_at limit $2";
+        Ok(on_pool!(self, read, pool => sqlx::query_as(sql)
+            .bind(now).bind(limit).fetch_all(pool).await?))
+    }
+
+    /// Records a statement's attempt: sent (`error` `None`), or failed and due again at
+    /// `next_at`.
+    pub async fn statement_tried(
+        &self,
+        invoice_id: &str,
+        now: i64,
+        error: Option<&str>,
+        next_at: i64,
+    ) -> Result<(), StoreError> {
+        let sql = "update statement_outbox set attempts = attempts + 1, last_error = $2, \
+                   sent_at = case when $2 is null then $3 else null end, \
+                   next_at = case when $2 is null then null else $4 end \
+                   where invoice_id = $1";
+        on_pool!(self, write, pool => sqlx::query(sql)
+            .bind(invoice_id).bind(error).bind(now).bind(next_at)
+            .execute(pool).await.map(|_| ())?);
+        Ok(())
+    }
+}

@@ -88,6 +88,17 @@ impl Mailer {
         payload: Option<(Format, Vec<u8>)>,
     ) -> Result<(), String> {
         let message = notice(&self.from, sub, to, n, payload)?;
+        self.deliver(message).await
+    }
+
+    /// The sender address.
+    pub fn from(&self) -> &Mailbox {
+        &self.from
+    }
+
+    /// Sends `message`; the reason when the relay did not take it (no address or content in
+    /// it: it goes into logs and `Subscription.error`).
+    pub async fn deliver(&self, message: Message) -> Result<(), String> {
         self.transport.send(message).await.map(|_| ()).map_err(|e| {
             if e.is_permanent() {
                 "the mail relay refused the message".to_owned()

@@ -528,12 +528,9 @@ async fn the_scheduler_runs_each_month_at_its_end_in_the_customers_time_zone(app
     let store = vitalbridge::store::Store::connect(&app.database_url, &Default::default())
         .await
         .expect("store");
-    let month = |reports: &[(
-        vitalbridge::billing::Month,
-        vitalbridge::billing::run::Report,
-    )],
-                 m: &str| {
-        reports
+    let month = |ticked: &vitalbridge::billing::schedule::Ticked, m: &str| {
+        ticked
+            .months
             .iter()
             .find(|(month, _)| month.to_string() == m)
             .map(|(_, r)| r.clone())
@@ -541,7 +538,7 @@ async fn the_scheduler_runs_each_month_at_its_end_in_the_customers_time_zone(app
 
     // 04:59 UTC on 1 March: February has ended in Berlin and in UTC, not yet in New York.
     // January, over everywhere, is run too (a server that was down at its end catches up).
-    let done = tick(&store, "one", micros("2024-03-01T04:59:00Z"))
+    let done = tick(&store, "one", micros("2024-03-01T04:59:00Z"), None)
         .await
         .expect("tick");
     let feb = month(&done, "2024-02").expect("February ran");
@@ -555,14 +552,14 @@ async fn the_scheduler_runs_each_month_at_its_end_in_the_customers_time_zone(app
     assert_eq!(ny[0]["identifier"][0]["value"], "ny-clinic/2024-01/USD");
 
     // Another process does not run while the first holds the lease.
-    let other = tick(&store, "two", micros("2024-03-01T05:00:00Z"))
+    let other = tick(&store, "two", micros("2024-03-01T05:00:00Z"), None)
         .await
         .expect("tick");
-    assert!(other.is_empty(), "{other:?}");
+    assert!(other.months.is_empty(), "{other:?}");
     assert_eq!(invoices(&app, "ny-clinic").await.len(), 1);
 
     // Midnight in New York: its February.
-    let done = tick(&store, "one", micros("2024-03-01T05:00:00Z"))
+    let done = tick(&store, "one", micros("2024-03-01T05:00:00Z"), None)
         .await
         .expect("tick");
     let feb = month(&done, "2024-02").expect("February ran");
@@ -571,10 +568,10 @@ async fn the_scheduler_runs_each_month_at_its_end_in_the_customers_time_zone(app
     assert_eq!(invoices(&app, "ny-clinic").await.len(), 2);
 
     // Done months are not run again.
-    let later = tick(&store, "one", micros("2024-03-01T06:00:00Z"))
+    let later = tick(&store, "one", micros("2024-03-01T06:00:00Z"), None)
         .await
         .expect("tick");
-    assert!(later.is_empty(), "{later:?}");
+    assert!(later.months.is_empty(), "{later:?}");
     // When the holder stops renewing, another process takes over.
     assert!(
         store
@@ -705,3 +702,95 @@ async fn payments_move_an_invoice_to_balanced(app: TestApp) {
     assert_eq!(invoices(&app, "ny-clinic").await.len(), 1);
 }
 both!(payments_move_an_invoice_to_balanced);
+
+/// Statements: each issued invoice is e-mailed, through a real SMTP server, to the recipient's
+/// billing contact (else its own address) as HTML with a plain-text part; once, and not for an
+/// invoice cancelled before it went out; a recipient without an address is retried later.
+async fn statements_are_emailed_to_the_billing_contact(app: TestApp) {
+    use crate::email::{PASSWORD, SmtpServer, USER};
+    use vitalbridge::billing::schedule::tick;
+    use vitalbridge::subscriptions::email::{Mailer, SmtpConfig};
+    let f = february(&app).await;
+    // New York's billing contact, and the distributor's own address.
+    let mut ny = app.get("Organization/ny-clinic").await.json();
+    ny["telecom"] = json!([{"system": "email", "value": "front-desk@ny.example"}]);
+    ny["contact"] = json!([{
+        "purpose": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/contactentity-type", "code": "BILL"}]},
+        "telecom": [{"system": "email", "value": "billing@ny.example"}]
+    }]);
+    assert_eq!(app.put("Organization/ny-clinic", &ny).await.status, 200);
+
+    let smtp = SmtpServer::start(None, false).await;
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let mailer = Mailer::new(&SmtpConfig {
+        url: format!("smtp://{USER}:{}@127.0.0.1:{}", enc(PASSWORD), smtp.port),
+        from: "billing@platform.example".into(),
+        ca_file: None,
+    })
+    .expect("mailer");
+    let store = vitalbridge::store::Store::connect(&app.database_url, &Default::default())
+        .await
+        .expect("store");
+    let done = tick(&store, "one", micros("2024-03-02T00:00:00Z"), Some(&mailer))
+        .await
+        .expect("tick");
+    // January's and February's invoices for New York; the distributor has no address yet.
+    assert_eq!(done.statements, 2, "{done:?}");
+    let got = smtp.wait_for(2).await;
+    let part = |meta: &Value, ty: &str| {
+        meta["parts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["type"] == ty)
+            .and_then(|p| p["text"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (_, meta) = got
+        .iter()
+        .find(|(_, meta)| {
+            meta["subject"]
+                .as_str()
+                .is_some_and(|s| s.contains("Statement for 2024-02"))
+        })
+        .expect("February's statement");
+    assert_eq!(meta["to"], json!(["billing@ny.example"]), "{meta}");
+    assert!(
+        meta["subject"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("91.43 USD"),
+        "{meta}"
+    );
+    let (html, text) = (part(meta, "text/html"), part(meta, "text/plain"));
+    // One row per device, three cuffs and the scale, and the totals.
+    assert_eq!(html.matches("<tr><td class=\"n\">").count(), 4, "{html}");
+    assert!(html.contains("Total due: <b>91.43 USD</b>"), "{html}");
+    assert!(html.contains(&format!("Device/{}", f.moved)), "{html}");
+    assert!(text.contains("Total due: 91.43 USD"), "{text}");
+
+    // The distributor gets an address: its statement goes out on a later tick, once.
+    let mut dist = app.get("Organization/dist").await.json();
+    dist["telecom"] = json!([{"system": "email", "value": "accounts@dist.example"}]);
+    assert_eq!(app.put("Organization/dist", &dist).await.status, 200);
+    let done = tick(&store, "one", micros("2024-03-03T00:00:00Z"), Some(&mailer))
+        .await
+        .expect("tick");
+    assert_eq!(done.statements, 1, "{done:?}");
+    let got = smtp.wait_for(3).await;
+    assert_eq!(got[2].1["to"], json!(["accounts@dist.example"]));
+    assert!(
+        part(&got[2].1, "text/plain").contains("Total due: 10.34 EUR"),
+        "{:?}",
+        got[2].1
+    );
+    assert!(part(&got[2].1, "text/html").contains("Organization/berlin-clinic"));
+    let done = tick(&store, "one", micros("2024-03-10T00:00:00Z"), Some(&mailer))
+        .await
+        .expect("tick");
+    assert_eq!(done.statements, 0, "each statement once");
+    store.close().await;
+}
+both!(statements_are_emailed_to_the_billing_contact);

@@ -10,13 +10,13 @@ use vitalbridge::subscriptions::email::SmtpConfig;
 
 use crate::common::{Backend, TestApp, heart_rate, patient, spawn_with};
 
-const USER: &str = "vb-relay";
-const PASSWORD: &str = "relay-pass:with-colon";
+pub const USER: &str = "vb-relay";
+pub const PASSWORD: &str = "relay-pass:with-colon";
 
 /// A running SMTP server and the directory it writes messages to.
-struct SmtpServer {
+pub struct SmtpServer {
     child: Child,
-    port: u16,
+    pub port: u16,
     maildir: PathBuf,
 }
 
@@ -41,7 +41,7 @@ fn python() -> PathBuf {
 impl SmtpServer {
     /// Starts the server requiring AUTH, and with `tls` (certificate and key files) STARTTLS, or
     /// TLS from the first byte when `implicit`.
-    async fn start(tls: Option<(PathBuf, PathBuf)>, implicit: bool) -> SmtpServer {
+    pub async fn start(tls: Option<(PathBuf, PathBuf)>, implicit: bool) -> SmtpServer {
         let port = crate::process::free_port();
         let maildir = std::env::temp_dir()
             .join("vitalbridge-tests")
@@ -80,7 +80,7 @@ impl SmtpServer {
     }
 
     /// Waits for `n` messages: each as received, with its envelope.
-    async fn wait_for(&self, n: usize) -> Vec<(String, Value)> {
+    pub async fn wait_for(&self, n: usize) -> Vec<(String, Value)> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let got: Vec<(String, Value)> = (1..=n)

@@ -4,13 +4,16 @@
                      [--implicit-tls]]
 
 Each message it accepts is written to DIR as `{n}.eml` (the message as received) and
-`{n}.json` (the envelope: sender, recipients, the authenticated user). With --tls-cert it offers
+`{n}.json` (the envelope: sender, recipients, the authenticated user; and the subject and the
+decoded text parts, each with its content type). With --tls-cert it offers
 STARTTLS and requires it before AUTH and MAIL, or with --implicit-tls speaks TLS from the first
 byte (SMTPS, port 465 style); with --user it requires AUTH (PLAIN or LOGIN).
 It prints "ready" once it listens.
 """
 
 import argparse
+import email
+import email.policy
 import json
 import os
 import ssl
@@ -31,14 +34,22 @@ class Store:
             self.count += 1
             n = self.count
         base = os.path.join(self.maildir, str(n))
+        raw = envelope.original_content or envelope.content
         with open(base + ".eml.tmp", "wb") as f:
-            f.write(envelope.original_content or envelope.content)
+            f.write(raw)
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
         meta = {
             "from": envelope.mail_from,
             "to": envelope.rcpt_tos,
             "user": getattr(session, "auth_data", None) and session.auth_data.login.decode(),
             "tls": session.ssl is not None
             or server.transport.get_extra_info("ssl_object") is not None,
+            "subject": str(msg["subject"]),
+            "parts": [
+                {"type": part.get_content_type(), "text": part.get_content()}
+                for part in msg.walk()
+                if part.get_content_maintype() == "text"
+            ],
         }
         with open(base + ".json", "w") as f:
             json.dump(meta, f)
