@@ -141,6 +141,12 @@ enum Command {
         #[arg(long)]
         month: Option<String>,
     },
+    /// Make the RPM Claims of every patient's monitoring periods that have ended (the server's
+    /// billing scheduler does this daily); periods already claimed are left as they are
+    Claims {
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Apply the database migrations and exit
     Migrate {
         #[command(flatten)]
@@ -417,6 +423,7 @@ async fn run() -> std::process::ExitCode {
             .await
         }
         Command::Bill { db, month } => bill(db.database_url, month).await,
+        Command::Claims { db } => claims(db.database_url).await,
         Command::Migrate { db } => migrate(db.database_url).await,
         Command::Reindex { db, batch } => reindex(db.database_url, batch).await,
         Command::Bench(args) => bench::run(args).await,
@@ -590,6 +597,28 @@ async fn bill(database_url: Option<String>, month: Option<String>) -> anyhow::Re
                 .join(", ")
         );
     }
+    for p in &r.problems {
+        eprintln!("warning: {p}");
+    }
+    Ok(())
+}
+
+async fn claims(database_url: Option<String>) -> anyhow::Result<()> {
+    use vitalbridge::billing::{claims, rpm};
+    let rules = rpm::Rules::parse(rpm::RULES_2026).map_err(anyhow::Error::msg)?;
+    let store = open_store(database_url).await?;
+    let started = std::time::Instant::now();
+    let report = claims::run(&store, &rules, vitalbridge::store::now_micros()).await;
+    store.close().await;
+    let r = report?;
+    println!(
+        "{}: {} ended periods, {} claims made, {} already claimed in {:.1} s",
+        rules.name,
+        r.periods,
+        r.made.len(),
+        r.existing,
+        started.elapsed().as_secs_f64()
+    );
     for p in &r.problems {
         eprintln!("warning: {p}");
     }

@@ -10,12 +10,14 @@
 //! - [`rpm`]: the remote-monitoring CPT codes a patient's period earns, by rules kept as data
 //!   (pure);
 //! - [`payment`]: payments recorded against invoices (`Invoice/[id]/$record-payment`);
+//! - [`claims`]: RPM Claims per patient and ended 30-day period from the stored readings;
 //! - [`run`]: a month's run over the store, through the one write path;
 //! - [`statement`]: each issued invoice e-mailed to the recipient's billing contact;
 //! - [`schedule`]: the run at each month's end inside `serve`, once across processes.
 
 pub mod activity;
 pub mod catalog;
+pub mod claims;
 pub mod invoice;
 pub mod payment;
 pub mod price;

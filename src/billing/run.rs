@@ -97,7 +97,7 @@ fn micros_now() -> i64 {
 }
 
 /// All current resources of `ty`, parsed.
-async fn current_of(store: &Store, ty: &str) -> anyhow::Result<Vec<(String, Value)>> {
+pub(super) async fn current_of(store: &Store, ty: &str) -> anyhow::Result<Vec<(String, Value)>> {
     let mut out = Vec::new();
     let mut after = (ty.to_owned(), String::new());
     loop {

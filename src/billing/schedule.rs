@@ -42,7 +42,12 @@ pub struct Ticked {
     pub months: Vec<(Month, Report)>,
     /// Statements sent.
     pub statements: u64,
+    /// The day's RPM claims run, when this tick made it.
+    pub claims: Option<super::claims::Report>,
 }
+
+/// The `billing_run` recipient that records each day's claims run.
+const CLAIMS: &str = "rpm-claims";
 
 /// How long a process holds the lease without renewing it: longer than a run of a large month.
 const LEASE: Duration = Duration::from_secs(15 * 60);
@@ -79,6 +84,17 @@ pub async fn tick(
             out.months.push((month, report));
         }
     }
+    // RPM claims once a day (UTC): periods end at the clinics' midnights, and a claim made a
+    // few hours after its period ended is on time.
+    let day = crate::store::format_instant(now)
+        .get(..10)
+        .unwrap_or_default()
+        .to_owned();
+    if !store.billed(&day).await?.contains(CLAIMS) {
+        let rules = super::rpm::Rules::parse(super::rpm::RULES_2026).map_err(anyhow::Error::msg)?;
+        out.claims = Some(super::claims::run(store, &rules, now).await?);
+        store.mark_billed(CLAIMS, &day, now).await?;
+    }
     if let Some(m) = mailer {
         out.statements = statement::send_due(store, m, now).await?;
     }
@@ -103,6 +119,17 @@ pub fn start(store: Store, config: Config) {
         loop {
             match tick(&store, &holder, crate::store::now_micros(), mailer.as_ref()).await {
                 Ok(done) => {
+                    if let Some(c) = &done.claims {
+                        tracing::info!(
+                            periods = c.periods,
+                            made = c.made.len(),
+                            existing = c.existing,
+                            "billing: RPM claims run"
+                        );
+                        for p in &c.problems {
+                            tracing::warn!(problem = %p, "billing: needs a person");
+                        }
+                    }
                     if done.statements > 0 {
                         tracing::info!(sent = done.statements, "billing: statements sent");
                     }

@@ -145,3 +145,61 @@ impl Store {
         Ok(())
     }
 }
+
+/// The Observations that are device readings about a Patient (`subject` a Patient, `device`
+/// set), as (patient id, start of `effective`) rows of the search index.
+const READINGS: &str = "from search_reference s \
+     join search_date d on d.res_type = s.res_type and d.res_id = s.res_id and d.param = 'date' \
+     where s.res_type = 'Observation' and s.param = 'subject' and s.target_type = 'Patient' \
+     and exists (select 1 from search_reference r where r.res_type = 'Observation' \
+     and r.res_id = s.res_id and r.param = 'device' and r.target_type = 'Device')";
+
+impl Store {
+    /// Each patient's first device reading before `until` (microseconds).
+    pub async fn first_readings(&self, until: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let sql =
+            format!("select s.target_id, min(d.lo) {READINGS} and d.lo < $1 group by s.target_id");
+        Ok(
+            on_pool!(self, read, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(until).fetch_all(pool).await?),
+        )
+    }
+
+    /// The device readings of patients from `from` until `until` (microseconds): (patient id,
+    /// instant).
+    pub async fn readings(&self, from: i64, until: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let sql = format!("select s.target_id, d.lo {READINGS} and d.lo >= $1 and d.lo < $2");
+        Ok(
+            on_pool!(self, read, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(from).bind(until).fetch_all(pool).await?),
+        )
+    }
+
+    /// The current resources of `ty` with the token `system|code` in `param` whose `date`
+    /// overlaps `from..until` (microseconds).
+    pub async fn coded_in_period(
+        &self,
+        ty: &str,
+        param: &str,
+        (system, code): (&str, &str),
+        from: i64,
+        until: i64,
+    ) -> Result<Vec<Version>, StoreError> {
+        let mut sql = query::Sql::default();
+        sql.push(
+            "select h.res_type, h.res_id, h.version_id, h.last_updated, h.method, h.content \
+             from resource r join resource_history h on h.res_type = r.res_type \
+             and h.res_id = r.res_id and h.version_id = r.version_id \
+             where r.deleted = false and r.res_type = ",
+        );
+        sql.text(ty);
+        sql.push(" and exists (select 1 from search_token t where t.res_type = r.res_type and t.res_id = r.res_id and t.param = ");
+        sql.text(param).push(" and t.system = ");
+        sql.text(system).push(" and t.code = ");
+        sql.text(code);
+        sql.push(") and exists (select 1 from search_date d where d.res_type = r.res_type and d.res_id = r.res_id and d.param = 'date' and d.lo < ");
+        sql.bind(query::Bind::Int(until)).push(" and d.hi >= ");
+        sql.bind(query::Bind::Int(from)).push(")");
+        self.reader().versions(&sql).await
+    }
+}

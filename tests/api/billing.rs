@@ -794,3 +794,215 @@ async fn statements_are_emailed_to_the_billing_contact(app: TestApp) {
     store.close().await;
 }
 both!(statements_are_emailed_to_the_billing_contact);
+
+/// A day `days` from today (UTC), at `hour`.
+fn days_from_today(days: i64, hour: i8) -> String {
+    let today = jiff::Timestamp::now()
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .date();
+    let d = today
+        .checked_add(jiff::Span::new().days(days))
+        .expect("a date");
+    format!("{d}T{hour:02}:00:00Z")
+}
+
+fn reading(patient: &str, device: Option<&str>, at: &str) -> Value {
+    let mut o = json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "effectiveDateTime": at,
+        "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}
+    });
+    if let Some(d) = device {
+        o["device"] = json!({"reference": format!("Device/{d}")});
+    }
+    o
+}
+
+fn management_time(patient: &str, start: &str, minutes: i64) -> Value {
+    let end = start
+        .parse::<jiff::Timestamp>()
+        .expect("instant")
+        .checked_add(jiff::Span::new().minutes(minutes))
+        .expect("end");
+    json!({
+        "resourceType": "Procedure",
+        "status": "completed",
+        "code": {"coding": [{"system": "https://vitalbridge.dev/fhir/CodeSystem/rpm-activity", "code": "management-time"}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "performedPeriod": {"start": start, "end": end.to_string()}
+    })
+}
+
+/// RPM Claims from stored readings: per patient and ended 30-day period, the codes the rules
+/// (data) give for the days with device readings and the management minutes staff recorded;
+/// set-up once per episode; 99454 and 99445 never together; insurance from the patient's
+/// Coverage; made once however often the run goes.
+async fn rpm_claims_come_from_the_stored_readings(app: TestApp) {
+    organization(&app, "rpm-clinic", "UTC", None).await;
+    let patient = |name: &str| {
+        json!({"resourceType": "Patient", "name": [{"family": name}],
+               "managingOrganization": {"reference": "Organization/rpm-clinic"}})
+    };
+    let p = app.create(&patient("Monitored")).await;
+    let uninsured = app.create(&patient("Uninsured")).await;
+    let cuff = app
+        .create(&json!({"resourceType": "Device", "status": "active",
+            "owner": {"reference": "Organization/rpm-clinic"}}))
+        .await;
+    let coverage = app
+        .create(&json!({"resourceType": "Coverage", "status": "active",
+            "beneficiary": {"reference": format!("Patient/{p}")},
+            "payor": [{"reference": "Organization/rpm-clinic"}]}))
+        .await;
+
+    // The episode starts 65 days ago: the first period has readings on 18 days (two on some),
+    // the second on 5 days and one reading typed in by hand (no device), which does not count.
+    let mut entries = Vec::new();
+    for day in 0..18 {
+        entries.push(reading(&p, Some(&cuff), &days_from_today(-65 + day, 8)));
+        if day % 3 == 0 {
+            entries.push(reading(&p, Some(&cuff), &days_from_today(-65 + day, 20)));
+        }
+    }
+    for day in 30..35 {
+        entries.push(reading(&p, Some(&cuff), &days_from_today(-65 + day, 9)));
+    }
+    entries.push(reading(&p, None, &days_from_today(-65 + 36, 9)));
+    for day in 0..3 {
+        entries.push(reading(
+            &uninsured,
+            Some(&cuff),
+            &days_from_today(-65 + day, 9),
+        ));
+    }
+    // 45 minutes of management in the first period, 12 in the second.
+    entries.push(management_time(&p, &days_from_today(-60, 14), 25));
+    entries.push(management_time(&p, &days_from_today(-50, 14), 20));
+    entries.push(management_time(&p, &days_from_today(-20, 14), 12));
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries
+        .into_iter()
+        .map(|r| {
+            let ty = r["resourceType"].as_str().unwrap_or_default().to_owned();
+            json!({"resource": r, "request": {"method": "POST", "url": ty}})
+        })
+        .collect::<Vec<_>>()});
+    let r = app.post("", &bundle).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
+            .args(["claims", "--database-url", &app.database_url])
+            .output()
+            .expect("claims runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (out, err) = run();
+    assert!(
+        out.contains("2 claims made, 0 already claimed"),
+        "{out}{err}"
+    );
+    assert!(
+        err.contains(&format!("Patient/{uninsured} has no active Coverage")),
+        "{err}"
+    );
+
+    let r = app
+        .get(&format!("Claim?patient=Patient/{p}&_sort=_lastUpdated"))
+        .await;
+    let claims: Vec<Value> = r.json()["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["resource"].clone())
+        .collect();
+    assert_eq!(claims.len(), 2, "{}", r.text);
+    let codes = |c: &Value| -> Vec<(String, u64)> {
+        c["item"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| {
+                (
+                    i["productOrService"]["coding"][0]["code"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    i["quantity"]["value"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    let by_start = |start: &str| {
+        claims
+            .iter()
+            .find(|c| c["billablePeriod"]["start"] == start)
+            .unwrap_or_else(|| panic!("a claim from {start}: {claims:?}"))
+    };
+    let first = by_start(&days_from_today(-65, 0)[..10]);
+    assert_eq!(
+        codes(first),
+        vec![
+            ("99453".to_owned(), 1),
+            ("99454".to_owned(), 1),
+            ("99457".to_owned(), 1),
+            ("99458".to_owned(), 1)
+        ]
+    );
+    assert_eq!(
+        first["billablePeriod"]["end"],
+        &days_from_today(-36, 0)[..10]
+    );
+    assert_eq!(first["provider"]["reference"], "Organization/rpm-clinic");
+    assert_eq!(
+        first["insurance"][0]["coverage"]["reference"],
+        format!("Coverage/{coverage}")
+    );
+    assert_eq!(first["type"]["coding"][0]["code"], "professional");
+    assert_eq!(first["use"], "claim");
+    assert_eq!(
+        first["item"][0]["servicedPeriod"], first["billablePeriod"],
+        "{first}"
+    );
+    let second = by_start(&days_from_today(-35, 0)[..10]);
+    assert_eq!(
+        codes(second),
+        vec![("99445".to_owned(), 1), ("99470".to_owned(), 1)]
+    );
+
+    // Again: nothing new.
+    let (out, _) = run();
+    assert!(out.contains("0 claims made, 2 already claimed"), "{out}");
+    // The clinic sees its claims; another clinic does not.
+    let clinic = crate::tenancy::role_token(&app, "customer", Some("rpm-clinic")).await;
+    let r = app
+        .send(
+            app.client
+                .get(app.url("Claim?_summary=count"))
+                .bearer_auth(clinic),
+        )
+        .await;
+    assert_eq!(r.json()["total"], 2, "{}", r.text);
+    organization(&app, "other-clinic", "UTC", None).await;
+    let other = crate::tenancy::role_token(&app, "customer", Some("other-clinic")).await;
+    let r = app
+        .send(
+            app.client
+                .get(app.url("Claim?_summary=count"))
+                .bearer_auth(other),
+        )
+        .await;
+    assert_eq!(r.json()["total"], 0, "{}", r.text);
+}
+both!(rpm_claims_come_from_the_stored_readings);
