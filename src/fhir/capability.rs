@@ -170,6 +170,12 @@ fn operations(ty: ResourceType) -> Vec<Value> {
             "name": "lastn",
             "definition": "http://hl7.org/fhir/OperationDefinition/Observation-lastn"
         })),
+        // Records a payment of an invoice (`billing::payment`; its parameters are in the
+        // README until the OpenAPI document describes them).
+        "Invoice" => ops.push(json!({
+            "name": "record-payment",
+            "definition": "https://vitalbridge.dev/fhir/OperationDefinition/Invoice-record-payment"
+        })),
         "Patient" => ops.push(json!({
             "name": "everything",
             "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"

@@ -216,6 +216,7 @@ fn usd(s: &str) -> (String, String) {
 struct February {
     moved: String,
     late: String,
+    reactivated: String,
 }
 
 async fn february(app: &TestApp) -> February {
@@ -264,6 +265,17 @@ async fn february(app: &TestApp) -> February {
         ],
     )
     .await;
+    // Switched off from noon on the 5th to noon on the 20th in New York: 15 days of 29 (15.00).
+    let reactivated = device(
+        app,
+        SCALE,
+        &[
+            ("2024-01-10T12:00:00Z", "active", "ny-clinic"),
+            ("2024-02-05T17:00:00Z", "inactive", "ny-clinic"),
+            ("2024-02-20T17:00:00Z", "active", "ny-clinic"),
+        ],
+    )
+    .await;
     // Never in service.
     device(
         app,
@@ -278,7 +290,11 @@ async fn february(app: &TestApp) -> February {
         &[("2024-03-01T03:00:00Z", "active", "ny-clinic")],
     )
     .await;
-    February { moved, late }
+    February {
+        moved,
+        late,
+        reactivated,
+    }
 }
 
 /// The run of a month from Device history, in each customer's time zone: ChargeItems and one
@@ -287,7 +303,7 @@ async fn february(app: &TestApp) -> February {
 async fn a_month_is_invoiced_from_device_history(app: TestApp) {
     let f = february(&app).await;
     let out = bill(&app, "2024-02");
-    assert!(out.contains("2 invoices issued (5 ChargeItems)"), "{out}");
+    assert!(out.contains("2 invoices issued (6 ChargeItems)"), "{out}");
 
     let ny = invoices(&app, "ny-clinic").await;
     assert_eq!(ny.len(), 1, "{ny:?}");
@@ -298,11 +314,11 @@ async fn a_month_is_invoiced_from_device_history(app: TestApp) {
         "{inv}"
     );
     assert_eq!(inv["date"], "2024-02-29T23:59:59-05:00");
-    // 3 cuffs at 25.00 with 1.81 tax each, and the scale's 11.00.
-    assert_eq!(amount(&inv["totalNet"]), usd("86.00"), "{inv}");
-    assert_eq!(amount(&inv["totalGross"]), usd("91.43"), "{inv}");
+    // 3 cuffs at 25.00 with 1.81 tax each, and the scales' 11.00 and 15.00.
+    assert_eq!(amount(&inv["totalNet"]), usd("101.00"), "{inv}");
+    assert_eq!(amount(&inv["totalGross"]), usd("106.43"), "{inv}");
     let lines = inv["lineItem"].as_array().expect("lines");
-    assert_eq!(lines.len(), 4);
+    assert_eq!(lines.len(), 5);
     let mut devices = Vec::new();
     for l in lines {
         let r = app
@@ -343,6 +359,16 @@ async fn a_month_is_invoiced_from_device_history(app: TestApp) {
             "2024-02-29".into(),
             "2024-02-29".into(),
             1
+        )),
+        "{devices:?}"
+    );
+
+    assert!(
+        devices.contains(&(
+            format!("Device/{}", f.reactivated),
+            "2024-02-01".into(),
+            "2024-02-29".into(),
+            15
         )),
         "{devices:?}"
     );
@@ -404,8 +430,8 @@ async fn a_month_is_invoiced_from_device_history(app: TestApp) {
     assert_eq!(old["totalNet"], inv["totalNet"]);
     assert_eq!(old["lineItem"], inv["lineItem"]);
     assert_eq!(new["status"], "issued");
-    // 30.00 × 11 / 29 = 11.38.
-    assert_eq!(amount(&new["totalNet"]), usd("86.38"), "{new}");
+    // 30.00 × 11 / 29 = 11.38 and 30.00 × 15 / 29 = 15.52.
+    assert_eq!(amount(&new["totalNet"]), usd("101.90"), "{new}");
     let first_item = old["lineItem"][0]["chargeItemReference"]["reference"]
         .as_str()
         .expect("ref")
@@ -469,7 +495,7 @@ async fn two_runs_racing_issue_each_invoice_once(app: TestApp) {
     assert_eq!(invoices(&app, "ny-clinic").await.len(), 1);
     assert_eq!(invoices(&app, "dist").await.len(), 1);
     let r = app.get("ChargeItem?_summary=count").await;
-    assert_eq!(r.json()["total"], 5, "{}", r.text);
+    assert_eq!(r.json()["total"], 6, "{}", r.text);
 
     // Customers see their own invoices and what they are billed for; distributors theirs and
     // their customers'; clinic staff no billing at all.
@@ -661,15 +687,15 @@ async fn payments_move_an_invoice_to_balanced(app: TestApp) {
                 .post(app.url(&format!("Invoice/{id}/$record-payment")))
                 .bearer_auth(&customer)
                 .header("content-type", "application/fhir+json")
-                .body(payment("41.43", "USD", None).to_string()),
+                .body(payment("56.43", "USD", None).to_string()),
         )
         .await;
     assert_eq!(r.status, 403, "{}", r.text);
 
-    let r = pay(payment("41.43", "USD", Some("T2"))).await;
+    let r = pay(payment("56.43", "USD", Some("T2"))).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json()["status"], "balanced");
-    assert_eq!(paid(&r.json()), Some(usd("91.43")));
+    assert_eq!(paid(&r.json()), Some(usd("106.43")));
     // Nothing of what was invoiced changed.
     assert_eq!(r.json()["lineItem"], inv["lineItem"]);
     assert_eq!(r.json()["totalGross"], inv["totalGross"]);
@@ -761,15 +787,15 @@ async fn statements_are_emailed_to_the_billing_contact(app: TestApp) {
         meta["subject"]
             .as_str()
             .unwrap_or_default()
-            .contains("91.43 USD"),
+            .contains("106.43 USD"),
         "{meta}"
     );
     let (html, text) = (part(meta, "text/html"), part(meta, "text/plain"));
-    // One row per device, three cuffs and the scale, and the totals.
-    assert_eq!(html.matches("<tr><td class=\"n\">").count(), 4, "{html}");
-    assert!(html.contains("Total due: <b>91.43 USD</b>"), "{html}");
+    // One row per device, three cuffs and two scales, and the totals.
+    assert_eq!(html.matches("<tr><td class=\"n\">").count(), 5, "{html}");
+    assert!(html.contains("Total due: <b>106.43 USD</b>"), "{html}");
     assert!(html.contains(&format!("Device/{}", f.moved)), "{html}");
-    assert!(text.contains("Total due: 91.43 USD"), "{text}");
+    assert!(text.contains("Total due: 106.43 USD"), "{text}");
 
     // The distributor gets an address: its statement goes out on a later tick, once.
     let mut dist = app.get("Organization/dist").await.json();
