@@ -1032,3 +1032,75 @@ async fn rpm_claims_come_from_the_stored_readings(app: TestApp) {
     assert_eq!(r.json()["total"], 0, "{}", r.text);
 }
 both!(rpm_claims_come_from_the_stored_readings);
+
+/// Two server processes on one database, each with the billing scheduler on: the month that
+/// has just ended is invoiced once, whichever process gets to it. The clinic's distributor
+/// sees its customer's invoice.
+async fn two_server_processes_bill_the_month_once(app: TestApp) {
+    let month = vitalbridge::billing::Month::last_ended(jiff::Timestamp::now().as_microsecond());
+    organization(&app, "utc-dist", "UTC", None).await;
+    organization(&app, "utc-clinic", "UTC", Some("utc-dist")).await;
+    app.create(&price(CUFF, "25.00", "USD", "any-day", None))
+        .await;
+    for i in 0..3 {
+        device(
+            &app,
+            CUFF,
+            &[(
+                &format!("{month}-0{}T12:00:00Z", i + 2),
+                "active",
+                "utc-clinic",
+            )],
+        )
+        .await;
+    }
+    let env = [("VB_BILLING_INTERVAL_SECS", "1")];
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let port = crate::process::free_port();
+        servers.push(crate::process::start_with(&app.database_url, port, &env).await);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while invoices(&app, "utc-clinic").await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no invoice from either server"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Several more ticks of both.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    for mut s in servers {
+        let _ = s.child.kill();
+        let _ = s.child.wait();
+    }
+    let found = invoices(&app, "utc-clinic").await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        found[0]["identifier"][0]["value"],
+        format!("utc-clinic/{month}/USD")
+    );
+    assert_eq!(amount(&found[0]["totalNet"]), usd("75.00"));
+    let r = app.get("Invoice/_history").await;
+    assert_eq!(
+        r.json()["entry"].as_array().map_or(0, Vec::len),
+        1,
+        "one version of one invoice: {}",
+        r.text
+    );
+    let r = app.get("ChargeItem?_summary=count").await;
+    assert_eq!(r.json()["total"], 3, "{}", r.text);
+
+    let dist = crate::tenancy::role_token(&app, "distributor", Some("utc-dist")).await;
+    let as_dist = |p: String| {
+        let app = app.clone();
+        let t = dist.clone();
+        async move { app.send(app.client.get(app.url(&p)).bearer_auth(t)).await }
+    };
+    let id = found[0]["id"].as_str().unwrap_or_default();
+    let r = as_dist(format!("Invoice/{id}")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = as_dist("Invoice?_summary=count".into()).await;
+    assert_eq!(r.json()["total"], 1, "{}", r.text);
+}
+both!(two_server_processes_bill_the_month_once);
