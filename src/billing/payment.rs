@@ -1,6 +1,10 @@
-//! Payments (issue 7, item 4): `POST Invoice/[id]/$record-payment` records a payment as a
-//! PaymentReconciliation (https://hl7.org/fhir/R4/paymentreconciliation.html) whose detail
-//! names the Invoice, and keeps the amount paid so far on the Invoice (extension [`PAID`]).
+//! Payments (issue 7, item 4): a PaymentReconciliation
+//! (https://hl7.org/fhir/R4/paymentreconciliation.html) whose `detail.request` names an Invoice
+//! pays it by the detail's `amount` (negative for a refund), in the transaction that creates it:
+//! `POST PaymentReconciliation` (also in a Bundle), or `POST Invoice/[id]/$record-payment` with
+//! Parameters, which builds one. The Invoice keeps the amount paid so far (extension [`PAID`]).
+//! Recorded payments are a ledger: they are not updated or deleted (422); a correction is a
+//! new PaymentReconciliation.
 //! When the payments reach `totalGross` the Invoice becomes `balanced`
 //! (https://hl7.org/fhir/R4/valueset-invoice-status.html); until then it stays `issued` and
 //! the extension shows what is still owed. Nothing of what was invoiced (lines, totals) is
@@ -120,6 +124,65 @@ pub fn read_parameters(parameters: &Value, today: &str) -> Result<Payment, Vec<I
     }
 }
 
+/// A Money element's amount, which may be negative (a refund).
+fn signed_money_of(v: &Value) -> Result<Money, String> {
+    let text = v["value"].to_string();
+    match text.strip_prefix('-') {
+        Some(abs) => {
+            let mut m = money_of(&json!({"value": serde_json::from_str::<Value>(abs)
+                .map_err(|_| "the amount is not a number")?, "currency": v["currency"]}))?;
+            m.minor = -m.minor;
+            Ok(m)
+        }
+        None => money_of(v),
+    }
+}
+
+/// The invoices an active PaymentReconciliation pays: each `detail` whose `request` is
+/// `Invoice/{id}`, with its `amount` (negative: a refund). Other details are left alone.
+pub fn invoice_details(pr: &Value) -> Result<Vec<(String, Money)>, Vec<Invalid>> {
+    if pr["status"] != "active" {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for d in pr["detail"].as_array().into_iter().flatten() {
+        let Some(id) = d["request"]["reference"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("Invoice/"))
+        else {
+            continue;
+        };
+        match signed_money_of(&d["amount"]) {
+            Ok(m) if m.minor != 0 => out.push((id.to_owned(), m)),
+            Ok(_) => problems.push(Invalid::new(
+                "PaymentReconciliation",
+                "detail.amount",
+                "a payment of an invoice is not zero",
+            )),
+            Err(e) => problems.push(Invalid::new(
+                "PaymentReconciliation",
+                "detail.amount",
+                format!("the amount paid of Invoice/{id}: {e}"),
+            )),
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+/// True when `pr` pays or refunds an invoice (or tries to).
+pub fn pays_invoices(pr: &Value) -> bool {
+    pr["detail"].as_array().into_iter().flatten().any(|d| {
+        d["request"]["reference"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("Invoice/"))
+    })
+}
+
 /// An Invoice's `totalGross` and what has been paid of it, in its currency's minor units.
 pub fn standing(invoice: &Value) -> Result<(Money, i64), String> {
     let gross = money_of(&invoice["totalGross"])?;
@@ -171,14 +234,16 @@ pub fn reconciliation(invoice_id: &str, payer: &str, payment: &Payment, created:
     r
 }
 
-/// The invoice after a payment of `amount`: the amount paid so far in [`PAID`], and `balanced`
-/// once that reaches `totalGross`. Refuses a payment in another currency, or of an invoice
-/// that is not `issued`.
+/// The invoice after a payment of `amount` (negative: a refund): the amount paid so far in
+/// [`PAID`], `balanced` once that reaches `totalGross` and `issued` again below it. Refuses a
+/// payment in another currency, a payment of an invoice that is not `issued`, and a refund of
+/// more than was paid.
 pub fn apply(invoice: &Value, amount: &Money) -> Result<Value, String> {
-    if invoice["status"] != "issued" {
+    let status = invoice["status"].as_str().unwrap_or("without a status");
+    let open = status == "issued" || (amount.minor < 0 && status == "balanced");
+    if !open {
         return Err(format!(
-            "the Invoice is {}; payments are recorded against issued invoices",
-            invoice["status"].as_str().unwrap_or("without a status")
+            "the Invoice is {status}; payments are recorded against issued invoices"
         ));
     }
     let (gross, before) = standing(invoice)?;
@@ -191,6 +256,21 @@ pub fn apply(invoice: &Value, amount: &Money) -> Result<Value, String> {
     let now = before
         .checked_add(amount.minor)
         .ok_or("the amount is too large")?;
+    if now < 0 {
+        return Err(format!(
+            "a refund of {} is more than the {} paid",
+            Money {
+                minor: -amount.minor,
+                currency: gross.currency.clone()
+            }
+            .decimal(),
+            Money {
+                minor: before,
+                currency: gross.currency.clone()
+            }
+            .decimal()
+        ));
+    }
     let paid = Money {
         minor: now,
         currency: gross.currency.clone(),
@@ -209,13 +289,16 @@ pub fn apply(invoice: &Value, amount: &Money) -> Result<Value, String> {
         .chain(std::iter::once(ext))
         .collect::<Vec<_>>();
     out["extension"] = json!(list);
-    if now >= gross.minor {
-        out["status"] = json!("balanced");
-    }
+    out["status"] = json!(if now >= gross.minor {
+        "balanced"
+    } else {
+        "issued"
+    });
     Ok(out)
 }
 
-/// Records `payment` of Invoice `id` as `policy`'s caller, in `tx`: the invoice after it.
+/// Records `payment` of Invoice `id` as `policy`'s caller, in `tx`: a PaymentReconciliation
+/// (which pays the invoice as it is created, [`apply_recorded`]); the invoice after it.
 pub async fn record(
     tx: &mut StoreTx,
     id: &ResourceId,
@@ -223,54 +306,93 @@ pub async fn record(
     policy: &Policy,
     created: &str,
 ) -> Result<Value, ApiError> {
-    let invoice_ty = ResourceType::parse("Invoice")
-        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("Invoice")))?;
     let pr_ty = ResourceType::parse("PaymentReconciliation")
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("PaymentReconciliation")))?;
-    policy.check("Invoice", Perm::Update)?;
     policy.check("PaymentReconciliation", Perm::Create)?;
-    // Payments of one invoice take turns: each adds to what the one before left.
-    tx.lock_key(&format!("invoice-payment/{id}")).await?;
-    let current = rest::current_for(&mut Lookup::Tx(tx), policy, invoice_ty, id)
-        .await?
-        .and_then(|v| v.content.map(|c| (v.version_id, c)))
-        .ok_or_else(|| ApiError::NotFound(format!("Invoice/{id} is not known")))?;
-    let (version, content) = current;
-    let invoice: Value = serde_json::from_str(&content).map_err(ApiError::internal)?;
+    let invoice = read_invoice(tx, id, policy).await?;
     let payer = invoice["recipient"]["reference"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let unprocessable = |m: String| {
-        ApiError::Unprocessable(vec![
-            Issue::error("business-rule", m).at("Parameters.parameter.where(name = 'amount')"),
-        ])
-    };
-    let after = match apply(&invoice, &payment.amount) {
-        Ok(a) => a,
-        // A retry of a payment already recorded is answered with the invoice as it stands,
-        // even once that payment balanced it.
-        Err(_) if recorded(tx, payment, policy).await? => return Ok(invoice),
-        Err(m) => return Err(unprocessable(m)),
-    };
     let pr = validate_resource(
         reconciliation(id.as_str(), &payer, payment, created),
         Expect::Create(pr_ty),
     )?;
     let if_none_exist = payment.identifier.as_ref().map(identifier_query);
-    let o = rest::create(tx, pr, None, if_none_exist.as_deref(), policy).await?;
-    if o.status == axum::http::StatusCode::OK {
-        // Recorded before: nothing more.
-        return Ok(invoice);
+    // A retry of a payment already recorded matches it and changes nothing.
+    rest::create(tx, pr, None, if_none_exist.as_deref(), policy).await?;
+    read_invoice(tx, id, policy).await
+}
+
+/// The current Invoice `id` as `policy` sees it (404 otherwise).
+async fn read_invoice(
+    tx: &mut StoreTx,
+    id: &ResourceId,
+    policy: &Policy,
+) -> Result<Value, ApiError> {
+    let ty = ResourceType::parse("Invoice")
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("Invoice")))?;
+    let content = rest::current_for(&mut Lookup::Tx(tx), policy, ty, id)
+        .await?
+        .and_then(|v| v.content)
+        .ok_or_else(|| ApiError::NotFound(format!("Invoice/{id} is not known")))?;
+    serde_json::from_str(&content).map_err(ApiError::internal)
+}
+
+/// Applies a PaymentReconciliation just created in `tx` to the invoices it pays: each one's
+/// amount paid and status, in the same transaction; 422 at the detail when one cannot take it
+/// (so nothing of the payment is stored).
+pub async fn apply_recorded(tx: &mut StoreTx, pr: &Value, policy: &Policy) -> Result<(), ApiError> {
+    let details = invoice_details(pr)
+        .map_err(|p| ApiError::Unprocessable(p.into_iter().map(Invalid::issue).collect()))?;
+    if details.is_empty() {
+        return Ok(());
     }
-    let res = validate_resource(after, Expect::Update(invoice_ty, id))?;
-    let o = rest::update(tx, res, id, Some(version), policy).await?;
-    o.content
-        .as_deref()
-        .map(serde_json::from_str)
-        .transpose()
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("the updated Invoice has no content")))
+    policy.check("Invoice", Perm::Update)?;
+    let ty = ResourceType::parse("Invoice")
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("Invoice")))?;
+    for (invoice_id, amount) in details {
+        let refused = |m: String| {
+            ApiError::Unprocessable(vec![
+                Issue::error("business-rule", m).at("PaymentReconciliation.detail"),
+            ])
+        };
+        let id = ResourceId::parse(&invoice_id)
+            .ok_or_else(|| refused(format!("Invoice/{invoice_id} is not known")))?;
+        // Payments of one invoice take turns: each adds to what the one before left.
+        tx.lock_key(&format!("invoice-payment/{id}")).await?;
+        let (version, invoice) = match rest::current_for(&mut Lookup::Tx(tx), policy, ty, &id).await
+        {
+            Ok(Some(v)) => match v.content {
+                Some(c) => (
+                    v.version_id,
+                    serde_json::from_str::<Value>(&c).map_err(ApiError::internal)?,
+                ),
+                None => return Err(refused(format!("Invoice/{id} is not known"))),
+            },
+            Ok(None) | Err(ApiError::NotFound(_)) => {
+                return Err(refused(format!("Invoice/{id} is not known")));
+            }
+            Err(e) => return Err(e),
+        };
+        let after = apply(&invoice, &amount).map_err(|m| refused(format!("Invoice/{id}: {m}")))?;
+        let res = validate_resource(after, Expect::Update(ty, &id))?;
+        rest::update(tx, res, &id, Some(version), policy).await?;
+    }
+    Ok(())
+}
+
+/// Recorded payments are a ledger (422 for a change or delete of one that pays an invoice): a
+/// correction or refund is a new PaymentReconciliation.
+pub fn unchangeable() -> ApiError {
+    ApiError::Unprocessable(vec![
+        Issue::error(
+            "business-rule",
+            "a recorded payment of an invoice is not changed or deleted; record the correction \
+             or refund as a new PaymentReconciliation (a negative amount refunds)",
+        )
+        .at("PaymentReconciliation.detail"),
+    ])
 }
 
 /// The search finding a payment by the payer's reference.
@@ -281,20 +403,6 @@ fn identifier_query(i: &Value) -> String {
         Some(system) => format!("identifier={}|{value}", enc(system)),
         None => format!("identifier={value}"),
     }
-}
-
-/// True when a payment with `payment`'s identifier is already recorded.
-async fn recorded(tx: &mut StoreTx, payment: &Payment, policy: &Policy) -> Result<bool, ApiError> {
-    let Some(i) = &payment.identifier else {
-        return Ok(false);
-    };
-    let ty = ResourceType::parse("PaymentReconciliation")
-        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("PaymentReconciliation")))?;
-    Ok(
-        !rest::conditional_matches(tx, ty, &identifier_query(i), policy)
-            .await?
-            .is_empty(),
-    )
 }
 
 #[cfg(test)]
@@ -407,6 +515,56 @@ mod tests {
                 .unwrap_err()
                 .contains("balanced")
         );
+    }
+
+    #[test]
+    fn refunds_reopen_a_balanced_invoice_and_never_exceed_what_was_paid() {
+        let balanced = apply(&invoice("10.00", None), &usd("10")).unwrap();
+        let refund = Money {
+            minor: -250,
+            currency: "USD".into(),
+        };
+        let after = apply(&balanced, &refund).unwrap();
+        assert_eq!(after["status"], "issued");
+        assert_eq!(paid(&after), 750);
+        let too_much = Money {
+            minor: -1_000,
+            currency: "USD".into(),
+        };
+        let e = apply(&after, &too_much).unwrap_err();
+        assert!(e.contains("10.00 is more than the 7.50 paid"), "{e}");
+    }
+
+    #[test]
+    fn a_reconciliation_pays_the_invoices_its_details_name() {
+        let pr = json!({"resourceType": "PaymentReconciliation", "status": "active", "detail": [
+            {"request": {"reference": "Invoice/a"}, "amount": {"value": 5.5, "currency": "USD"}},
+            {"request": {"reference": "Claim/c"}, "amount": {"value": 1, "currency": "USD"}},
+            {"request": {"reference": "Invoice/b"},
+             "amount": serde_json::from_str::<Value>(r#"{"value": -2.25, "currency": "USD"}"#).unwrap()}
+        ]});
+        let d = invoice_details(&pr).unwrap();
+        assert_eq!(
+            d,
+            vec![
+                ("a".to_owned(), usd("5.50")),
+                (
+                    "b".to_owned(),
+                    Money {
+                        minor: -225,
+                        currency: "USD".into()
+                    }
+                )
+            ]
+        );
+        assert!(pays_invoices(&pr));
+        let mut cancelled = pr.clone();
+        cancelled["status"] = json!("cancelled");
+        assert!(invoice_details(&cancelled).unwrap().is_empty());
+        let mut no_amount = pr.clone();
+        no_amount["detail"][0]["amount"] = Value::Null;
+        let e = invoice_details(&no_amount).unwrap_err();
+        assert_eq!(e[0].expression, "PaymentReconciliation.detail.amount");
     }
 
     #[test]

@@ -143,6 +143,9 @@ async fn admit(
     resource: &mut Value,
 ) -> Result<(), ApiError> {
     let base = policy.base();
+    if ty.as_str() == "PaymentReconciliation" {
+        ledger_entry_unchanged(look, ty, id, resource).await?;
+    }
     let subscription = ty.as_str() == "Subscription";
     let named = tenancy::named_org(ty.as_str(), resource, base);
     // Admins need the current version only to keep an owner nothing in the body gives, and
@@ -177,6 +180,32 @@ async fn admit(
     )
 }
 
+/// A PaymentReconciliation that pays invoices is written by a create only, which applies it
+/// (`create`); a write at an id (PUT, PATCH, or `new` `None`: DELETE) of one that pays or paid
+/// an invoice is refused (`billing::payment::unchangeable`).
+async fn ledger_entry_unchanged(
+    look: &mut Lookup<'_>,
+    ty: ResourceType,
+    id: Option<&ResourceId>,
+    new: &Value,
+) -> Result<(), ApiError> {
+    use crate::billing::payment;
+    let Some(id) = id else {
+        return Ok(());
+    };
+    let current = look
+        .read(ty, id)
+        .await?
+        .and_then(|v| v.content)
+        .map(|c| serde_json::from_str::<Value>(&c))
+        .transpose()
+        .map_err(ApiError::internal)?;
+    if payment::pays_invoices(new) || current.as_ref().is_some_and(payment::pays_invoices) {
+        return Err(payment::unchangeable());
+    }
+    Ok(())
+}
+
 /// A delete by `policy` of `ty/id` may go ahead: false when the resource belongs to another
 /// tenant, which is then answered as if it were missing; 403 when the caller sees it but the
 /// delete scopes do not reach it.
@@ -186,6 +215,9 @@ async fn may_delete(
     ty: ResourceType,
     id: &ResourceId,
 ) -> Result<bool, ApiError> {
+    if ty.as_str() == "PaymentReconciliation" {
+        ledger_entry_unchanged(look, ty, Some(id), &Value::Null).await?;
+    }
     if policy.unrestricted() {
         return Ok(true);
     }
@@ -359,6 +391,10 @@ pub async fn create(
             },
         )
         .await?;
+    if res.ty.as_str() == "PaymentReconciliation" {
+        // A payment pays its invoices in the transaction that records it (billing::payment).
+        crate::billing::payment::apply_recorded(tx, &res.value, policy).await?;
+    }
     Ok(Outcome::from_written(w, StatusCode::CREATED))
 }
 

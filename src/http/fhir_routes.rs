@@ -379,6 +379,15 @@ async fn create(
                 &ctx.policy
             )
             .await?)?,
+            // A payment updates the invoices it pays in its own transaction (billing::payment).
+            None if ty.as_str() == "PaymentReconciliation" => in_tx!(state, |tx| rest::create(
+                &mut tx,
+                res,
+                None,
+                None,
+                &ctx.policy
+            )
+            .await?)?,
             None => {
                 rest::write_one(
                     &state.store,

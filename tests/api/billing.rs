@@ -722,6 +722,50 @@ async fn payments_move_an_invoice_to_balanced(app: TestApp) {
         .await;
     assert_eq!(r.json()["total"], 0, "{}", r.text);
 
+    // A PaymentReconciliation posted as such pays (here refunds) the invoice it names, in its
+    // own transaction; recorded payments are a ledger, never changed or deleted.
+    let refund = json!({
+        "resourceType": "PaymentReconciliation",
+        "status": "active",
+        "created": "2024-03-12T10:00:00Z",
+        "paymentDate": "2024-03-12",
+        "paymentAmount": {"value": 6.43, "currency": "USD"},
+        "paymentIssuer": {"reference": "Organization/ny-clinic"},
+        "detail": [{
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/payment-type", "code": "adjustment"}]},
+            "request": {"reference": format!("Invoice/{id}")},
+            "amount": {"value": -6.43, "currency": "USD"}
+        }]
+    });
+    let refund_id = app.create(&refund).await;
+    let after = app.get(&format!("Invoice/{id}")).await.json();
+    assert_eq!(after["status"], "issued", "{after}");
+    assert_eq!(paid(&after), Some(usd("100.00")));
+    let r = app
+        .put(
+            &format!("PaymentReconciliation/{refund_id}"),
+            &with(refund.clone(), "id", json!(refund_id)),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    let r = app
+        .delete(&format!("PaymentReconciliation/{refund_id}"))
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    // A payment an invoice cannot take is not stored at all.
+    let mut unknown = refund.clone();
+    unknown["detail"][0]["request"]["reference"] = json!("Invoice/no-such-invoice");
+    let r = app.post("PaymentReconciliation", &unknown).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    let mut too_much = refund.clone();
+    too_much["detail"][0]["amount"]["value"] = json!(-500);
+    assert_eq!(
+        app.post("PaymentReconciliation", &too_much).await.status,
+        422
+    );
+    let r = app.get("PaymentReconciliation?_summary=count").await;
+    assert_eq!(r.json()["total"], 3, "{}", r.text);
+
     // Being paid is not a correction: the month runs again unchanged.
     let out = bill(&app, "2024-02");
     assert!(out.contains("2 unchanged, 0 corrected"), "{out}");
