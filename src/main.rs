@@ -600,6 +600,12 @@ async fn bill(database_url: Option<String>, month: Option<String>) -> anyhow::Re
     for p in &r.problems {
         eprintln!("warning: {p}");
     }
+    if !r.failed.is_empty() {
+        anyhow::bail!(
+            "{} recipients could not be billed; run the month again once the cause is fixed",
+            r.failed.len()
+        );
+    }
     Ok(())
 }
 

@@ -70,6 +70,8 @@ pub struct Report {
     pub recipients: u64,
     /// Recipients whose month has not yet ended in their (or a customer's) time zone.
     pub not_ended: Vec<String>,
+    /// Recipients whose month could not be written (the reason is among the problems).
+    pub failed: Vec<String>,
     /// What needs a person: equally specific prices, unknown time zones, a paid invoice that
     /// now differs. Ids only, never patient data.
     pub problems: Vec<String>,
@@ -233,7 +235,15 @@ pub async fn run(
             entries: &entries,
             now,
         };
-        write_recipient(store, &bill, &mut report).await?;
+        // One recipient that cannot be written (a store error, an invoice a profile refuses)
+        // does not hold up the others; it stays due, so the scheduler tries it again.
+        if let Err(e) = write_recipient(store, &bill, &mut report).await {
+            report.failed.push(recipient.clone());
+            report.problems.push(format!(
+                "Organization/{recipient} {month} could not be written: {e:#}"
+            ));
+            continue;
+        }
         store
             .mark_billed(recipient, &month.to_string(), micros_now())
             .await?;
@@ -382,6 +392,18 @@ fn price_device(
     Ok(())
 }
 
+/// The id of `recipient`'s billing Group: `billing-{recipient}`, or for an Organization id too
+/// long for that (ids are at most 64 characters), a name derived from it (UUID v5).
+pub fn group_id(recipient: &str) -> String {
+    let id = format!("billing-{recipient}");
+    if id.len() <= 64 {
+        id
+    } else {
+        let derived = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, recipient.as_bytes());
+        format!("billing-{}", derived.simple())
+    }
+}
+
 /// One recipient's month.
 struct Bill<'a> {
     recipient: &'a str,
@@ -396,7 +418,7 @@ struct Bill<'a> {
 
 impl Bill<'_> {
     fn group(&self) -> String {
-        format!("billing-{}", self.recipient)
+        group_id(self.recipient)
     }
 
     /// The lines in each currency.
@@ -682,4 +704,19 @@ async fn write_recipient(
     tx.commit().await?;
     report.charge_items += charge_items;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_recipient_has_a_valid_billing_group_id() {
+        assert_eq!(group_id("c1"), "billing-c1");
+        let long = "o".repeat(64);
+        let id = group_id(&long);
+        assert!(id.len() <= 64 && id.starts_with("billing-"), "{id}");
+        assert!(ResourceId::parse(&id).is_some());
+        assert_ne!(id, group_id(&"p".repeat(64)));
+    }
 }
