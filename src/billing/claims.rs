@@ -124,7 +124,7 @@ pub async fn run(store: &Store, rules: &Rules, now: i64) -> anyhow::Result<Repor
     }
     // The clinics' time zones, and each patient's clinic.
     let mut zones: HashMap<String, TimeZone> = HashMap::new();
-    for (id, org) in current_of(store, "Organization").await? {
+    for (id, org) in super::run::current_of(store, "Organization").await? {
         match activity::time_zone(&org) {
             Ok(tz) => {
                 zones.insert(id, tz);
@@ -134,7 +134,7 @@ pub async fn run(store: &Store, rules: &Rules, now: i64) -> anyhow::Result<Repor
     }
     let wanted: BTreeSet<&str> = firsts.iter().map(|(p, _)| p.as_str()).collect();
     let mut clinics: HashMap<String, String> = HashMap::new();
-    for (id, patient) in current_of(store, "Patient").await? {
+    for (id, patient) in super::run::current_of(store, "Patient").await? {
         if !wanted.contains(id.as_str()) {
             continue;
         }
@@ -279,22 +279,9 @@ pub async fn run(store: &Store, rules: &Rules, now: i64) -> anyhow::Result<Repor
     Ok(report)
 }
 
-/// All current resources of `ty`, parsed.
-async fn current_of(store: &Store, ty: &str) -> anyhow::Result<Vec<(String, Value)>> {
-    super::run::current_of(store, ty).await
-}
-
 /// Runs a search as the system and returns the matches' contents.
 async fn search(store: &Store, ty: &str, params: &[(&str, String)]) -> anyhow::Result<Vec<Value>> {
-    let t = ResourceType::parse(ty).ok_or_else(|| anyhow::anyhow!("unknown type {ty}"))?;
-    let params: Vec<(String, String)> = params
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect();
-    let q = crate::search::parse(Some(t), &params, "");
-    let found = crate::search::engine::run_as(&mut store.reader(), &[t], &q, &Policy::system())
-        .await?
-        .matches;
+    let found = super::run::system_search(&mut store.reader(), ty, params).await?;
     Ok(found
         .into_iter()
         .filter_map(|v| v.content.and_then(|c| serde_json::from_str(&c).ok()))

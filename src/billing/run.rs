@@ -94,10 +94,6 @@ struct Owned {
     days_active: u32,
 }
 
-fn micros_now() -> i64 {
-    jiff::Timestamp::now().as_microsecond()
-}
-
 /// All current resources of `ty`, parsed.
 pub(super) async fn current_of(store: &Store, ty: &str) -> anyhow::Result<Vec<(String, Value)>> {
     let mut out = Vec::new();
@@ -169,7 +165,7 @@ pub async fn run(
     now: Option<i64>,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> anyhow::Result<Report> {
-    let now = now.unwrap_or_else(micros_now);
+    let now = now.unwrap_or_else(crate::store::now_micros);
     let mut report = Report::default();
 
     let mut orgs: BTreeMap<String, Org> = BTreeMap::new();
@@ -245,7 +241,7 @@ pub async fn run(
             continue;
         }
         store
-            .mark_billed(recipient, &month.to_string(), micros_now())
+            .mark_billed(recipient, &month.to_string(), crate::store::now_micros())
             .await?;
         report.recipients += 1;
         progress(Progress::Recipients {
@@ -499,6 +495,25 @@ async fn read(tx: &mut StoreTx, ty: &str, id: &str) -> anyhow::Result<Option<Val
         .transpose()?)
 }
 
+/// The matches of a search of `ty` by `params`, as the server itself (every tenant).
+pub(super) async fn system_search(
+    db: &mut crate::store::Db<'_>,
+    ty: &str,
+    params: &[(&str, String)],
+) -> anyhow::Result<Vec<Version>> {
+    let t = ResourceType::parse(ty).ok_or_else(|| anyhow::anyhow!("unknown type {ty}"))?;
+    let params: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    let q = crate::search::parse(Some(t), &params, "");
+    Ok(
+        crate::search::engine::run_as(db, &[t], &q, &Policy::system())
+            .await?
+            .matches,
+    )
+}
+
 /// The recipient's issued or balanced invoices of the month, by currency.
 async fn stored_invoices(
     tx: &mut StoreTx,
@@ -513,21 +528,14 @@ async fn stored_invoices(
         .next()
         .first()
         .checked_add(jiff::Span::new().days(2))?;
-    let params: Vec<(String, String)> = vec![
-        (
-            "recipient".into(),
-            format!("Organization/{}", bill.recipient),
-        ),
-        ("status".into(), "issued,balanced".into()),
-        ("date".into(), format!("ge{from}")),
-        ("date".into(), format!("le{to}")),
-        ("_count".into(), "1000".into()),
+    let params = [
+        ("recipient", format!("Organization/{}", bill.recipient)),
+        ("status", "issued,balanced".into()),
+        ("date", format!("ge{from}")),
+        ("date", format!("le{to}")),
+        ("_count", "1000".into()),
     ];
-    let ty = ResourceType::parse("Invoice").ok_or_else(|| anyhow::anyhow!("Invoice"))?;
-    let q = crate::search::parse(Some(ty), &params, "");
-    let found = crate::search::engine::run_as(&mut tx.reader(), &[ty], &q, &Policy::system())
-        .await?
-        .matches;
+    let found = system_search(&mut tx.reader(), "Invoice", &params).await?;
     let prefix = format!("{}/{}/", bill.recipient, bill.month);
     let mut out = BTreeMap::new();
     for v in found {
