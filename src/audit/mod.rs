@@ -11,6 +11,7 @@
 
 pub mod fhir;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::Principal;
 use crate::http::AppState;
-use crate::store::Store;
-use crate::store::audit::AuditRow;
+use crate::store::audit::{AuditAgent, AuditInsert};
+use crate::store::{Store, StoreError};
 
 /// Rows waiting to be written, at most; beyond it requests wait for room.
 const QUEUE: usize = 65_536;
@@ -74,33 +75,94 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn into_row(self) -> AuditRow {
-        let mut row = AuditRow {
-            recorded: self.recorded,
-            kind: self.what.kind.into(),
-            subtype: self.what.subtype.into(),
-            action: self.what.action.into(),
-            outcome: outcome(self.status).into(),
-            status: i32::from(self.status),
-            entity_type: clean(self.what.entity_type),
-            entity_id: clean(self.what.entity_id),
-            address: self.address.map(|a| a.to_string()),
-            request_id: clean(self.request_id),
-            ..Default::default()
-        };
-        if let Some(p) = self.principal {
-            row.client_id = Some(p.client_id.clone());
-            row.subject = Some(p.subject.clone());
-            row.role = Some(p.role.as_str().to_owned());
-            row.organization = p.organization.clone();
-            row.issuer = p.issuer.clone();
-        } else if let Some(w) = self.who {
-            row.client_id = clean(w.client_id);
-            row.subject = clean(w.subject);
-            row.role = clean(w.role);
-            row.organization = clean(w.organization);
+    /// Who made the request: the verified caller, else what the token or login endpoint said.
+    fn agent(&self) -> AuditAgent<'_> {
+        if let Some(p) = &self.principal {
+            AuditAgent {
+                client_id: Some(&p.client_id),
+                subject: Some(&p.subject),
+                role: Some(p.role.as_str()),
+                organization: p.organization.as_deref(),
+                issuer: p.issuer.as_deref(),
+            }
+        } else if let Some(w) = &self.who {
+            AuditAgent {
+                client_id: w.client_id.as_deref(),
+                subject: w.subject.as_deref(),
+                role: w.role.as_deref(),
+                organization: w.organization.as_deref(),
+                issuer: None,
+            }
+        } else {
+            AuditAgent::default()
         }
-        row
+    }
+}
+
+/// The writer's copies of the two dictionaries (`audit_agent`, `audit_interaction`): a row
+/// names its agent and interaction by id, looked up here and added to the database only the
+/// first time this process sees them.
+#[derive(Default)]
+struct Dictionaries {
+    agents: HashMap<String, i32>,
+    interactions: HashMap<(&'static str, &'static str, &'static str), i16>,
+    key: String,
+}
+
+/// Agents remembered at most; beyond it the cache starts again (a lookup is one statement).
+const AGENTS_CACHED: usize = 50_000;
+
+impl Dictionaries {
+    /// The batch as rows, adding what the dictionaries lack.
+    async fn rows<'a>(
+        &mut self,
+        store: &Store,
+        entries: &'a [Entry],
+    ) -> Result<Vec<AuditInsert<'a>>, StoreError> {
+        let mut rows = Vec::with_capacity(entries.len());
+        for e in entries {
+            let agent = e.agent();
+            let agent = if agent.is_empty() {
+                None
+            } else {
+                agent.key_into(&mut self.key);
+                match self.agents.get(self.key.as_str()) {
+                    Some(id) => Some(*id),
+                    None => {
+                        let id = store.audit_agent_id(&agent).await?;
+                        if self.agents.len() >= AGENTS_CACHED {
+                            self.agents.clear();
+                        }
+                        self.agents.insert(self.key.clone(), id);
+                        Some(id)
+                    }
+                }
+            };
+            let w = &e.what;
+            let what = (w.kind, w.subtype, w.action);
+            let interaction = match self.interactions.get(&what) {
+                Some(id) => *id,
+                None => {
+                    let id = store
+                        .audit_interaction_id(w.kind, w.subtype, w.action)
+                        .await?;
+                    self.interactions.insert(what, id);
+                    id
+                }
+            };
+            rows.push(AuditInsert {
+                recorded: e.recorded,
+                agent,
+                interaction,
+                // HTTP statuses are three digits.
+                status: i16::try_from(e.status).unwrap_or(i16::MAX),
+                entity_type: w.entity_type.as_deref(),
+                entity_id: w.entity_id.as_deref(),
+                address: e.address,
+                request_id: e.request_id.as_deref(),
+            });
+        }
+        Ok(rows)
     }
 }
 
@@ -159,6 +221,7 @@ impl Audit {
 /// Writes queued rows in batches until every sender is gone.
 async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
     let mut msgs = Vec::with_capacity(BATCH);
+    let mut dicts = Dictionaries::default();
     while rx.recv_many(&mut msgs, BATCH).await > 0 {
         // Let entries gather (unless a flush waits or the batch is full already): senders only
         // push to the queue meanwhile, nothing wakes this task per entry.
@@ -171,38 +234,47 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
                 }
             }
         }
-        let mut rows = Vec::with_capacity(msgs.len());
+        let mut entries = Vec::with_capacity(msgs.len());
         let mut flushed = Vec::new();
         for m in msgs.drain(..) {
             match m {
-                Msg::Entry(e) => rows.push(e.into_row()),
+                Msg::Entry(e) => entries.push(*e),
                 Msg::Flush(done) => flushed.push(done),
             }
         }
-        write(&store, &rows).await;
+        write(&store, &mut dicts, &entries).await;
         for done in flushed {
             let _ = done.send(());
         }
     }
 }
 
+async fn write_batch(
+    store: &Store,
+    dicts: &mut Dictionaries,
+    entries: &[Entry],
+) -> Result<(), StoreError> {
+    let rows = dicts.rows(store, entries).await?;
+    store.insert_audit(&rows).await
+}
+
 /// Writes a batch. While the database is down the batch is kept and retried with backoff; after
 /// a few failures the rows go one by one, so that a row the database refuses whatever happens
 /// is logged and dropped rather than stopping the trail.
-async fn write(store: &Store, rows: &[AuditRow]) {
+async fn write(store: &Store, dicts: &mut Dictionaries, entries: &[Entry]) {
     let mut delay = Duration::from_millis(100);
     for attempt in 1.. {
-        let Err(e) = store.insert_audit(rows).await else {
+        let Err(e) = write_batch(store, dicts, entries).await else {
             return;
         };
-        tracing::error!(error = %e, rows = rows.len(), attempt, "cannot write audit rows; retrying");
+        tracing::error!(error = %e, rows = entries.len(), attempt, "cannot write audit rows; retrying");
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(30));
         if attempt >= 3 && store.ping().await {
             // The database answers, so some row is refused: one by one.
-            for row in rows {
-                if let Err(e) = store.insert_audit(std::slice::from_ref(row)).await {
-                    tracing::error!(error = %e, subtype = %row.subtype, "an audit row was refused and is dropped");
+            for entry in entries {
+                if let Err(e) = write_batch(store, dicts, std::slice::from_ref(entry)).await {
+                    tracing::error!(error = %e, subtype = %entry.what.subtype, "an audit row was refused and is dropped");
                 }
             }
             return;
@@ -210,14 +282,11 @@ async fn write(store: &Store, rows: &[AuditRow]) {
     }
 }
 
-/// Text from the request (a typed username, a client id) as stored: without control characters
-/// (PostgreSQL refuses NUL in text) and at most 256 characters.
+/// Text from the request (a resource id in the path) as stored; see [`crate::store::audit::clean`].
 fn clean(s: Option<String>) -> Option<String> {
-    s.map(|s| {
-        if s.len() <= 256 && !s.chars().any(char::is_control) {
-            return s;
-        }
-        s.chars().filter(|c| !c.is_control()).take(256).collect()
+    s.map(|s| match crate::store::audit::clean(&s) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(c) => c,
     })
 }
 
@@ -254,7 +323,9 @@ fn rest(
 pub fn classify(method: &Method, path: &str) -> Option<Interaction> {
     let m = method.as_str();
     if let Some(rest_of) = path.strip_prefix("/fhir") {
-        let segs: Vec<&str> = rest_of.split('/').filter(|s| !s.is_empty()).collect();
+        let Some(segs) = Segments::of(rest_of) else {
+            return Some(rest("unknown", "E", None, None));
+        };
         return Some(match (m, segs.as_slice()) {
             (_, ["metadata"]) | (_, [".well-known", ..]) => return None,
             ("GET", []) | ("POST", ["_search"]) => rest("search-system", "E", None, None),
@@ -277,7 +348,11 @@ pub fn classify(method: &Method, path: &str) -> Option<Interaction> {
             _ => rest("unknown", "E", None, None),
         });
     }
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let Some(segs) = Segments::of(path) else {
+        return path
+            .starts_with("/auth/")
+            .then(|| rest("unknown", "E", None, None));
+    };
     let auth = |subtype, kind| Interaction {
         kind,
         subtype,
@@ -316,21 +391,36 @@ pub fn classify(method: &Method, path: &str) -> Option<Interaction> {
     })
 }
 
+/// The non-empty segments of a path, without allocating (this runs on every request); `None`
+/// for more than any audited route has.
+struct Segments<'a> {
+    segs: [&'a str; 5],
+    len: usize,
+}
+
+impl<'a> Segments<'a> {
+    fn of(path: &'a str) -> Option<Segments<'a>> {
+        let mut s = Segments {
+            segs: [""; 5],
+            len: 0,
+        };
+        for seg in path.split('/').filter(|s| !s.is_empty()) {
+            *s.segs.get_mut(s.len)? = seg;
+            s.len += 1;
+        }
+        Some(s)
+    }
+
+    fn as_slice(&self) -> &[&'a str] {
+        &self.segs[..self.len]
+    }
+}
+
 /// `type/id` of a `Location` or `Content-Location` (`…/fhir/Patient/1/_history/2`).
 fn located(location: &str) -> Option<(String, String)> {
     let after = location.split("/fhir/").nth(1)?;
     let mut segs = after.split('/');
     Some((segs.next()?.to_owned(), segs.next()?.to_owned()))
-}
-
-/// http://hl7.org/fhir/audit-event-outcome: success, minor failure (the request's fault),
-/// serious failure (ours).
-fn outcome(status: u16) -> &'static str {
-    match status {
-        0..=399 => "0",
-        400..=499 => "4",
-        _ => "8",
-    }
 }
 
 /// Records every audited request after it is answered. Outermost of the auth layers, so that
@@ -350,10 +440,14 @@ pub async fn record_requests(State(state): State<AppState>, req: Request, next: 
     // Recorded even when the client goes away before the answer (the future is dropped, a
     // write may still commit): then as status 499, client closed request.
     let mut pending = Pending {
-        audit: state.audit.clone(),
+        audit: &state.audit,
         entry: Some(Entry {
             recorded: crate::store::now_micros(),
-            what,
+            what: Interaction {
+                entity_type: clean(what.entity_type),
+                entity_id: clean(what.entity_id),
+                ..what
+            },
             status: 499,
             principal: None,
             who: None,
@@ -385,12 +479,12 @@ pub async fn record_requests(State(state): State<AppState>, req: Request, next: 
 }
 
 /// An entry not recorded yet; recorded on drop if the request never finished.
-struct Pending {
-    audit: Audit,
+struct Pending<'a> {
+    audit: &'a Audit,
     entry: Option<Entry>,
 }
 
-impl Drop for Pending {
+impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if let (Some(entry), Some(tx)) = (self.entry.take(), &self.audit.tx)
             && tx.try_send(Msg::Entry(Box::new(entry))).is_err()
@@ -492,6 +586,15 @@ mod tests {
             assert_eq!(c("GET", public), None, "{public}");
         }
         assert_eq!(c("GET", "/auth/authorize"), None);
+        assert_eq!(
+            c("GET", "/fhir/Patient/1/_history/2/x/y"),
+            some("unknown", "E", None, None)
+        );
+        assert_eq!(
+            c("GET", "/auth/users/a/b/c/d"),
+            some("unknown", "E", None, None)
+        );
+        assert_eq!(c("GET", "/docs/a/b/c/d/e/f"), None);
     }
 
     #[test]
@@ -501,9 +604,6 @@ mod tests {
             Some(("Observation".into(), "abc".into()))
         );
         assert_eq!(located("/elsewhere"), None);
-        assert_eq!(outcome(201), "0");
-        assert_eq!(outcome(404), "4");
-        assert_eq!(outcome(503), "8");
     }
 
     #[test]

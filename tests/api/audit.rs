@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 
 use crate::both;
 use crate::common::{
-    ADMIN_ID, TestApp, client_token, patient, patient_app_token, put_organization,
+    ADMIN_ID, Backend, TestApp, client_token, fresh_database, patient, patient_app_token,
+    put_organization, spawn_on,
 };
 
 /// The AuditEvents of a search, once at least `min` are there (the writer is asynchronous).
@@ -244,3 +245,130 @@ async fn the_trail_pages_by_date(app: TestApp) {
 
 both!(every_request_is_audited_and_admins_search_the_trail);
 both!(the_trail_pages_by_date);
+
+/// Audit rows as `|`-joined text, oldest first, read from the database behind the server.
+async fn trail_rows(app: &TestApp) -> Vec<String> {
+    use sqlx::Connection as _;
+    let sql = "select id || '|' || recorded || '|' || kind || '|' || subtype || '|' || action \
+               || '|' || outcome || '|' || status || '|' || coalesce(client_id, '-') || '|' \
+               || coalesce(subject, '-') || '|' || coalesce(role, '-') || '|' \
+               || coalesce(organization, '-') || '|' || coalesce(issuer, '-') || '|' \
+               || coalesce(entity_type, '-') || '|' || coalesce(entity_id, '-') || '|' \
+               || coalesce(address, '-') || '|' || coalesce(request_id, '-') \
+               from audit_event where id <= 4 order by id";
+    match app.backend {
+        Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&app.database_url)
+                .await
+                .expect("connect");
+            sqlx::query_scalar(sql).fetch_all(&mut c).await
+        }
+        Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&app.database_url)
+                .await
+                .expect("connect");
+            sqlx::query_scalar(sql).fetch_all(&mut c).await
+        }
+    }
+    .expect("audit rows")
+}
+
+/// The trail written by builds before `0017_audit_narrow.sql` (one wide row per request)
+/// survives the upgrade to the narrow rows: every column reads back the same through the
+/// `audit_event` view, repeated agents share one dictionary row, and new rows follow the old
+/// ids.
+async fn an_older_trail_survives_the_upgrade(backend: Backend) {
+    use sqlx::Connection as _;
+    let url = fresh_database(backend).await;
+    const OLD: [&str; 4] = [
+        "1|1796000000000000|rest|read|R|0|200|c1|u1|customer|o1|-|Patient|p1|10.0.0.1|req-1",
+        "2|1796000000000001|token|token|E|4|401|-|-|-|-|-|-|-|10.0.0.2|req-2",
+        "3|1796000000000002|rest|read|R|4|404|c1|u1|customer|o1|-|Observation|o9|10.0.0.1|-",
+        "4|1796000000000003|rest|create|C|0|201|c2|u2|customer-user|o1|https://idp.example|Patient|p2|-|req-4",
+    ];
+    let inserts: Vec<String> = OLD
+        .iter()
+        .map(|row| {
+            let values: Vec<String> = row
+                .split('|')
+                .enumerate()
+                .map(|(i, v)| match (i, v) {
+                    (_, "-") => "null".to_owned(),
+                    (0 | 1 | 6, v) => v.to_owned(),
+                    (_, v) => format!("'{v}'"),
+                })
+                .collect();
+            format!(
+                "insert into audit_event (id, recorded, kind, subtype, action, outcome, status, \
+                 client_id, subject, role, organization, issuer, entity_type, entity_id, \
+                 address, request_id) values ({})",
+                values.join(", ")
+            )
+        })
+        .collect();
+    macro_rules! before_the_upgrade {
+        ($conn:ty, $url:expr, $dir:literal) => {{
+            let mut c = <$conn>::connect(&$url).await.expect("connect");
+            let mut older = sqlx::migrate!($dir);
+            older.migrations = older
+                .migrations
+                .iter()
+                .filter(|m| m.version < 17)
+                .cloned()
+                .collect::<Vec<_>>()
+                .into();
+            older.run(&mut c).await.expect("the migrations up to 16");
+            for sql in &inserts {
+                sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    .execute(&mut c)
+                    .await
+                    .expect(sql);
+            }
+        }};
+    }
+    match backend {
+        Backend::Postgres => before_the_upgrade!(sqlx::PgConnection, url, "migrations/postgres"),
+        Backend::Sqlite => before_the_upgrade!(
+            sqlx::SqliteConnection,
+            format!("{url}?mode=rwc"),
+            "migrations/sqlite"
+        ),
+    }
+    let app = spawn_on(backend, url, |_| {}).await;
+    assert_eq!(trail_rows(&app).await, OLD);
+
+    // Read as FHIR, and new rows after the old ones.
+    let r = app.get("AuditEvent/4").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["action"], "C");
+    let text = r.text.clone();
+    assert!(
+        text.contains("https://idp.example") || text.contains("u2"),
+        "{text}"
+    );
+    let mut newest = 0;
+    for _ in 0..100 {
+        let page = events(&app, "_sort=-date&_count=1", 1).await;
+        newest = page[0]["id"]
+            .as_str()
+            .expect("id")
+            .parse()
+            .expect("numeric id");
+        if newest > 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(newest > 4, "new rows follow the old ids: {newest}");
+    assert_eq!(trail_rows(&app).await, OLD, "the old rows are unchanged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_trail_survives_the_upgrade_postgres() {
+    an_older_trail_survives_the_upgrade(Backend::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_trail_survives_the_upgrade_sqlite() {
+    an_older_trail_survives_the_upgrade(Backend::Sqlite).await
+}

@@ -133,7 +133,15 @@ pub async fn admin_client(origin: &str) -> reqwest::Client {
 }
 
 pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    let database_url = fresh_database(backend).await;
+    spawn_on(backend, fresh_database(backend).await, tweak).await
+}
+
+/// A server on `database_url`, which may hold what an older build left there.
+pub async fn spawn_on(
+    backend: Backend,
+    database_url: String,
+    tweak: impl FnOnce(&mut Settings),
+) -> TestApp {
     let mut settings = test_settings(&database_url);
     tweak(&mut settings);
     let app = Application::build(settings)
