@@ -9,6 +9,7 @@ pub mod bench;
 pub mod billing;
 pub mod config;
 pub mod fhir;
+pub mod gateway;
 pub mod http;
 pub mod ingest;
 pub mod search;

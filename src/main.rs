@@ -147,6 +147,16 @@ enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Run the Bluetooth LE gateway: read health devices (BlueZ), keep every reading in a local
+    /// queue and forward it to the server's /ingest/hub (`gateway status` shows the queue)
+    Gateway {
+        /// The configuration file (JSON: server, clientId, clientSecret, dataDir, devices; see
+        /// the README)
+        #[arg(long, env = "VB_GATEWAY_CONFIG", global = true)]
+        config: Option<std::path::PathBuf>,
+        #[command(subcommand)]
+        command: Option<GatewayCommand>,
+    },
     /// Apply the database migrations and exit
     Migrate {
         #[command(flatten)]
@@ -424,6 +434,7 @@ async fn run() -> std::process::ExitCode {
         }
         Command::Bill { db, month } => bill(db.database_url, month).await,
         Command::Claims { db } => claims(db.database_url).await,
+        Command::Gateway { config, command } => gateway(config, command).await,
         Command::Migrate { db } => migrate(db.database_url).await,
         Command::Reindex { db, batch } => reindex(db.database_url, batch).await,
         Command::Bench(args) => bench::run(args).await,
@@ -459,6 +470,33 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         "vitalbridge ready; FHIR base /fhir"
     );
     app.run_until(shutdown_signal()).await
+}
+
+#[derive(Subcommand)]
+enum GatewayCommand {
+    /// Queue depth, last successful upload, devices seen with their battery levels and last
+    /// readings, readings the server rejected
+    Status,
+}
+
+async fn gateway(
+    config: Option<std::path::PathBuf>,
+    command: Option<GatewayCommand>,
+) -> anyhow::Result<()> {
+    use vitalbridge::gateway;
+    let path = config.ok_or_else(|| {
+        anyhow::anyhow!(
+            "the gateway needs its configuration file: --config FILE (or VB_GATEWAY_CONFIG)"
+        )
+    })?;
+    let config = gateway::config::Config::load(&path)?;
+    match command {
+        None => gateway::run(config).await,
+        Some(GatewayCommand::Status) => {
+            print!("{}", gateway::status(&config).await?);
+            Ok(())
+        }
+    }
 }
 
 async fn migrate(database_url: Option<String>) -> anyhow::Result<()> {

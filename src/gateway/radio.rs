@@ -1,0 +1,385 @@
+//! The Bluetooth side of the gateway (issue 8, item 2), through btleplug (BlueZ over D-Bus on
+//! Linux). Pairing and bonding are left to BlueZ (`bluetoothctl`, see the README).
+//!
+//! For each device it follows: connect; discover; read Device Information (manufacturer,
+//! model, System ID) and the battery level; write the Current Time where the device allows;
+//! subscribe to every measurement characteristic (notifications and indications alike; BlueZ
+//! confirms indications); ask a glucose meter for its stored records through the Record Access
+//! Control Point; commit every value to the queue before taking the next. When the device goes
+//! away — a cuff disconnects right after sending — connect again with backoff; a repeated record
+//! is harmless (the server de-duplicates).
+//!
+//! Service and characteristic numbers: Bluetooth SIG Assigned Numbers
+//! (https://www.bluetooth.com/specifications/assigned-numbers/); GATT specifications of BLS,
+//! HTS, WSS, GLS, PLXS, HRS, BAS, DIS and CTS.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use btleplug::api::Central as _;
+use btleplug::api::bleuuid::uuid_from_u16;
+use btleplug::api::{
+    CentralEvent, CharPropFlags, Characteristic, Manager as _, Peripheral as _, ScanFilter,
+    WriteType,
+};
+use btleplug::platform::{Adapter, Manager, Peripheral, PeripheralId};
+use futures::StreamExt as _;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::config::Config;
+use super::queue::{Queue, Reading, SeenDevice};
+use super::uploader::Backoff;
+use crate::ingest::gatt::uuid as chr;
+
+/// The standard health services a device advertises: Blood Pressure, Health Thermometer,
+/// Weight Scale, Glucose, Pulse Oximeter, Heart Rate.
+pub const HEALTH_SERVICES: [u16; 6] = [0x1810, 0x1809, 0x181D, 0x1808, 0x1822, 0x180D];
+
+/// The characteristics whose values are readings, and their services.
+const MEASUREMENTS: [(u16, u16); 11] = [
+    (chr::BLOOD_PRESSURE_MEASUREMENT, 0x1810),
+    (chr::INTERMEDIATE_CUFF_PRESSURE, 0x1810),
+    (chr::TEMPERATURE_MEASUREMENT, 0x1809),
+    (chr::WEIGHT_MEASUREMENT, 0x181D),
+    (chr::BODY_COMPOSITION_MEASUREMENT, 0x181B),
+    (chr::GLUCOSE_MEASUREMENT, 0x1808),
+    (chr::GLUCOSE_CONTEXT, 0x1808),
+    (chr::PLX_SPOT_CHECK, 0x1822),
+    (chr::PLX_CONTINUOUS, 0x1822),
+    (chr::HEART_RATE_MEASUREMENT, 0x180D),
+    (chr::BATTERY_LEVEL, 0x180F),
+];
+
+const MANUFACTURER_NAME: u16 = 0x2A29;
+const MODEL_NUMBER: u16 = 0x2A24;
+const SYSTEM_ID: u16 = 0x2A23;
+
+/// The 16-bit number of a Bluetooth base UUID.
+fn short(uuid: Uuid) -> Option<u16> {
+    let (hi, _, _, rest) = uuid.as_fields();
+    (uuid_from_u16((hi & 0xFFFF) as u16) == uuid && rest == uuid_from_u16(0).as_fields().3)
+        .then_some((hi & 0xFFFF) as u16)
+}
+
+pub struct Radio {
+    adapter: Adapter,
+}
+
+impl Radio {
+    /// The first Bluetooth adapter; a clear error where there is no D-Bus or no adapter.
+    pub async fn open() -> anyhow::Result<Radio> {
+        let manager = Manager::new().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach BlueZ over the D-Bus system bus ({e}); is the system bus up and bluetoothd running? \
+                 (DBUS_SYSTEM_BUS_ADDRESS, when set, names the bus)"
+            )
+        })?;
+        let adapter = manager
+            .adapters()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot list Bluetooth adapters: {e}"))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("no Bluetooth adapter found (bluetoothctl list)"))?;
+        Ok(Radio { adapter })
+    }
+
+    /// Scans for health devices and follows each one the configuration names (or every one
+    /// when it names none), until an error of the adapter itself.
+    pub async fn run(self, config: Config, queue: Queue, more: Arc<Notify>) -> anyhow::Result<()> {
+        let mut events = self.adapter.events().await?;
+        let filter = ScanFilter {
+            services: HEALTH_SERVICES.iter().map(|s| uuid_from_u16(*s)).collect(),
+        };
+        self.adapter
+            .start_scan(filter)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot scan: {e}"))?;
+        tracing::info!("scanning for health devices");
+        let following: Arc<Mutex<HashSet<PeripheralId>>> = Arc::default();
+        let config = Arc::new(config);
+        // Devices BlueZ knew before the scan (bonded ones) come first.
+        let known = self.adapter.peripherals().await.unwrap_or_default();
+        let mut pending: Vec<PeripheralId> = known.iter().map(|p| p.id()).collect();
+        loop {
+            for id in pending.drain(..) {
+                self.consider(id, &config, &queue, &more, &following).await;
+            }
+            match events.next().await {
+                Some(
+                    CentralEvent::DeviceDiscovered(id)
+                    | CentralEvent::DeviceUpdated(id)
+                    | CentralEvent::ServicesAdvertisement { id, .. },
+                ) => pending.push(id),
+                Some(_) => {}
+                None => anyhow::bail!("the Bluetooth adapter's event stream ended"),
+            }
+        }
+    }
+
+    /// Starts following a device if it is one to follow and not followed yet.
+    async fn consider(
+        &self,
+        id: PeripheralId,
+        config: &Arc<Config>,
+        queue: &Queue,
+        more: &Arc<Notify>,
+        following: &Arc<Mutex<HashSet<PeripheralId>>>,
+    ) {
+        if following.lock().map(|f| f.contains(&id)).unwrap_or(true) {
+            return;
+        }
+        let Ok(p) = self.adapter.peripheral(&id).await else {
+            return;
+        };
+        let Ok(Some(props)) = p.properties().await else {
+            return;
+        };
+        let address = props.address.to_string().to_ascii_uppercase();
+        let health = props
+            .services
+            .iter()
+            .filter_map(|u| short(*u))
+            .any(|s| HEALTH_SERVICES.contains(&s));
+        if !config.follows(&address) || (config.devices.is_empty() && !health) {
+            return;
+        }
+        if let Ok(mut f) = following.lock() {
+            f.insert(id.clone());
+        }
+        let _ = queue
+            .describe(&SeenDevice {
+                address: address.clone(),
+                name: props.local_name.clone(),
+                ..Default::default()
+            })
+            .await;
+        tracing::info!(device = %address, "following");
+        let follower = Follower {
+            peripheral: p,
+            address,
+            config: config.clone(),
+            queue: queue.clone(),
+            more: more.clone(),
+        };
+        tokio::spawn(follower.run());
+    }
+}
+
+struct Follower {
+    peripheral: Peripheral,
+    address: String,
+    config: Arc<Config>,
+    queue: Queue,
+    more: Arc<Notify>,
+}
+
+/// What one connection learnt about the device, for the readings it sends.
+#[derive(Default)]
+struct Identity {
+    system_id: Option<String>,
+    model: Option<String>,
+}
+
+impl Follower {
+    /// Connects, reads, and connects again whenever the device comes back.
+    async fn run(self) {
+        let mut backoff = Backoff::new(Duration::from_secs(60));
+        loop {
+            match self.session().await {
+                Ok(readings) => {
+                    tracing::info!(device = %self.address, readings, "device disconnected");
+                    backoff.reset();
+                }
+                Err(e) => tracing::debug!(device = %self.address, error = %e, "no session"),
+            }
+            tokio::time::sleep(backoff.wait()).await;
+        }
+    }
+
+    /// One connection: returns the number of readings queued before the device went away.
+    async fn session(&self) -> anyhow::Result<usize> {
+        let p = &self.peripheral;
+        if !p.is_connected().await? {
+            p.connect().await?;
+        }
+        p.discover_services().await?;
+        let chars = p.characteristics();
+        let find = |n: u16| chars.iter().find(|c| c.uuid == uuid_from_u16(n)).cloned();
+        let identity = self.identify(&find).await;
+        if self.config.set_time
+            && let Some(c) = find(chr::CURRENT_TIME)
+            && c.properties.contains(CharPropFlags::WRITE)
+            && let Err(e) = p
+                .write(
+                    &c,
+                    &current_time(time::OffsetDateTime::now_utc()),
+                    WriteType::WithResponse,
+                )
+                .await
+        {
+            tracing::debug!(device = %self.address, error = %e, "current time not written");
+        }
+        // Subscribe before asking for stored records, so that none is missed.
+        let mut notifications = p.notifications().await?;
+        for c in chars.iter().filter(|c| {
+            c.properties
+                .intersects(CharPropFlags::NOTIFY | CharPropFlags::INDICATE)
+                && short(c.uuid).is_some_and(|n| {
+                    n == chr::RECORD_ACCESS_CONTROL_POINT
+                        || MEASUREMENTS.iter().any(|(m, _)| *m == n)
+                })
+        }) {
+            p.subscribe(c).await?;
+        }
+        if let Some(racp) = find(chr::RECORD_ACCESS_CONTROL_POINT) {
+            // Report stored records (op code 0x01), all of them (operator 0x01): GLS 1.0
+            // section 3.3.4. The server keeps each record once, however often it is sent.
+            p.write(&racp, &[0x01, 0x01], WriteType::WithResponse)
+                .await?;
+        }
+        if let Some(battery) = find(chr::BATTERY_LEVEL)
+            && battery.properties.contains(CharPropFlags::READ)
+            && let Ok(value) = p.read(&battery).await
+        {
+            self.keep(&battery, value, &identity).await?;
+        }
+        let mut readings = 0;
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(2), notifications.next()).await;
+            match next {
+                Ok(Some(n)) => {
+                    let Some(c) = chars.iter().find(|c| c.uuid == n.uuid) else {
+                        continue;
+                    };
+                    if short(c.uuid) == Some(chr::RECORD_ACCESS_CONTROL_POINT) {
+                        tracing::debug!(device = %self.address, "stored records sent");
+                        continue;
+                    }
+                    self.keep(c, n.value, &identity).await?;
+                    readings += 1;
+                }
+                Ok(None) => return Ok(readings),
+                // Quiet: is the device still there?
+                Err(_) => {
+                    if !p.is_connected().await.unwrap_or(false) {
+                        return Ok(readings);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Device Information and battery: kept for `gateway status`, and the System ID and model
+    /// go with each reading (the server identifies the device by them).
+    async fn identify(&self, find: &impl Fn(u16) -> Option<Characteristic>) -> Identity {
+        let p = &self.peripheral;
+        let read = |n: u16| async move {
+            match find(n) {
+                Some(c) if c.properties.contains(CharPropFlags::READ) => p.read(&c).await.ok(),
+                _ => None,
+            }
+        };
+        let text = |v: Option<Vec<u8>>| {
+            v.map(|b| {
+                String::from_utf8_lossy(&b)
+                    .trim_end_matches('\0')
+                    .trim()
+                    .to_owned()
+            })
+            .filter(|s| !s.is_empty())
+        };
+        let manufacturer = text(read(MANUFACTURER_NAME).await);
+        let model = text(read(MODEL_NUMBER).await);
+        let system_id = read(SYSTEM_ID)
+            .await
+            .and_then(|b| crate::ingest::device::eui64(&b).ok());
+        let _ = self
+            .queue
+            .describe(&SeenDevice {
+                address: self.address.clone(),
+                manufacturer,
+                model: model.clone(),
+                ..Default::default()
+            })
+            .await;
+        Identity { system_id, model }
+    }
+
+    /// Commits one value to the queue, then wakes the uploader.
+    async fn keep(
+        &self,
+        c: &Characteristic,
+        value: Vec<u8>,
+        identity: &Identity,
+    ) -> anyhow::Result<()> {
+        let n = short(c.uuid).unwrap_or_default();
+        let received = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)?;
+        if n == chr::BATTERY_LEVEL {
+            let _ = self
+                .queue
+                .describe(&SeenDevice {
+                    address: self.address.clone(),
+                    battery: value.first().map(|b| i64::from(*b)),
+                    ..Default::default()
+                })
+                .await;
+        }
+        let reading = Reading {
+            address: Some(self.address.clone()),
+            system_id: identity.system_id.clone(),
+            service: short(c.service_uuid).map(|s| format!("0x{s:04X}")),
+            characteristic: format!("0x{n:04X}"),
+            value,
+            received,
+            model: identity.model.clone(),
+        };
+        self.queue.push(&reading).await?;
+        self.more.notify_one();
+        Ok(())
+    }
+}
+
+/// The Current Time characteristic (CTS 1.1 section 3.1): Exact Time 256 (Date Time, day of
+/// week 1 = Monday, fractions of 1/256 s) and adjust reason 0x01 (manual time update).
+pub fn current_time(t: time::OffsetDateTime) -> Vec<u8> {
+    let mut v = Vec::with_capacity(10);
+    v.extend_from_slice(&u16::try_from(t.year()).unwrap_or(0).to_le_bytes());
+    v.push(u8::from(t.month()));
+    v.push(t.day());
+    v.push(t.hour());
+    v.push(t.minute());
+    v.push(t.second());
+    v.push(t.weekday().number_from_monday());
+    v.push(u8::try_from(u32::from(t.millisecond()) * 256 / 1000).unwrap_or(0));
+    v.push(0x01);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_uuids_have_short_numbers() {
+        assert_eq!(short(uuid_from_u16(0x2A35)), Some(0x2A35));
+        assert_eq!(
+            short(Uuid::from_u128(0x1234_5678_9abc_def0_1234_5678_9abc_def0)),
+            None
+        );
+    }
+
+    #[test]
+    fn current_time_is_the_cts_layout_the_decoder_reads() {
+        let t = time::macros::datetime!(2026-12-02 10:11:12.500 UTC);
+        let bytes = current_time(t);
+        assert_eq!(bytes, [0xEA, 0x07, 12, 2, 10, 11, 12, 3, 128, 0x01]);
+        // The server's decoder reads it back.
+        let decoded = crate::ingest::gatt::decode(chr::CURRENT_TIME, &bytes).expect("decodes");
+        let text = serde_json::to_string(&decoded).expect("json");
+        assert!(text.contains("2026"), "{text}");
+    }
+}
