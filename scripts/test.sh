@@ -8,7 +8,9 @@
 #     distribution package first when no PostgreSQL is installed at all. It never skips.
 #   - the official FHIR R4 examples (npm package hl7.fhir.r4.examples) for the round-trip test;
 #   - npm oidc-provider (tests/oidc), the real OpenID provider of the federation tests;
-#   - PyPI aiosmtpd (in target/pyenv), the real SMTP server of the Subscription email tests.
+#   - PyPI aiosmtpd (in target/pyenv), the real SMTP server of the Subscription email tests;
+#   - dbus-daemon and python-dbusmock (Debian packages), the simulated BlueZ of the gateway tests
+#     (tests/ble/bluez_sim.py).
 # Then it checks formatting and lints and runs the whole test suite on both backends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -107,7 +109,20 @@ ensure_smtp_server() {
   "$venv/bin/pip" install -q --disable-pip-version-check 'aiosmtpd==1.4.6' || die "could not install aiosmtpd"
 }
 
+# A private D-Bus with a simulated BlueZ for the gateway tests (tests/ble/README.md): Debian's
+# python3-dbus cannot be built by pip without C headers, so the distribution's packages.
+ensure_ble_simulator() {
+  if command -v dbus-daemon >/dev/null 2>&1 &&
+    /usr/bin/python3 -c 'import dbus, gi, dbusmock' 2>/dev/null; then return; fi
+  [ "$(id -u)" = 0 ] || die "the gateway tests need dbus-daemon, python3-dbus, python3-gi and python3-dbusmock"
+  log "installing the simulated BlueZ's packages (dbus-daemon, python3-dbusmock)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq dbus-daemon python3-dbus python3-gi python3-dbusmock >/dev/null ||
+    die "could not install dbus-daemon and python3-dbusmock"
+}
+
 ensure_postgres
+ensure_ble_simulator
 ensure_examples
 ensure_oidc_provider
 ensure_smtp_server

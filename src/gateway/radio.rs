@@ -235,16 +235,25 @@ impl Follower {
             p.subscribe(c).await?;
         }
         if let Some(racp) = find(chr::RECORD_ACCESS_CONTROL_POINT) {
-            // Report stored records (op code 0x01), all of them (operator 0x01): GLS 1.0
-            // section 3.3.4. The server keeps each record once, however often it is sent.
-            p.write(&racp, &[0x01, 0x01], WriteType::WithResponse)
-                .await?;
+            let last = self.queue.state(&self.racp_key()).await?;
+            let request = racp_request(last.and_then(|s| s.parse().ok()));
+            p.write(&racp, &request, WriteType::WithResponse).await?;
         }
+        // The battery level at each connection, queued when it changed.
         if let Some(battery) = find(chr::BATTERY_LEVEL)
             && battery.properties.contains(CharPropFlags::READ)
             && let Ok(value) = p.read(&battery).await
         {
-            self.keep(&battery, value, &identity).await?;
+            let seen = self
+                .queue
+                .devices()
+                .await?
+                .into_iter()
+                .find(|d| d.address == self.address)
+                .and_then(|d| d.battery);
+            if seen != value.first().map(|b| i64::from(*b)) {
+                self.keep(&battery, value, &identity).await?;
+            }
         }
         let mut readings = 0;
         loop {
@@ -338,8 +347,40 @@ impl Follower {
             model: identity.model.clone(),
         };
         self.queue.push(&reading).await?;
+        // A glucose record's sequence number (GLS 1.0 section 3.1): the next connection asks
+        // only for later records.
+        if n == chr::GLUCOSE_MEASUREMENT
+            && let Some(seq) = reading.value.get(1..3)
+        {
+            let seq = u16::from_le_bytes([seq[0], seq[1]]);
+            let key = self.racp_key();
+            let last: Option<u16> = self.queue.state(&key).await?.and_then(|s| s.parse().ok());
+            if last.is_none_or(|l| seq > l) {
+                self.queue.set_state(&key, &seq.to_string()).await?;
+            }
+        }
         self.more.notify_one();
         Ok(())
+    }
+
+    fn racp_key(&self) -> String {
+        format!("racp/{}", self.address)
+    }
+}
+
+/// The Record Access Control Point request for stored records (GLS 1.0 section 3.3.4, op code
+/// 0x01 "report stored records"): all of them (operator 0x01) the first time, then those with
+/// a sequence number after the last one received (operator 0x03 "greater than or equal to",
+/// filter type 0x01 sequence number). The server keeps each record once, however often it is
+/// sent, so asking again after a lost connection is harmless.
+fn racp_request(last: Option<u16>) -> Vec<u8> {
+    match last {
+        None => vec![0x01, 0x01],
+        Some(l) => {
+            let mut v = vec![0x01, 0x03, 0x01];
+            v.extend_from_slice(&l.wrapping_add(1).to_le_bytes());
+            v
+        }
     }
 }
 
@@ -370,6 +411,12 @@ mod tests {
             short(Uuid::from_u128(0x1234_5678_9abc_def0_1234_5678_9abc_def0)),
             None
         );
+    }
+
+    #[test]
+    fn stored_records_are_asked_for_after_the_last_one() {
+        assert_eq!(racp_request(None), [0x01, 0x01]);
+        assert_eq!(racp_request(Some(0x01FF)), [0x01, 0x03, 0x01, 0x00, 0x02]);
     }
 
     #[test]

@@ -82,18 +82,25 @@ impl Identity {
             .or_else(|| self.other.as_ref().map(|(_, v)| v.clone()))
     }
 
-    /// The identifier its Device is found by (system, value): the EUI-64 if it has one,
-    /// else the Bluetooth address.
-    fn token(&self) -> Option<(String, String)> {
+    /// The identifiers its Device is found by (system, value), best first: the EUI-64 if it
+    /// has one, then the Bluetooth address (a gateway sends both; the Device may have been
+    /// registered by either).
+    fn tokens(&self) -> Vec<(String, String)> {
         if self.eui64.is_none() && self.address.is_none() {
-            return self.other.clone();
+            return self.other.clone().into_iter().collect();
         }
         let identifiers = device::identifiers(self.eui64.as_deref(), self.address.as_deref());
-        let first = identifiers.get(0)?;
-        Some((
-            first["system"].as_str()?.to_owned(),
-            first["value"].as_str()?.to_owned(),
-        ))
+        identifiers
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| {
+                Some((
+                    i["system"].as_str()?.to_owned(),
+                    i["value"].as_str()?.to_owned(),
+                ))
+            })
+            .collect()
     }
 }
 
@@ -625,39 +632,44 @@ async fn find_devices(
     items: &[Incoming],
     org: &str,
 ) -> Result<HashMap<Identity, Known>, ApiError> {
-    let mut wanted: Vec<(&Identity, (String, String))> = Vec::new();
+    let mut wanted: Vec<(&Identity, Vec<(String, String)>)> = Vec::new();
     let mut seen: HashSet<&Identity> = HashSet::new();
     for item in items {
-        if let Some(token) = item.identity.token()
-            && seen.insert(&item.identity)
-        {
-            wanted.push((&item.identity, token));
+        let tokens = item.identity.tokens();
+        if !tokens.is_empty() && seen.insert(&item.identity) {
+            wanted.push((&item.identity, tokens));
         }
     }
     let mut found: HashMap<Identity, Known> = HashMap::new();
-    for chunk in wanted.chunks(50) {
-        let tokens: Vec<String> = chunk.iter().map(|(_, (s, v))| format!("{s}|{v}")).collect();
+    for chunk in wanted.chunks(25) {
+        let tokens: Vec<String> = chunk
+            .iter()
+            .flat_map(|(_, ts)| ts.iter().map(|(s, v)| format!("{s}|{v}")))
+            .collect();
         let query = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("identifier", &tokens.join(","))
             .append_pair("_tag", &format!("{OWNER_SYSTEM}|{org}"))
             .finish();
-        for known in find_all(store, "Device", &query, chunk.len() * 2).await? {
-            let names = |system: &str, value: &str| {
-                known.resource["identifier"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|i| {
-                        i["system"].as_str() == Some(system)
-                            && i["value"]
-                                .as_str()
-                                .is_some_and(|v| v.eq_ignore_ascii_case(value))
-                    })
-            };
-            for (identity, (system, value)) in chunk {
-                if names(system, value) && !found.contains_key(*identity) {
-                    found.insert((*identity).clone(), known.clone());
-                }
+        let knowns = find_all(store, "Device", &query, tokens.len() * 2).await?;
+        let names = |known: &Known, system: &str, value: &str| {
+            known.resource["identifier"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|i| {
+                    i["system"].as_str() == Some(system)
+                        && i["value"]
+                            .as_str()
+                            .is_some_and(|v| v.eq_ignore_ascii_case(value))
+                })
+        };
+        for (identity, ts) in chunk {
+            // The best identifier that names a Device decides.
+            if let Some(known) = ts
+                .iter()
+                .find_map(|(s, v)| knowns.iter().find(|k| names(k, s, v)))
+            {
+                found.insert((*identity).clone(), known.clone());
             }
         }
     }

@@ -513,6 +513,40 @@ async fn late_readings_go_to_who_had_the_device(app: TestApp) {
 
 both!(late_readings_go_to_who_had_the_device);
 
+/// A gateway names a device by its System ID and by its Bluetooth address: a Device
+/// registered by the address alone is found all the same.
+async fn devices_are_found_by_either_identifier(app: TestApp) {
+    crate::common::put_organization(&app, "c1", None).await;
+    put_patient(&app, "p1", "c1").await;
+    let cuff = json!({"resourceType": "Device", "id": "cuff-1", "status": "active",
+        "identifier": [{"system": "http://hl7.org/fhir/sid/eui-48/bluetooth",
+                        "value": "A4-C1-38-0B-2C-01"}],
+        "patient": {"reference": "Patient/p1"},
+        "owner": {"reference": "Organization/c1"}});
+    assert_eq!(app.put("Device/cuff-1", &cuff).await.status, 201);
+    let token = hub_with_device(&app, "hub-g", "c1", Some("hub-g1")).await;
+    let now = after_registration().await;
+    let body = json!({"readings": [
+        {"systemId": "A4C138FFFE0B2C01", "address": "A4:C1:38:0B:2C:01",
+         "characteristic": "0x2A35", "value": bp_packet(124, now),
+         "received": rfc3339(now + time::Duration::seconds(1))},
+        {"systemId": "A4C138FFFE0B2C09", "address": "A4:C1:38:0B:2C:09",
+         "characteristic": "0x2A35", "value": bp_packet(124, now),
+         "received": rfc3339(now + time::Duration::seconds(1))},
+    ]});
+    let r = post_batch(&app, &token, &body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let results = &r.json()["results"];
+    assert_eq!(results[0]["status"], "accepted", "{}", r.text);
+    assert_eq!(results[0]["device"], "Device/cuff-1", "{}", r.text);
+    assert_eq!(
+        results[1]["status"], "rejected",
+        "neither identifier is known: {}",
+        r.text
+    );
+}
+both!(devices_are_found_by_either_identifier);
+
 /// Registers a vendor integration for `org` as the admin; returns (id, secret).
 async fn integration(app: &TestApp, vendor: &str, org: &str) -> (String, String) {
     let r = app

@@ -18,6 +18,7 @@ mod errors;
 mod examples;
 mod federation;
 mod formats;
+mod gateway;
 mod granular_scopes;
 mod history;
 mod ingest;

@@ -774,6 +774,8 @@ class Simulator:
 
     def stop_notify(self, ch):
         self.log("stop_notify", address=ch.service.device.address, characteristic=f"{ch.short:04x}")
+        if not ch.notifying:  # BlueZ's answer; btleplug's unsubscribe takes it as success
+            raise self.error("org.bluez.Error.Failed", "No notify session started")
         if ch.notifying:
             ch.notifying = False
             self.set_props(ch.obj, CHAR_IFACE, {"Notifying": self.dbus.Boolean(False)})
