@@ -45,9 +45,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// `vitalbridge gateway status`: queue depth, last upload, devices seen, rejected readings.
+/// It only reads the queue file, beside the running gateway; a moment when the gateway holds
+/// the file (creating it, laying it out, checkpointing) is waited out.
 pub async fn status(config: &Config) -> anyhow::Result<String> {
+    let mut attempt = 0;
+    loop {
+        match status_once(config).await {
+            // Busy, or created but not laid out yet: the gateway is starting.
+            Err(e)
+                if attempt < 20
+                    && ["locked", "no such table"]
+                        .iter()
+                        .any(|w| e.to_string().contains(w)) =>
+            {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn status_once(config: &Config) -> anyhow::Result<String> {
     use std::fmt::Write as _;
-    let queue = Queue::open(&config.data_dir).await?;
+    let Some(queue) = Queue::open_read_only(&config.data_dir).await? else {
+        return Ok(format!(
+            "server:        {}\nqueued:        0 readings\nlast upload:   never\n\
+             devices seen:  0 (the gateway has not run with data directory {})\n",
+            config.server,
+            config.data_dir.display()
+        ));
+    };
     let mut out = String::new();
     writeln!(out, "server:        {}", config.server)?;
     writeln!(out, "queued:        {} readings", queue.depth().await?)?;

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::str::FromStr as _;
 
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqliteSynchronous};
 
 /// One characteristic value as received, in the shape `POST /ingest/hub` takes.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
@@ -111,10 +111,12 @@ impl Queue {
             anyhow::anyhow!("cannot create the data directory {}: {e}", dir.display())
         })?;
         let file = dir.join("gateway.db");
+        // No `journal_mode` per connection: changing it takes an exclusive lock that the busy
+        // timeout does not wait for, so `gateway status` beside a running gateway would fail.
+        // WAL is a property of the file, set once below.
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(&file)
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(std::time::Duration::from_secs(10));
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
@@ -122,8 +124,35 @@ impl Queue {
             .connect_with(options)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the queue {}: {e}", file.display()))?;
+        let mode: String = sqlx::query_scalar("pragma journal_mode")
+            .fetch_one(&pool)
+            .await?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            sqlx::query("pragma journal_mode = wal")
+                .execute(&pool)
+                .await?;
+        }
         sqlx::raw_sql(SCHEMA).execute(&pool).await?;
         Ok(Queue { pool })
+    }
+
+    /// Opens `{dir}/gateway.db` to read it beside a running gateway (`gateway status`);
+    /// `None` when the gateway has never run there.
+    pub async fn open_read_only(dir: &Path) -> anyhow::Result<Option<Queue>> {
+        let file = dir.join("gateway.db");
+        if !file.exists() {
+            return Ok(None);
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(&file)
+            .read_only(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the queue {}: {e}", file.display()))?;
+        Ok(Some(Queue { pool }))
     }
 
     /// Commits a reading; returns its queue id once it is on disk.

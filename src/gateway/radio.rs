@@ -13,8 +13,8 @@
 //! (https://www.bluetooth.com/specifications/assigned-numbers/); GATT specifications of BLS,
 //! HTS, WSS, GLS, PLXS, HRS, BAS, DIS and CTS.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use btleplug::api::Central as _;
@@ -79,7 +79,9 @@ impl Radio {
         let adapter = manager
             .adapters()
             .await
-            .map_err(|e| anyhow::anyhow!("cannot list Bluetooth adapters: {e}"))?
+            .map_err(|e| {
+                anyhow::anyhow!("cannot list Bluetooth adapters (is bluetoothd running?): {e}")
+            })?
             .into_iter()
             .next()
             .ok_or_else(|| anyhow::anyhow!("no Bluetooth adapter found (bluetoothctl list)"))?;
@@ -98,14 +100,19 @@ impl Radio {
             .await
             .map_err(|e| anyhow::anyhow!("cannot scan: {e}"))?;
         tracing::info!("scanning for health devices");
-        let following: Arc<Mutex<HashSet<PeripheralId>>> = Arc::default();
+        // The devices followed, each with the bell that says it is advertising again.
+        let mut following: HashMap<PeripheralId, Arc<Notify>> = HashMap::new();
         let config = Arc::new(config);
         // Devices BlueZ knew before the scan (bonded ones) come first.
         let known = self.adapter.peripherals().await.unwrap_or_default();
         let mut pending: Vec<PeripheralId> = known.iter().map(|p| p.id()).collect();
         loop {
             for id in pending.drain(..) {
-                self.consider(id, &config, &queue, &more, &following).await;
+                if let Some(back) = following.get(&id) {
+                    back.notify_one();
+                } else if let Some(back) = self.consider(&id, &config, &queue, &more).await {
+                    following.insert(id, back);
+                }
             }
             match events.next().await {
                 Some(
@@ -119,24 +126,16 @@ impl Radio {
         }
     }
 
-    /// Starts following a device if it is one to follow and not followed yet.
+    /// Starts following a device if it is one to follow; returns its bell.
     async fn consider(
         &self,
-        id: PeripheralId,
+        id: &PeripheralId,
         config: &Arc<Config>,
         queue: &Queue,
         more: &Arc<Notify>,
-        following: &Arc<Mutex<HashSet<PeripheralId>>>,
-    ) {
-        if following.lock().map(|f| f.contains(&id)).unwrap_or(true) {
-            return;
-        }
-        let Ok(p) = self.adapter.peripheral(&id).await else {
-            return;
-        };
-        let Ok(Some(props)) = p.properties().await else {
-            return;
-        };
+    ) -> Option<Arc<Notify>> {
+        let p = self.adapter.peripheral(id).await.ok()?;
+        let props = p.properties().await.ok()??;
         let address = props.address.to_string().to_ascii_uppercase();
         let health = props
             .services
@@ -144,10 +143,7 @@ impl Radio {
             .filter_map(|u| short(*u))
             .any(|s| HEALTH_SERVICES.contains(&s));
         if !config.follows(&address) || (config.devices.is_empty() && !health) {
-            return;
-        }
-        if let Ok(mut f) = following.lock() {
-            f.insert(id.clone());
+            return None;
         }
         let _ = queue
             .describe(&SeenDevice {
@@ -157,14 +153,17 @@ impl Radio {
             })
             .await;
         tracing::info!(device = %address, "following");
+        let back = Arc::new(Notify::new());
         let follower = Follower {
             peripheral: p,
             address,
             config: config.clone(),
             queue: queue.clone(),
             more: more.clone(),
+            back: back.clone(),
         };
         tokio::spawn(follower.run());
+        Some(back)
     }
 }
 
@@ -174,6 +173,9 @@ struct Follower {
     config: Arc<Config>,
     queue: Queue,
     more: Arc<Notify>,
+    /// Rung when the device advertises again: a cuff that sent and disconnected is connectable
+    /// only for a short while after its next measurement, so the wait ends at once.
+    back: Arc<Notify>,
 }
 
 /// What one connection learnt about the device, for the readings it sends.
@@ -195,7 +197,10 @@ impl Follower {
                 }
                 Err(e) => tracing::debug!(device = %self.address, error = %e, "no session"),
             }
-            tokio::time::sleep(backoff.wait()).await;
+            tokio::select! {
+                () = tokio::time::sleep(backoff.wait()) => {}
+                () = self.back.notified() => {}
+            }
         }
     }
 
