@@ -489,10 +489,10 @@ async fn gateway(
             "the gateway needs its configuration file: --config FILE (or VB_GATEWAY_CONFIG)"
         )
     })?;
-    let config = gateway::config::Config::load(&path)?;
     match command {
-        None => gateway::run(config).await,
+        None => gateway::run(gateway::config::Config::load(&path)?).await,
         Some(GatewayCommand::Status) => {
+            let config = gateway::config::Config::load_for_status(&path)?;
             print!("{}", gateway::status(&config).await?);
             Ok(())
         }

@@ -35,8 +35,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let uploader = uploader::Uploader::new(config.clone(), queue.clone());
     let upload = tokio::spawn(uploader.run(more.clone()));
     let listen = radio.run(config, queue.clone(), more);
+    let mut upload = upload;
     tokio::select! {
         r = listen => r?,
+        // The uploader loops for ever; ending means it failed.
+        r = &mut upload => anyhow::bail!("the uploader stopped: {r:?}"),
         () = crate::shutdown_signal() => tracing::info!("gateway stopping"),
     }
     upload.abort();

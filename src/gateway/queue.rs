@@ -51,6 +51,8 @@ pub struct SeenDevice {
     pub name: Option<String>,
     pub manufacturer: Option<String>,
     pub model: Option<String>,
+    /// The EUI-64 of its System ID, once read.
+    pub system_id: Option<String>,
     pub battery: Option<i64>,
     pub last_seen: Option<String>,
     pub last_characteristic: Option<String>,
@@ -87,6 +89,7 @@ create table if not exists device (
     name                text,
     manufacturer        text,
     model               text,
+    system_id           text,
     battery             integer,
     last_seen           text,
     last_characteristic text,
@@ -107,9 +110,17 @@ pub struct Settled {
 impl Queue {
     /// Opens (or creates) `{dir}/gateway.db`.
     pub async fn open(dir: &Path) -> anyhow::Result<Queue> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            anyhow::anyhow!("cannot create the data directory {}: {e}", dir.display())
-        })?;
+        // Readings are patient data: the directory is the gateway user's alone.
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot create the data directory {}: {e}", dir.display())
+                })?;
+        }
         let file = dir.join("gateway.db");
         // No `journal_mode` per connection: changing it takes an exclusive lock that the busy
         // timeout does not wait for, so `gateway status` beside a running gateway would fail.
@@ -263,11 +274,12 @@ impl Queue {
     /// Records what a device said about itself (name, Device Information, battery level).
     pub async fn describe(&self, d: &SeenDevice) -> sqlx::Result<()> {
         sqlx::query(
-            "insert into device (address, name, manufacturer, model, battery, last_seen) \
-             values ($1, $2, $3, $4, $5, $6) on conflict (address) do update set \
+            "insert into device (address, name, manufacturer, model, battery, last_seen, \
+             system_id) values ($1, $2, $3, $4, $5, $6, $7) on conflict (address) do update set \
              name = coalesce(excluded.name, name), \
              manufacturer = coalesce(excluded.manufacturer, manufacturer), \
              model = coalesce(excluded.model, model), \
+             system_id = coalesce(excluded.system_id, system_id), \
              battery = coalesce(excluded.battery, battery), \
              last_seen = coalesce(excluded.last_seen, last_seen)",
         )
@@ -277,6 +289,7 @@ impl Queue {
         .bind(&d.model)
         .bind(d.battery)
         .bind(&d.last_seen)
+        .bind(&d.system_id)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -284,8 +297,8 @@ impl Queue {
 
     pub async fn devices(&self) -> sqlx::Result<Vec<SeenDevice>> {
         sqlx::query_as(
-            "select address, name, manufacturer, model, battery, last_seen, last_characteristic, \
-             last_reading from device order by address",
+            "select address, name, manufacturer, model, system_id, battery, last_seen, \
+             last_characteristic, last_reading from device order by address",
         )
         .fetch_all(&self.pool)
         .await

@@ -13,15 +13,15 @@
 //! (https://www.bluetooth.com/specifications/assigned-numbers/); GATT specifications of BLS,
 //! HTS, WSS, GLS, PLXS, HRS, BAS, DIS and CTS.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use btleplug::api::Central as _;
 use btleplug::api::bleuuid::uuid_from_u16;
 use btleplug::api::{
-    CentralEvent, CharPropFlags, Characteristic, Manager as _, Peripheral as _, ScanFilter,
-    WriteType,
+    CentralEvent, CentralState, CharPropFlags, Characteristic, Manager as _, Peripheral as _,
+    ScanFilter, WriteType,
 };
 use btleplug::platform::{Adapter, Manager, Peripheral, PeripheralId};
 use futures::StreamExt as _;
@@ -38,9 +38,10 @@ use crate::ingest::gatt::uuid as chr;
 pub const HEALTH_SERVICES: [u16; 6] = [0x1810, 0x1809, 0x181D, 0x1808, 0x1822, 0x180D];
 
 /// The characteristics whose values are readings, and their services.
-const MEASUREMENTS: [(u16, u16); 11] = [
+/// Not Intermediate Cuff Pressure (0x2A36): the cuff's pressure while it inflates, not a
+/// reading.
+const MEASUREMENTS: [(u16, u16); 10] = [
     (chr::BLOOD_PRESSURE_MEASUREMENT, 0x1810),
-    (chr::INTERMEDIATE_CUFF_PRESSURE, 0x1810),
     (chr::TEMPERATURE_MEASUREMENT, 0x1809),
     (chr::WEIGHT_MEASUREMENT, 0x181D),
     (chr::BODY_COMPOSITION_MEASUREMENT, 0x181B),
@@ -92,16 +93,24 @@ impl Radio {
     /// when it names none), until an error of the adapter itself.
     pub async fn run(self, config: Config, queue: Queue, more: Arc<Notify>) -> anyhow::Result<()> {
         let mut events = self.adapter.events().await?;
+        // Named devices are found whatever they advertise; otherwise BlueZ reports only
+        // devices advertising a health service.
         let filter = ScanFilter {
-            services: HEALTH_SERVICES.iter().map(|s| uuid_from_u16(*s)).collect(),
+            services: if config.devices.is_empty() {
+                HEALTH_SERVICES.iter().map(|s| uuid_from_u16(*s)).collect()
+            } else {
+                Vec::new()
+            },
         };
         self.adapter
-            .start_scan(filter)
+            .start_scan(filter.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot scan: {e}"))?;
         tracing::info!("scanning for health devices");
         // The devices followed, each with the bell that says it is advertising again.
         let mut following: HashMap<PeripheralId, Arc<Notify>> = HashMap::new();
+        // Devices that are not the named ones (with `devices` set, the address decides once).
+        let mut ignored: HashSet<PeripheralId> = HashSet::new();
         let config = Arc::new(config);
         // Devices BlueZ knew before the scan (bonded ones) come first.
         let known = self.adapter.peripherals().await.unwrap_or_default();
@@ -110,15 +119,31 @@ impl Radio {
             for id in pending.drain(..) {
                 if let Some(back) = following.get(&id) {
                     back.notify_one();
+                } else if ignored.contains(&id) {
                 } else if let Some(back) = self.consider(&id, &config, &queue, &more).await {
                     following.insert(id, back);
+                } else if !config.devices.is_empty() {
+                    ignored.insert(id);
                 }
             }
             match events.next().await {
+                // The adapter came back (power cycle, bluetoothd restart): scan again.
+                Some(CentralEvent::StateUpdate(CentralState::PoweredOn)) => {
+                    if let Err(e) = self.adapter.start_scan(filter.clone()).await {
+                        tracing::error!(error = %e, "cannot scan again");
+                    }
+                }
+                // Anything a device does (advertising, RSSI, connecting) may be a device to
+                // follow, or a followed one back in range: a bonded device BlueZ already knows
+                // shows itself only by such updates.
                 Some(
                     CentralEvent::DeviceDiscovered(id)
                     | CentralEvent::DeviceUpdated(id)
-                    | CentralEvent::ServicesAdvertisement { id, .. },
+                    | CentralEvent::DeviceConnected(id)
+                    | CentralEvent::ServicesAdvertisement { id, .. }
+                    | CentralEvent::ManufacturerDataAdvertisement { id, .. }
+                    | CentralEvent::ServiceDataAdvertisement { id, .. }
+                    | CentralEvent::RssiUpdate { id, .. },
                 ) => pending.push(id),
                 Some(_) => {}
                 None => anyhow::bail!("the Bluetooth adapter's event stream ended"),
@@ -189,8 +214,21 @@ impl Follower {
     /// Connects, reads, and connects again whenever the device comes back.
     async fn run(self) {
         let mut backoff = Backoff::new(Duration::from_secs(60));
+        // One notification stream for the follower's whole life: btleplug keeps it valid
+        // across connections, it listens before each connection is made (a bonded device may
+        // indicate at once), and bluez-async 0.9 can panic when such a stream is dropped.
+        let mut notifications = loop {
+            match self.peripheral.notifications().await {
+                Ok(n) => break n,
+                Err(e) => {
+                    tracing::warn!(device = %self.address, error = %e, "no notification stream yet");
+                    tokio::time::sleep(backoff.wait()).await;
+                }
+            }
+        };
+        backoff.reset();
         loop {
-            match self.session().await {
+            match self.session(&mut notifications).await {
                 Ok(readings) => {
                     tracing::info!(device = %self.address, readings, "device disconnected");
                     backoff.reset();
@@ -205,15 +243,25 @@ impl Follower {
     }
 
     /// One connection: returns the number of readings queued before the device went away.
-    async fn session(&self) -> anyhow::Result<usize> {
+    async fn session(
+        &self,
+        notifications: &mut (impl futures::Stream<Item = btleplug::api::ValueNotification> + Unpin),
+    ) -> anyhow::Result<usize> {
         let p = &self.peripheral;
-        if !p.is_connected().await? {
-            p.connect().await?;
-        }
+        // Always: for a device already connected BlueZ answers at once, and bluez-async then
+        // waits until its services are resolved.
+        p.connect().await?;
         p.discover_services().await?;
         let chars = p.characteristics();
         let find = |n: u16| chars.iter().find(|c| c.uuid == uuid_from_u16(n)).cloned();
         let identity = self.identify(&find).await;
+        // The device's clock as it was, for the server's clock-offset correction, then ours.
+        if let Some(c) = find(chr::CURRENT_TIME)
+            && c.properties.contains(CharPropFlags::READ)
+            && let Ok(value) = p.read(&c).await
+        {
+            self.keep(&c, value, &identity).await;
+        }
         if self.config.set_time
             && let Some(c) = find(chr::CURRENT_TIME)
             && c.properties.contains(CharPropFlags::WRITE)
@@ -228,7 +276,6 @@ impl Follower {
             tracing::debug!(device = %self.address, error = %e, "current time not written");
         }
         // Subscribe before asking for stored records, so that none is missed.
-        let mut notifications = p.notifications().await?;
         for c in chars.iter().filter(|c| {
             c.properties
                 .intersects(CharPropFlags::NOTIFY | CharPropFlags::INDICATE)
@@ -257,7 +304,7 @@ impl Follower {
                 .find(|d| d.address == self.address)
                 .and_then(|d| d.battery);
             if seen != value.first().map(|b| i64::from(*b)) {
-                self.keep(&battery, value, &identity).await?;
+                self.keep(&battery, value, &identity).await;
             }
         }
         let mut readings = 0;
@@ -272,7 +319,7 @@ impl Follower {
                         tracing::debug!(device = %self.address, "stored records sent");
                         continue;
                     }
-                    self.keep(c, n.value, &identity).await?;
+                    self.keep(c, n.value, &identity).await;
                     readings += 1;
                 }
                 Ok(None) => return Ok(readings),
@@ -316,17 +363,45 @@ impl Follower {
                 address: self.address.clone(),
                 manufacturer,
                 model: model.clone(),
+                system_id: system_id.clone(),
                 ..Default::default()
             })
             .await;
+        // A System ID read that failed this time: the one read before, so that the device's
+        // readings keep one identity (the server de-duplicates by it).
+        let system_id = match system_id {
+            Some(s) => Some(s),
+            None => self
+                .queue
+                .devices()
+                .await
+                .ok()
+                .and_then(|d| d.into_iter().find(|d| d.address == self.address))
+                .and_then(|d| d.system_id),
+        };
         Identity { system_id, model }
     }
 
-    /// Commits one value to the queue, then wakes the uploader.
-    async fn keep(
+    /// Commits one value to the queue, then wakes the uploader. The device has already been
+    /// answered (BlueZ confirms indications), so the value is held and the write retried until
+    /// it is on disk; the device's next values wait meanwhile.
+    async fn keep(&self, c: &Characteristic, value: Vec<u8>, identity: &Identity) {
+        let mut backoff = Backoff::new(Duration::from_secs(30));
+        loop {
+            match self.try_keep(c, &value, identity).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(device = %self.address, error = %e, "cannot write a reading to the queue; retrying");
+                    tokio::time::sleep(backoff.wait()).await;
+                }
+            }
+        }
+    }
+
+    async fn try_keep(
         &self,
         c: &Characteristic,
-        value: Vec<u8>,
+        value: &[u8],
         identity: &Identity,
     ) -> anyhow::Result<()> {
         let n = short(c.uuid).unwrap_or_default();
@@ -347,11 +422,12 @@ impl Follower {
             system_id: identity.system_id.clone(),
             service: short(c.service_uuid).map(|s| format!("0x{s:04X}")),
             characteristic: format!("0x{n:04X}"),
-            value,
+            value: value.to_vec(),
             received,
             model: identity.model.clone(),
         };
         self.queue.push(&reading).await?;
+        self.more.notify_one();
         // A glucose record's sequence number (GLS 1.0 section 3.1): the next connection asks
         // only for later records.
         if n == chr::GLUCOSE_MEASUREMENT
@@ -360,11 +436,13 @@ impl Follower {
             let seq = u16::from_le_bytes([seq[0], seq[1]]);
             let key = self.racp_key();
             let last: Option<u16> = self.queue.state(&key).await?.and_then(|s| s.parse().ok());
-            if last.is_none_or(|l| seq > l) {
-                self.queue.set_state(&key, &seq.to_string()).await?;
+            if last.is_none_or(|l| seq > l)
+                && let Err(e) = self.queue.set_state(&key, &seq.to_string()).await
+            {
+                // The record is queued; at worst the next connection asks for it again.
+                tracing::warn!(device = %self.address, error = %e, "last record number not kept");
             }
         }
-        self.more.notify_one();
         Ok(())
     }
 

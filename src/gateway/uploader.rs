@@ -136,6 +136,13 @@ impl Uploader {
             }
         }
         let answered = settled.done.len() + settled.rejected.len();
+        if answered == 0 {
+            // A 200 that answers for nothing (a proxy's page, another service): not an upload.
+            return Err(UploadError::Server(
+                200,
+                "the answer names none of the readings sent".into(),
+            ));
+        }
         if !settled.rejected.is_empty() {
             tracing::warn!(
                 rejected = settled.rejected.len(),
@@ -181,6 +188,16 @@ impl Uploader {
                     .as_str()
                     .ok_or_else(|| UploadError::Server(200, "no token_endpoint".into()))?
                     .to_owned();
+                // The secret goes only to the configured server.
+                let same_origin = url::Url::parse(&e).ok().is_some_and(|t| {
+                    url::Url::parse(&self.config.server).is_ok_and(|s| s.origin() == t.origin())
+                });
+                if !same_origin {
+                    return Err(UploadError::Server(
+                        200,
+                        "the token endpoint is not on the configured server".into(),
+                    ));
+                }
                 self.token_endpoint = Some(e.clone());
                 e
             }

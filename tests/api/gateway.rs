@@ -6,11 +6,11 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 use crate::common::{Backend, TestApp, put_organization, spawn};
 
@@ -89,13 +89,25 @@ impl Gateway {
         Gateway { child }
     }
 
-    /// SIGTERM, as systemd stops it, or SIGKILL.
+    /// SIGTERM, as systemd stops it (then it must exit cleanly within 10 s), or SIGKILL.
     fn stop(mut self, signal: &str) {
         let _ = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(self.child.id().to_string())
             .status();
-        let _ = self.child.wait();
+        for _ in 0..100 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                if signal == "TERM" {
+                    assert!(
+                        status.success(),
+                        "the gateway's exit after SIGTERM: {status}"
+                    );
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the gateway did not exit within 10 s of SIG{signal}");
     }
 }
 
@@ -106,8 +118,16 @@ impl Drop for Gateway {
     }
 }
 
-/// `vitalbridge gateway status` for `config`.
-fn status(config: &Path) -> String {
+/// `vitalbridge gateway status` for `config`, off the runtime's worker threads (which also
+/// serve the server and the relay).
+async fn status(config: &Path) -> String {
+    let config = config.to_owned();
+    tokio::task::spawn_blocking(move || status_now(&config))
+        .await
+        .expect("status")
+}
+
+fn status_now(config: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
         .args(["gateway", "status", "--config"])
         .arg(config)
@@ -121,27 +141,38 @@ fn status(config: &Path) -> String {
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
-/// The network between gateway and server: a TCP relay from a fixed port to the server, down
-/// (connections refused) until `up`.
+/// The network between gateway and server: a TCP relay from its own port to the server. The
+/// port stays bound for the whole test (no other test can take it); while the network is down
+/// each connection is closed at once, as a broken link does.
 struct Network {
     port: u16,
-    target: String,
-    relay: Option<JoinHandle<()>>,
+    up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Network {
     async fn new(target: String) -> Network {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a free port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        Network {
-            port,
-            target,
-            relay: None,
-        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let port = listener.local_addr().expect("addr").port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !open.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Network { port, up }
     }
 
     fn url(&self) -> String {
@@ -149,24 +180,7 @@ impl Network {
     }
 
     async fn up(&mut self) {
-        let listener = TcpListener::bind(("127.0.0.1", self.port))
-            .await
-            .expect("the relay's port");
-        let target = self.target.clone();
-        self.relay = Some(tokio::spawn(async move {
-            let mut open = tokio::task::JoinSet::new();
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                let target = target.clone();
-                open.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        }));
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -282,11 +296,18 @@ fn glucose(seq: u16, mg_dl: u16, t: time::OffsetDateTime) -> String {
 }
 
 /// A cuff that sends two readings (each twice) and disconnects, and a glucose meter with two
-/// stored records; `replay`: every new connection sends them again.
+/// stored records; `replay`: every new connection sends them again, and the cuff has a clock.
 fn devices(replay: bool) -> Value {
     let now = time::OffsetDateTime::now_utc();
+    // Current Time only where the cuff replays: its clock is read (and queued) at every
+    // connection, which would make the queue's depth depend on how often it reconnected.
+    let cuff_services = if replay {
+        json!(["1810", "180f", "180a", "1805"])
+    } else {
+        json!(["1810", "180f", "180a"])
+    };
     json!({"timing": {"advertiseIntervalMs": 500}, "devices": [
-        {"address": "A4:C1:38:0B:2C:01", "name": "BP Cuff", "services": ["1810", "180f", "180a", "1805"],
+        {"address": "A4:C1:38:0B:2C:01", "name": "BP Cuff", "services": cuff_services,
          "measurements": [{"characteristic": "2A35", "hex": bp(128, now)},
                           {"characteristic": "2A35", "hex": bp(131, now + time::Duration::seconds(1))}],
          "battery": 87, "manufacturer": "Omron", "model": "BP7250",
@@ -336,13 +357,23 @@ async fn all_arrive(app: &TestApp) {
     panic!("(cuff, meter) Observations: {last:?}, not (4, 2)");
 }
 
-/// Waits until the gateway's queue holds `n` readings (`gateway status`).
+/// Waits until the gateway's queue holds `n` readings, or at least `n` when `n` is not 0 (a
+/// device's clock is queued at each connection) (`gateway status`).
 async fn queued(config: &Path, n: usize) -> String {
-    let want = format!("queued:        {n} readings");
+    let want = format!(
+        "queued:        {} {n} readings",
+        if n == 0 { "" } else { "≥" }
+    );
     let mut last = String::new();
-    for _ in 0..300 {
-        last = status(config);
-        if last.contains(&want) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        last = status(config).await;
+        let depth: Option<usize> = last
+            .lines()
+            .find_map(|l| l.strip_prefix("queued:"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|d| d.parse().ok());
+        if depth.is_some_and(|d| if n == 0 { d == 0 } else { d >= n }) {
             return last;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
