@@ -206,6 +206,9 @@ enum Command {
         #[arg(long, requires = "vendor")]
         file: Option<std::path::PathBuf>,
     },
+    /// Print the OpenAPI document of every HTTP route (what /openapi.json serves; committed
+    /// as openapi/openapi.json)
+    Openapi,
     /// Manage the people who sign in on the login page (SMART apps)
     User {
         #[command(flatten)]
@@ -443,6 +446,10 @@ async fn run() -> std::process::ExitCode {
         Command::Client { db, command } => client(db.database_url, command).await,
         Command::User { db, command } => user(db.database_url, command).await,
         Command::Decode { .. } => Ok(()),
+        Command::Openapi => {
+            print!("{}", vitalbridge::http::openapi::document_text());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -25,7 +25,7 @@ use crate::store::Store;
 use crate::store::auth::ClientRecord;
 
 /// A client to register.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewClient {
     /// Chosen by the server when absent.
@@ -62,7 +62,7 @@ pub const APP_SCOPES: &str = "patient/*.cruds user/*.cruds openid fhirUser launc
                               offline_access online_access";
 
 /// A registered client as shown: never its secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ClientView {
     pub client_id: String,
     pub role: String,

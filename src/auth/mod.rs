@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 pub use token::Principal;
 
 /// The roles of DESIGN.md "Tenancy". Patient-facing SMART apps act as [`Role::Patient`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     Admin,

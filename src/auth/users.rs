@@ -27,7 +27,7 @@ use crate::store::auth::UserRecord;
 /// Shortest password accepted (NIST SP 800-63B section 5.1.1.2: at least 8).
 const MIN_PASSWORD: usize = 10;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NewUser {
     pub username: String,
@@ -41,7 +41,7 @@ pub struct NewUser {
 }
 
 /// A user as shown.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserView {
     pub username: String,

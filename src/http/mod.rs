@@ -3,6 +3,7 @@
 pub mod error;
 mod fhir_routes;
 pub mod format;
+pub mod openapi;
 pub mod request_id;
 pub mod tls;
 
@@ -56,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::auth::introspect::router())
         .merge(crate::ingest::hub::router())
         .merge(crate::ingest::cellular::router())
+        .merge(openapi::router())
         .fallback(not_found)
         // Every endpoint but the public ones needs a bearer token (issue 4, item 9).
         .layer(axum::middleware::from_fn_with_state(

@@ -83,9 +83,9 @@ pub fn is_webhook(path: &str) -> bool {
     path.starts_with("/ingest/cellular/")
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewIntegration {
+pub struct NewIntegration {
     vendor: String,
     organization: String,
     #[serde(default)]

@@ -45,20 +45,35 @@ pub fn router() -> Router<AppState> {
         .route("/ingest/messages", get(messages))
 }
 
+/// A batch as a hub sends it. The handler reads the body as JSON first and each reading on
+/// its own, so that one bad reading is rejected alone and the message is kept whatever it
+/// holds; this type describes the body in the OpenAPI document.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HubBatch {
+    pub readings: Vec<HubReading>,
+}
+
 /// One reading as a hub sends it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct HubReading {
+pub struct HubReading {
+    /// The device's System ID (GATT 0x2A23) as an EUI-64 of 16 hex digits; or
     #[serde(default)]
     system_id: Option<String>,
+    /// its Bluetooth address, `AA:BB:CC:DD:EE:FF`.
     #[serde(default)]
     address: Option<String>,
     /// The GATT service; informative (the characteristic decides the decoding).
     #[serde(default, rename = "service")]
     _service: Option<String>,
+    /// The GATT characteristic, `0x2A35` or a full UUID.
     characteristic: String,
+    /// The value's bytes as sent over the air (wire byte order), in base64.
     value: String,
+    /// When the hub received it: RFC 3339 with its offset.
     received: String,
+    /// The device's model, when its Device does not say.
     #[serde(default)]
     model: Option<String>,
 }

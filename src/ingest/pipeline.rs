@@ -130,7 +130,7 @@ pub struct Incoming {
 }
 
 /// What became of one reading.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Accepted,
@@ -138,7 +138,7 @@ pub enum Status {
     Rejected,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReadingResult {
     pub index: usize,
     pub status: Status,
@@ -352,14 +352,26 @@ pub fn answer(body: &[u8], results: Vec<ReadingResult>, what: &str) -> axum::res
         count(Status::Rejected),
     );
     tracing::info!(accepted, duplicate, rejected, "{what}");
-    axum::Json(json!({
-        "message": sha256_hex(body),
-        "accepted": accepted,
-        "duplicate": duplicate,
-        "rejected": rejected,
-        "results": results,
-    }))
+    axum::Json(IngestAnswer {
+        message: sha256_hex(body),
+        accepted,
+        duplicate,
+        rejected,
+        results,
+    })
     .into_response()
+}
+
+/// The answer to a batch of readings (hub or vendor webhook).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct IngestAnswer {
+    /// The SHA-256 of the message as kept (`/ingest/messages?sha256=…`).
+    pub message: String,
+    pub accepted: usize,
+    pub duplicate: usize,
+    pub rejected: usize,
+    /// One per reading, in the order sent.
+    pub results: Vec<ReadingResult>,
 }
 
 /// Keeps a message that was refused as a whole (its sender unknown or inactive), for the

@@ -13,6 +13,7 @@
 //! (`r4_elements.txt`, `r4_valuesets.txt`) and parsed once on first use.
 
 mod primitives;
+pub mod schema;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -391,13 +392,7 @@ fn not_in_value_set(code: &str, vs: &ValueSet) -> String {
         vs.url
     );
     if vs.code_count() <= LIST_CODES {
-        let mut codes: Vec<&str> = vs
-            .systems
-            .iter()
-            .flat_map(|(_, c)| c.iter().copied())
-            .collect();
-        codes.sort_unstable();
-        let _ = write!(msg, " (expected one of: {})", codes.join(", "));
+        let _ = write!(msg, " (expected one of: {})", vs.sorted_codes().join(", "));
     }
     msg
 }

@@ -153,6 +153,18 @@ impl ValueSet {
             .map(|(_, codes)| codes)
     }
 
+    /// Every code, sorted, without repeats.
+    pub(super) fn sorted_codes(&self) -> Vec<&'static str> {
+        let mut codes: Vec<&str> = self
+            .systems
+            .iter()
+            .flat_map(|(_, c)| c.iter().copied())
+            .collect();
+        codes.sort_unstable();
+        codes.dedup();
+        codes
+    }
+
     pub(super) fn code_count(&self) -> usize {
         self.systems.iter().map(|(_, c)| c.len()).sum()
     }

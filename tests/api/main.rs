@@ -23,6 +23,7 @@ mod granular_scopes;
 mod history;
 mod ingest;
 mod notify;
+mod openapi;
 mod process;
 mod receiver;
 mod search;

@@ -1,0 +1,218 @@
+//! The OpenAPI document and the explorer (issue 9, items 1 and 2): the document names every
+//! route of the router and nothing else, it is served at /openapi.json as committed, and the
+//! explorer's page and assets come from the server itself.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use crate::common::{Backend, spawn};
+
+/// `{anything}` → `{}`, so that paths compare whatever their parameters are called.
+fn shape(path: &str) -> String {
+    path.split('/')
+        .map(|s| if s.starts_with('{') { "{}" } else { s })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The paths the source gives `Router::route`, with the `/fhir` of the routes nested there.
+fn routed_paths() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut dirs = vec![std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src"
+    ))];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("source directory") {
+            let path = entry.expect("entry").path();
+            // The conformance suite and the benchmarks run receivers of their own.
+            if path.ends_with("conformance") || path.ends_with("bench") {
+                continue;
+            }
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("source file");
+            let nested = path.ends_with("http/fhir_routes.rs");
+            for piece in text.split(".route(").skip(1) {
+                let piece = piece.trim_start();
+                let Some(rest) = piece.strip_prefix('"') else {
+                    continue;
+                };
+                let Some(route) = rest.split('"').next() else {
+                    continue;
+                };
+                let full = match (nested, route) {
+                    (true, "/") => "/fhir".to_string(),
+                    (true, r) => format!("/fhir{r}"),
+                    (false, "/fhir/") => "/fhir".to_string(),
+                    (false, r) => r.to_string(),
+                };
+                out.insert(full);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_route_is_documented() {
+    let doc = serde_json::to_value(vitalbridge::http::openapi::document()).expect("document");
+    let documented: BTreeSet<String> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .map(|p| shape(p))
+        .collect();
+    let routes = routed_paths();
+    assert!(routes.len() > 40, "found the routes: {routes:?}");
+    let types: Vec<&str> = vitalbridge::http::openapi::DOCUMENTED_TYPES.to_vec();
+    for route in &routes {
+        // `/fhir/{type}/…` is described once per documented type and once for the others.
+        let candidates: Vec<String> = if route.starts_with("/fhir/{type}") {
+            types
+                .iter()
+                .map(|t| route.replacen("{type}", t, 1))
+                .chain([route.clone()])
+                .collect()
+        } else {
+            vec![route.clone()]
+        };
+        assert!(
+            candidates.iter().any(|c| documented.contains(&shape(c))),
+            "the route {route} is not in the OpenAPI document"
+        );
+    }
+    // And the other way round: nothing documented that no route serves.
+    for path in &documented {
+        let served = routes.iter().any(|r| {
+            let r = shape(r);
+            r == *path || {
+                let (a, b): (Vec<&str>, Vec<&str>) =
+                    (r.split('/').collect(), path.split('/').collect());
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(&b)
+                        .all(|(x, y)| x == y || (*x == "{}" && !y.starts_with('$')))
+            }
+        });
+        assert!(served, "{path} is documented but no route serves it");
+    }
+}
+
+/// A value for each path parameter the document names.
+fn fill(path: &str) -> String {
+    path.split('/')
+        .map(|s| match s {
+            "{type}" => "Basic",
+            "{id}" => "openapi-probe",
+            "{vid}" => "1",
+            "{vendor}" => "generic",
+            s if s.starts_with('{') => "probe",
+            s => s,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Every documented operation reaches a handler: no "no such endpoint" and no bare 405 from
+/// the router, whatever the handler then says about the empty request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_operation_is_routed() {
+    let app = spawn(Backend::Sqlite).await;
+    let doc = serde_json::to_value(vitalbridge::http::openapi::document()).expect("document");
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, _) in item.as_object().expect("path item") {
+            let m = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                .expect("method");
+            let url = format!("{}{}", app.origin(), fill(path));
+            let r = app
+                .send(
+                    app.client
+                        .request(m, &url)
+                        .header("Content-Type", "application/fhir+json"),
+                )
+                .await;
+            assert!(
+                !r.text.contains("no such endpoint"),
+                "{method} {path}: not routed: {}",
+                r.text
+            );
+            if r.status == 405 {
+                assert!(
+                    r.text.contains("OperationOutcome"),
+                    "{method} {path}: the router refused the method"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 200, "{checked} operations");
+}
+
+/// The document at /openapi.json is the committed one, and the explorer's page and every
+/// asset it loads are served by vitalbridge itself, without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_explorer_is_served_offline() {
+    let app = spawn(Backend::Sqlite).await;
+    let bare = reqwest::Client::new();
+    let served: Value = bare
+        .get(format!("{}/openapi.json", app.origin()))
+        .send()
+        .await
+        .expect("openapi.json")
+        .json()
+        .await
+        .expect("JSON");
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json"))
+            .expect("committed document"),
+    )
+    .expect("JSON");
+    assert_eq!(served, committed);
+
+    let page = bare
+        .get(format!("{}/docs/", app.origin()))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("html");
+    let assets: Vec<&str> = html
+        .split(['"', '\''])
+        .filter(|s| s.ends_with(".js") || s.ends_with(".css"))
+        .collect();
+    assert!(assets.len() >= 4, "{html}");
+    for asset in assets {
+        assert!(!asset.contains("//"), "{asset} is not served locally");
+        let r = bare
+            .get(format!(
+                "{}/docs/{}",
+                app.origin(),
+                asset.trim_start_matches("./")
+            ))
+            .send()
+            .await
+            .expect("asset");
+        assert_eq!(r.status(), 200, "{asset}");
+    }
+    let init = bare
+        .get(format!("{}/docs/swagger-initializer.js", app.origin()))
+        .send()
+        .await
+        .expect("initializer")
+        .text()
+        .await
+        .expect("text");
+    assert!(init.contains("\"/openapi.json\""), "{init}");
+    assert!(
+        init.contains("\"validatorUrl\": \"none\""),
+        "no call to swagger.io: {init}"
+    );
+}
