@@ -8,6 +8,7 @@ pub mod auth;
 pub mod bench;
 pub mod billing;
 pub mod config;
+pub mod conformance;
 pub mod fhir;
 pub mod gateway;
 pub mod http;

@@ -179,6 +179,10 @@ enum Command {
     /// Create rest-hook Subscriptions with a receiver of its own, write Observations at a fixed
     /// rate, and report the write-to-receiver latency of the notifications
     BenchSubscriptions(bench::subscriptions::SubscriptionArgs),
+    /// Check any FHIR R4 server (this one or another): REST core, search, SMART, Subscriptions
+    /// (with a receiver of its own), PHD device profiles and vital-signs searches; prints a
+    /// report, writes JUnit XML with --junit, and exits non-zero when a check fails
+    Conformance(vitalbridge::conformance::ConformanceArgs),
     /// Manage the OAuth clients of the built-in authorization server
     Client {
         #[command(flatten)]
@@ -443,6 +447,7 @@ async fn run() -> std::process::ExitCode {
         Command::Bench(args) => bench::run(args).await,
         Command::BenchIngest(args) => bench::ingest::run(args).await,
         Command::BenchSubscriptions(args) => bench::subscriptions::run(args).await,
+        Command::Conformance(args) => vitalbridge::conformance::run(args).await,
         Command::Client { db, command } => client(db.database_url, command).await,
         Command::User { db, command } => user(db.database_url, command).await,
         Command::Decode { .. } => Ok(()),

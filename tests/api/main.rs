@@ -11,6 +11,7 @@ mod batched_reads;
 mod billing;
 mod bundles;
 mod changes;
+mod conformance;
 mod criteria;
 mod crud;
 mod email;
