@@ -135,10 +135,21 @@ impl Fhir {
 
     /// A request with the token and `Accept: application/fhir+json`.
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.request_accepting(method, path, FHIR_JSON)
+    }
+
+    /// A request with the token and `Accept: accept` (one Accept header: reqwest adds a second
+    /// rather than replacing the first).
+    pub fn request_accepting(
+        &self,
+        method: Method,
+        path: &str,
+        accept: &str,
+    ) -> reqwest::RequestBuilder {
         let r = self
             .http
             .request(method, self.url(path))
-            .header("accept", FHIR_JSON);
+            .header("accept", accept);
         match &self.token {
             Some(t) => r.bearer_auth(t),
             None => r,

@@ -22,6 +22,8 @@ pub async fn run(cx: &Context, g: &mut Group<'_>) {
     .await;
     g.check("read returns the stored resource and its ETag", read(cx))
         .await;
+    g.check("a read in XML when the server offers it", read_xml(cx))
+        .await;
     g.check("update makes a new version", update(cx)).await;
     g.check("vread returns each version as it was", vread(cx))
         .await;
@@ -35,11 +37,21 @@ pub async fn run(cx: &Context, g: &mut Group<'_>) {
         conditional_create(cx),
     )
     .await;
+    g.check(
+        "conditional update (PUT Patient?identifier=) creates, then updates",
+        conditional_update(cx),
+    )
+    .await;
     g.check("JSON Patch changes the resource", patch(cx)).await;
     g.check("delete, then read answers 410 or 404", delete(cx))
         .await;
     g.check("history lists the versions, newest first", history(cx))
         .await;
+    g.check(
+        "reading an id that does not exist is 404 with an OperationOutcome",
+        read_missing(cx),
+    )
+    .await;
     g.check(
         "an unknown resource type is refused with an OperationOutcome",
         unknown_type(cx),
@@ -155,6 +167,45 @@ async fn read(cx: &Context) -> Check {
         etag_version(etag).is_some_and(|e| v["meta"]["versionId"] == e),
         "expected ETag W/\"{}\" on the read, got {etag:?}",
         v["meta"]["versionId"].as_str().unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// https://hl7.org/fhir/R4/http.html#mime-type: `Accept: application/fhir+xml` gets XML
+/// (https://hl7.org/fhir/R4/xml.html), when the CapabilityStatement lists an XML format.
+async fn read_xml(cx: &Context) -> Check {
+    let formats: Vec<&str> = cx
+        .caps
+        .statement
+        .as_ref()
+        .and_then(|s| s["format"].as_array())
+        .map(|l| l.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !formats.iter().any(|f| f.contains("xml")) {
+        return Err(super::Problem::Skip(format!(
+            "the CapabilityStatement's formats {formats:?} include no XML"
+        )));
+    }
+    let id = cx.create_id(&patient(&cx.unique())).await?;
+    let r = cx
+        .fhir
+        .send(cx.fhir.request_accepting(
+            Method::GET,
+            &format!("Patient/{id}"),
+            "application/fhir+xml",
+        ))
+        .await?;
+    r.expect(&[200])?;
+    let ct = r.header("content-type").unwrap_or_default();
+    ensure!(
+        ct.contains("xml"),
+        "asked for application/fhir+xml, got Content-Type {ct:?}"
+    );
+    ensure!(
+        r.text.contains("<Patient xmlns=\"http://hl7.org/fhir\"")
+            && r.text.contains(&format!("<id value=\"{id}\"/>")),
+        "expected <Patient xmlns=\"http://hl7.org/fhir\"> with <id value=\"{id}\"/>; {}",
+        r.describe()
     );
     Ok(())
 }
@@ -297,6 +348,39 @@ async fn conditional_create(cx: &Context) -> Check {
     Ok(())
 }
 
+/// https://hl7.org/fhir/R4/http.html#cond-update: no match creates (201), one match updates it
+/// (200, same id, new version).
+async fn conditional_update(cx: &Context) -> Check {
+    require(
+        cx.caps.flag("Patient", "conditionalUpdate"),
+        "conditionalUpdate on Patient",
+    )?;
+    let unique = cx.unique();
+    let url = format!("Patient?identifier=urn:ietf:rfc:3986|urn:uuid:{unique}");
+    let first = cx.fhir.put(&url, &patient(&unique)).await?;
+    let created = first.resource(&[201], "Patient")?;
+    let id = string(&created["id"], "an id")?;
+    cx.created(format!("Patient/{id}"));
+    let mut changed = patient(&unique);
+    changed["gender"] = json!("male");
+    let updated = cx
+        .fhir
+        .put(&url, &changed)
+        .await?
+        .resource(&[200], "Patient")?;
+    ensure!(
+        updated["id"] == id && updated["gender"] == "male",
+        "expected Patient/{id} updated to gender male, got Patient/{} with gender {}",
+        updated["id"],
+        updated["gender"]
+    );
+    ensure!(
+        updated["meta"]["versionId"] != created["meta"]["versionId"],
+        "the conditional update did not make a new version"
+    );
+    Ok(())
+}
+
 /// https://hl7.org/fhir/R4/http.html#patch with JSON Patch (RFC 6902).
 async fn patch(cx: &Context) -> Check {
     require(cx.caps.interaction("Patient", "patch"), "patch on Patient")?;
@@ -402,6 +486,12 @@ async fn history(cx: &Context) -> Check {
         "expected the versions {want:?} newest first, got {versions:?}"
     );
     Ok(())
+}
+
+/// https://hl7.org/fhir/R4/http.html#read: an unknown id is 404 Not Found.
+async fn read_missing(cx: &Context) -> Check {
+    let r = cx.fhir.get(&format!("Patient/{}", cx.unique())).await?;
+    r.expect_outcome(&[404])
 }
 
 /// https://hl7.org/fhir/R4/http.html#Status-Codes: an unsupported type is 404 (or 400).

@@ -12,6 +12,11 @@ use super::{Context, patient, vital_sign};
 
 pub async fn run(cx: &Context, g: &mut Group<'_>) {
     g.check("_id finds exactly the resource", by_id(cx)).await;
+    g.check(
+        "POST [type]/_search with a form body finds what GET finds",
+        post_search(cx),
+    )
+    .await;
     g.check("token system|code finds by identifier", token(cx))
         .await;
     g.check(
@@ -38,6 +43,11 @@ pub async fn run(cx: &Context, g: &mut Group<'_>) {
     g.check(
         "_revinclude adds the Observations that reference the Patient",
         revinclude(cx),
+    )
+    .await;
+    g.check(
+        "_lastUpdated bounds by the time of the write",
+        last_updated(cx),
     )
     .await;
     g.check("_total=accurate counts the matches", total(cx))
@@ -93,6 +103,30 @@ async fn by_id(cx: &Context) -> Check {
     cx.fhir
         .expect_search(&format!("Patient?_id={a}"), "Patient", &[&a])
         .await?;
+    Ok(())
+}
+
+/// https://hl7.org/fhir/R4/http.html#search: servers SHALL support search by POST to
+/// `[type]/_search` with `application/x-www-form-urlencoded` parameters, also mixed with URL ones.
+async fn post_search(cx: &Context) -> Check {
+    let unique = cx.unique();
+    let a = cx.create_id(&patient(&unique)).await?;
+    cx.create_id(&patient(&cx.unique())).await?;
+    let identifier = format!("urn:ietf:rfc:3986|urn:uuid:{unique}");
+    for (url, form) in [
+        (
+            "Patient/_search".to_owned(),
+            vec![("identifier", identifier.as_str())],
+        ),
+        (format!("Patient/_search?_id={a}"), vec![("active", "true")]),
+    ] {
+        let r = cx
+            .fhir
+            .send(cx.fhir.request(reqwest::Method::POST, &url).form(&form))
+            .await?;
+        let b = r.resource(&[200], "Bundle")?;
+        expect_ids(&b, "Patient", &[&a], &format!("POST {url} with {form:?}"))?;
+    }
     Ok(())
 }
 
@@ -273,6 +307,20 @@ async fn revinclude(cx: &Context) -> Check {
         included == want,
         "expected the Observations {want:?} with search.mode include, got {included:?}"
     );
+    Ok(())
+}
+
+/// https://hl7.org/fhir/R4/search.html#lastUpdated: `meta.lastUpdated`, with prefixes.
+async fn last_updated(cx: &Context) -> Check {
+    let created = cx.create(&patient(&cx.unique())).await?;
+    let id = super::string(&created["id"], "an id")?.to_owned();
+    let at = super::string(&created["meta"]["lastUpdated"], "meta.lastUpdated")?;
+    // A `+01:00` offset must reach the server as it is, not as a space.
+    let at: String = url::form_urlencoded::byte_serialize(at.as_bytes()).collect();
+    for (prefix, want) in [("ge", vec![&id]), ("lt", vec![]), ("le", vec![&id])] {
+        let q = format!("Patient?_id={id}&_lastUpdated={prefix}{at}");
+        cx.fhir.expect_search(&q, "Patient", &want).await?;
+    }
     Ok(())
 }
 

@@ -34,6 +34,11 @@ pub async fn run(cx: &Context, g: &mut Group<'_>) {
         by_date(cx),
     )
     .await;
+    g.check(
+        "component-code-value-quantity finds blood pressures by systolic value",
+        by_systolic(cx),
+    )
+    .await;
     g.check("$lastn returns the latest reading of each code", lastn(cx))
         .await;
 }
@@ -189,6 +194,28 @@ async fn by_date(cx: &Context) -> Check {
             OBS,
             &[&s.bp, &s.hr_early],
         )
+        .await?;
+    Ok(())
+}
+
+/// https://hl7.org/fhir/R4/search.html#composite: a systolic threshold, as an RPM alert list
+/// asks it (the seeded pressure is 128/82 mm[Hg]).
+async fn by_systolic(cx: &Context) -> Check {
+    let param = "component-code-value-quantity";
+    require(
+        cx.caps.search_param("Observation", param),
+        &format!("Observation?{param}"),
+    )?;
+    let s = seed(cx).await?;
+    let q = format!(
+        "Observation?patient={}&{param}=http://loinc.org|8480-6$",
+        s.patient
+    );
+    cx.fhir
+        .expect_search(&format!("{q}gt120"), OBS, &[&s.bp])
+        .await?;
+    cx.fhir
+        .expect_search(&format!("{q}gt130"), OBS, &[])
         .await?;
     Ok(())
 }

@@ -9,12 +9,12 @@ use crate::common::{ADMIN_ID, ADMIN_SECRET, TestApp};
 
 /// The checks of each group, in the order they run; a new check is added here too.
 const GROUPS: &[(&str, usize)] = &[
-    ("REST core", 15),
-    ("Search", 13),
+    ("REST core", 18),
+    ("Search", 15),
     ("SMART discovery and Backend Services", 6),
     ("Subscriptions", 3),
     ("PHD device profiles", 4),
-    ("Vital-signs searches (US Core style)", 5),
+    ("Vital-signs searches (US Core style)", 6),
 ];
 
 /// Runs `vitalbridge conformance` with `args`; its output and the JUnit XML it wrote.
