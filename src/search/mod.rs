@@ -485,6 +485,11 @@ fn clause(ty: &str, name: &str, value: &str, base: &str) -> Result<Clause, Bad> 
         });
     }
     let (code, modifier) = split_modifier(name);
+    // An empty `_id=` or `_lastUpdated=` would be a search for nothing in no list; refused like
+    // every other parameter's empty value (below).
+    if matches!(code, "_id" | "_lastUpdated") && split_or(value).is_empty() {
+        return invalid("empty value");
+    }
     match code {
         "_id" => {
             let negate = match modifier {
@@ -848,11 +853,13 @@ fn reference_value(v: &str, type_modifier: Option<&str>, base: &str) -> Option<P
 
 /// Splits a leading prefix off a date, number or quantity value.
 fn prefix(v: &str) -> (Prefix, &str) {
-    if v.len() > 2
-        && let Some(p) = Prefix::parse(&v[..2])
-        && v[2..].starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+' || c == '.')
+    // `get`, not indexing: the value is the client's text, and byte 2 may fall inside a
+    // multi-byte character.
+    if let (Some(head), Some(rest)) = (v.get(..2), v.get(2..))
+        && let Some(p) = Prefix::parse(head)
+        && rest.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+' || c == '.')
     {
-        return (p, &v[2..]);
+        return (p, rest);
     }
     (Prefix::Eq, v)
 }

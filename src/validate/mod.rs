@@ -178,6 +178,15 @@ impl Walker {
             );
             return;
         };
+        // https://hl7.org/fhir/R4/json.html: an element that repeats is an array with at least
+        // one item; an absent element is left out, never `[]`.
+        if items.is_empty() {
+            self.issue(
+                IssueCode::Structure,
+                format!("'{key}' is an empty array: leave the element out instead"),
+            );
+            return;
+        }
         for (i, item) in items.iter().enumerate() {
             let mark = self.path.len();
             let _ = write!(self.path, "[{i}]");
@@ -304,6 +313,13 @@ impl Walker {
             );
             return;
         };
+        if items.is_empty() {
+            self.issue(
+                IssueCode::Structure,
+                format!("'_{name}' is an empty array: leave the element out instead"),
+            );
+            return;
+        }
         let values = match sibling {
             Some(Value::Array(values)) => Some(values),
             _ => None,

@@ -198,6 +198,26 @@ fn bad_creates() -> Vec<BadCase> {
             "value",
             Some("Observation.valueSampledData.dimensions"),
         ),
+        // Found by schemathesis: fhirbolt 0.4 panicked on an empty array.
+        (
+            "empty array",
+            "Patient",
+            json!({"resourceType": "Patient", "telecom": []}).to_string(),
+            400,
+            "structure",
+            Some("Patient.telecom"),
+        ),
+        (
+            "empty array of primitive extensions",
+            "ChargeItem",
+            json!({"resourceType": "ChargeItem", "status": "billed",
+                   "code": {"text": "x"}, "subject": {"reference": "Patient/x"},
+                   "_definitionUri": []})
+            .to_string(),
+            400,
+            "structure",
+            Some("ChargeItem.definitionUri"),
+        ),
         (
             "nested too deep",
             "Observation",
@@ -411,6 +431,44 @@ async fn deep_but_well_formed_nesting(app: TestApp) {
     );
 }
 both!(deep_but_well_formed_nesting);
+
+/// Search values schemathesis found answered with 500: an empty `_id` or `_lastUpdated` (an
+/// SQL list of nothing) and a prefix check that cut a multi-byte character; also on conditional
+/// deletes and system searches. Leniently they are ignored with a warning
+/// (https://hl7.org/fhir/R4/search.html#errors); strictly they are refused.
+async fn odd_search_values_are_bad_requests(app: TestApp) {
+    let system = format!("{}?_id=&_lastUpdated=", app.base);
+    let queries = [
+        app.url("Patient?_lastUpdated="),
+        app.url("Patient?_id="),
+        system,
+        app.url("Patient?birthdate=X%C2%B9"),
+        app.url("ChargeItem?quantity=X%C2%B9"),
+    ];
+    for q in &queries {
+        let r = app.send(app.client.get(q)).await;
+        assert_eq!(r.status, 200, "{q}: {}", r.text);
+        let warned = r.json()["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["search"]["mode"] == "outcome");
+        assert!(warned, "{q}: {}", r.text);
+        let r = app
+            .send(app.client.get(q).header("prefer", "handling=strict"))
+            .await;
+        assert_eq!(r.status, 400, "{q}: {}", r.text);
+        assert_eq!(r.outcome_issues()[0]["code"], "invalid", "{q}");
+    }
+    // A conditional delete with nothing to select by deletes nothing.
+    let kept = app
+        .create(&json!({"resourceType": "Device", "status": "active"}))
+        .await;
+    let r = app.delete("Device?_lastUpdated=").await;
+    assert!(r.status < 500, "{}", r.text);
+    assert_eq!(app.get(&format!("Device/{kept}")).await.status, 200);
+}
+both!(odd_search_values_are_bad_requests);
 
 /// A NUL in a search value (no FHIR string may hold one; PostgreSQL cannot compare text with
 /// one) is a bad request, not a server error, on GET and POST searches.
