@@ -5,12 +5,16 @@
 
 use serde_json::Value;
 
-use super::client::require;
+use serde_json::json;
+
+use super::client::{entries, ids, reference_of, require};
 use super::runner::{Check, Group, Problem, ensure, fail};
 use super::{Context, fixture, fixtures, patient, round_trips, string};
 
 const MDC: &str = "urn:iso:std:iso:11073:10101";
 const UCUM: &str = "http://unitsofmeasure.org";
+/// The PhdDevice system-id identifier's system (IEEE EUI-64).
+const SYSID: &str = "urn:oid:1.2.840.10004.1.1.1.0.0.1.0.0.1.2680";
 
 pub async fn run(cx: &Context, g: &mut Group<'_>) {
     g.check("a PhdDevice round-trips", device(cx)).await;
@@ -27,6 +31,11 @@ pub async fn run(cx: &Context, g: &mut Group<'_>) {
     g.check(
         "a pulse rate derivedFrom the pressure round-trips and is found by derived-from",
         pulse_rate(cx),
+    )
+    .await;
+    g.check(
+        "a gateway's transaction sent twice stores the device and reading once",
+        gateway_resend(cx),
     )
     .await;
 }
@@ -163,5 +172,95 @@ async fn pulse_rate(cx: &Context) -> Check {
     )?;
     let q = format!("Observation?derived-from=Observation/{bp}");
     cx.fhir.expect_search(&q, "Observation", &[&id]).await?;
+    Ok(())
+}
+
+/// A PHD gateway uploads a Device and its reading in one transaction with conditional creates
+/// on their identifiers (PHD IG "Uploading the data": de-duplication), so that a resend after a
+/// lost answer stores nothing twice (https://hl7.org/fhir/R4/http.html#trules, `ifNoneExist`).
+async fn gateway_resend(cx: &Context) -> Check {
+    require(cx.caps.system_interaction("transaction"), "transaction")?;
+    require(
+        cx.caps.flag("Device", "conditionalCreate"),
+        "conditionalCreate on Device",
+    )?;
+    let p = cx.create_id(&patient(&cx.unique())).await?;
+    let eui64 = eui64();
+    let unique = cx.unique();
+    let device = fixture(
+        fixtures::PHD_DEVICE,
+        &[("eui64", &eui64), ("unique", &unique)],
+    );
+    let (device_url, obs_url) = (
+        format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+        format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+    );
+    let mut obs = fixture(
+        fixtures::PHD_WEIGHT,
+        &[
+            ("patient", &p),
+            ("device", "x"),
+            ("eui64", &eui64.replace('-', "")),
+            ("unique", &unique),
+            ("date", "2024-04-02T07:30:00Z"),
+        ],
+    );
+    obs["device"] = json!({"reference": device_url});
+    let obs_identifier = string(&obs["identifier"][0]["value"], "the reading's identifier")?;
+    let device_search = format!("identifier={SYSID}|{eui64}");
+    let obs_search = format!("identifier={obs_identifier}");
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": device_url, "resource": device,
+             "request": {"method": "POST", "url": "Device", "ifNoneExist": device_search}},
+            {"fullUrl": obs_url, "resource": obs,
+             "request": {"method": "POST", "url": "Observation", "ifNoneExist": obs_search}}
+        ]
+    });
+    for attempt in ["first", "second"] {
+        let r = cx.fhir.post("", &bundle).await?;
+        let b = r.resource(&[200], "Bundle")?;
+        for e in b["entry"].as_array().into_iter().flatten() {
+            if let Some(reference) = e["response"]["location"].as_str().and_then(reference_of) {
+                cx.created(reference);
+            }
+        }
+        let statuses: Vec<&str> = b["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e["response"]["status"].as_str().unwrap_or("?"))
+            .collect();
+        let want = if attempt == "first" { "201" } else { "200" };
+        ensure!(
+            statuses.len() == 2 && statuses.iter().all(|s| s.starts_with(want)),
+            "the {attempt} upload: expected entry statuses [{want}, {want}], got {statuses:?}"
+        );
+    }
+    let devices = ids(
+        &cx.fhir.search(&format!("Device?{device_search}")).await?,
+        "Device",
+        "match",
+    );
+    let readings = cx.fhir.search(&format!("Observation?{obs_search}")).await?;
+    let stored = entries(&readings);
+    ensure!(
+        devices.len() == 1 && stored.len() == 1,
+        "expected one Device and one Observation after two uploads, found {} and {}",
+        devices.len(),
+        stored.len()
+    );
+    let device_id = devices
+        .iter()
+        .next()
+        .map(String::as_str)
+        .unwrap_or_default();
+    ensure!(
+        stored[0]["resource"]["device"]["reference"] == format!("Device/{device_id}").as_str(),
+        "expected the reading's device to be Device/{device_id}, got {}",
+        stored[0]["resource"]["device"]
+    );
     Ok(())
 }

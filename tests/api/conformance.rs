@@ -13,7 +13,7 @@ const GROUPS: &[(&str, usize)] = &[
     ("Search", 15),
     ("SMART discovery and Backend Services", 6),
     ("Subscriptions", 3),
-    ("PHD device profiles", 4),
+    ("PHD device profiles", 5),
     ("Vital-signs searches (US Core style)", 6),
 ];
 
