@@ -13,6 +13,7 @@ pub mod fhir;
 pub mod gateway;
 pub mod http;
 pub mod ingest;
+pub mod progress;
 pub mod search;
 pub mod store;
 pub mod subscriptions;

@@ -1,7 +1,10 @@
 //! The command line. Everything else lives in the library.
 
+use std::sync::OnceLock;
+
 use clap::{Parser, Subcommand};
 use vitalbridge::config::{Settings, redact_url};
+use vitalbridge::progress::Progress;
 use vitalbridge::{Application, bench, shutdown_signal};
 
 /// Many small allocations per request (JSON trees, index rows) from many threads: mimalloc's
@@ -9,12 +12,22 @@ use vitalbridge::{Application, bench, shutdown_signal};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// FHIR R4 server for remote patient monitoring
+///
+/// vitalbridge turns readings from Bluetooth LE and cellular home devices (blood-pressure cuffs,
+/// scales, glucometers, pulse oximeters, thermometers) into FHIR Device and Observation
+/// resources that clinics' EHRs read through a SMART-on-FHIR API, notifies their Subscriptions
+/// and bills the monitoring months. One binary: `serve` runs the server (an SQLite file under
+/// ./data/ by default, PostgreSQL with --database-url); `gateway` runs the Bluetooth gateway; the
+/// other commands look after the database and its clients, or load and check a server.
+///
+/// Logs go to stderr; VB_LOG sets their filter (e.g. VB_LOG=debug, default info). Long-running
+/// commands (reindex, bill, the benches' seeding) draw a progress bar on a terminal and write a
+/// plain progress line per 10 % otherwise.
+///
+/// Start with the README: quick start, a ten-minute tour and the configuration reference.
 #[derive(Parser)]
-#[command(
-    name = "vitalbridge",
-    version,
-    about = "FHIR R4 server for remote patient monitoring"
-)]
+#[command(name = "vitalbridge", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -157,17 +170,18 @@ enum Command {
         #[command(subcommand)]
         command: Option<GatewayCommand>,
     },
-    /// Apply the database migrations and exit
+    /// Apply the database migrations and exit (`serve` applies them at start too)
     Migrate {
         #[command(flatten)]
         db: DbArgs,
     },
     /// Rebuild the search index from the stored resources (after an upgrade that changes what
-    /// is indexed); the server may keep running meanwhile
+    /// is indexed), then vacuum and analyse the index tables; the server may keep running
+    /// meanwhile
     Reindex {
         #[command(flatten)]
         db: DbArgs,
-        /// Resources per transaction
+        /// Resources reindexed per transaction
         #[arg(long, default_value_t = 500)]
         batch: usize,
     },
@@ -227,8 +241,10 @@ enum UserCommand {
     /// Add a user; the password comes from VB_USER_PASSWORD or the first line of stdin, never
     /// from the command line (other users of the machine could read it there)
     Add {
+        /// The name the user signs in with
         username: String,
-        /// admin, distributor, distributor-user, customer, customer-user or patient
+        /// The user's role: admin, distributor, distributor-user, customer, customer-user or
+        /// patient
         #[arg(long)]
         role: String,
         /// The organization the user acts for (every role but admin)
@@ -241,14 +257,21 @@ enum UserCommand {
     /// List the users (never their password hashes)
     List,
     /// Remove a user
-    Remove { username: String },
+    Remove {
+        /// The user's sign-in name
+        username: String,
+    },
     /// Clear a lockout after repeated failed sign-ins
-    Unlock { username: String },
+    Unlock {
+        /// The user's sign-in name
+        username: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum ClientCommand {
-    /// Register a client for the client_credentials grant and print its secret once
+    /// Register a client and print its secret once: a client_credentials client by default,
+    /// a private_key_jwt one with --jwks-file or --jwks-url, a SMART app with --redirect-uri
     Add {
         /// The client id
         client_id: String,
@@ -281,7 +304,10 @@ enum ClientCommand {
     /// List the registered clients (never their secrets)
     List,
     /// Remove a client; tokens it holds expire within five minutes
-    Remove { client_id: String },
+    Remove {
+        /// The client id
+        client_id: String,
+    },
 }
 
 fn init_tracing() {
@@ -539,13 +565,7 @@ async fn reindex(database_url: Option<String>, batch: usize) -> anyhow::Result<(
     let store = open_store(database_url).await?;
     vitalbridge::search::preload();
     let total = store.count_current().await?;
-    let bar = indicatif::ProgressBar::new(total.max(0) as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} reindexing [{bar:40}] {pos}/{len} resources ({per_sec}, {eta} left)",
-        )?
-        .progress_chars("=> "),
-    );
+    let progress = Progress::new("reindex", total.max(0) as u64, "resources");
     let started = std::time::Instant::now();
     let mut after: Option<(String, String)> = None;
     let mut done = 0u64;
@@ -560,9 +580,9 @@ async fn reindex(database_url: Option<String>, batch: usize) -> anyhow::Result<(
         after = Some((last.ty.clone(), last.id.clone()));
         store.reindex(&page).await?;
         done += page.len() as u64;
-        bar.set_position(done);
+        progress.set_position(done);
     }
-    bar.finish_and_clear();
+    progress.finish();
     println!(
         "reindexed {done} resources in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -585,31 +605,33 @@ async fn bill(database_url: Option<String>, month: Option<String>) -> anyhow::Re
     };
     let store = open_store(database_url).await?;
     let started = std::time::Instant::now();
-    let bar = indicatif::ProgressBar::new(0);
-    let style = |what: &str| {
-        indicatif::ProgressStyle::with_template(&format!(
-            "{{spinner}} {month}: {what} [{{bar:40}}] {{pos}}/{{len}} ({{per_sec}}, {{eta}} left)"
-        ))
-        .map(|s| s.progress_chars("=> "))
-    };
-    let (devices, recipients) = (style("devices")?, style("recipients")?);
+    // A phase each: devices read (their total is an estimate, the current Devices), then
+    // recipients invoiced; a phase starts with its first report.
+    let (devices, recipients) = (OnceLock::new(), OnceLock::new());
     let on_progress = |p: run::Progress| match p {
         run::Progress::Devices { done, total } => {
-            bar.set_style(devices.clone());
-            bar.set_length(total.max(done));
+            let bar = devices
+                .get_or_init(|| Progress::new(format!("bill {month}: devices"), total, "devices"));
+            bar.set_total(total.max(done));
             bar.set_position(done);
         }
         run::Progress::Recipients { done, total } => {
-            if done == 1 {
-                bar.set_style(recipients.clone());
-                bar.reset();
+            if let Some(d) = devices.get() {
+                d.finish();
             }
-            bar.set_length(total.max(done));
+            let bar = recipients.get_or_init(|| {
+                Progress::new(format!("bill {month}: recipients"), total, "recipients")
+            });
+            bar.set_total(total.max(done));
             bar.set_position(done);
         }
     };
     let report = run::run(&store, month, run::Which::All, None, &on_progress).await;
-    bar.finish_and_clear();
+    for phase in [&devices, &recipients] {
+        if let Some(p) = phase.get() {
+            p.finish();
+        }
+    }
     store.close().await;
     let r = report?;
     println!(
@@ -821,4 +843,52 @@ async fn client(database_url: Option<String>, command: ClientCommand) -> anyhow:
     }
     store.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// What lacks help in `cmd` and its subcommands, recursively: a subcommand without an
+    /// `about`, an argument (not hidden, not clap's own help and version) without help text.
+    fn missing_help(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let own = matches!(arg.get_id().as_str(), "help" | "version");
+            if !own && !arg.is_hide_set() && arg.get_help().is_none() {
+                missing.push(format!("{path}: argument {} has no help", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            let path = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() {
+                missing.push(format!("{path}: no about"));
+            }
+            missing_help(sub, &path, missing);
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_and_argument_has_help() {
+        let mut cmd = Cli::command();
+        // Built, so that global arguments (--database-url, --config) appear on the subcommands.
+        cmd.build();
+        let about = cmd.get_about().map(ToString::to_string).unwrap_or_default();
+        assert!(about.contains("FHIR R4 server"), "{about}");
+        let long = cmd
+            .get_long_about()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(long.contains("README"), "{long}");
+        assert!(long.contains("VB_LOG"), "{long}");
+        let mut missing = Vec::new();
+        missing_help(&cmd, "vitalbridge", &mut missing);
+        assert!(missing.is_empty(), "{missing:#?}");
+    }
 }

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::stats::{OpStats, fmt_ms};
+use crate::progress::Progress;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct IngestArgs {
@@ -30,6 +31,7 @@ pub struct IngestArgs {
     /// Seconds measured, after the warm-up
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
+    /// Seconds the hubs post before the measurement starts (not measured)
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
 }
@@ -43,6 +45,7 @@ pub struct ServerArgs {
     /// An admin client (client_credentials) that sets the workload up
     #[arg(long, env = "VB_BENCH_CLIENT_ID")]
     pub client_id: String,
+    /// The admin client's secret
     #[arg(long, env = "VB_BENCH_CLIENT_SECRET", hide_env_values = true)]
     pub client_secret: String,
 }
@@ -86,6 +89,12 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     )
     .await?;
     let mut hubs = Vec::new();
+    // Each hub: its client and Device, then a Patient and a Device per cuff.
+    let progress = Progress::new(
+        "registering hubs",
+        (args.hubs * (1 + 2 * args.devices_per_hub)) as u64,
+        "resources",
+    );
     for h in 0..args.hubs {
         let client_id = format!("bi-{run}-hub{h}");
         let r = http
@@ -111,6 +120,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
                 "owner": {"reference": format!("Organization/{org}")}}),
         )
         .await?;
+        progress.inc(1);
         let mut cuffs = Vec::new();
         for d in 0..args.devices_per_hub {
             let id = format!("bi-{run}-{h}-{d}");
@@ -143,6 +153,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
                     "owner": {"reference": format!("Organization/{org}")}}),
             )
             .await?;
+            progress.inc(2);
             cuffs.push(address.replace('-', ":"));
         }
         hubs.push(Hub {
@@ -151,6 +162,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
             cuffs,
         });
     }
+    progress.finish();
     eprintln!(
         "registered {} hubs with {} cuffs and Patients in {:.1} s",
         args.hubs,

@@ -21,14 +21,12 @@
 //! complete.
 
 use std::fmt::Write as _;
-use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _, stream};
-use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::{StatusCode, Url, header};
 use serde::Serialize;
 
@@ -39,6 +37,7 @@ use super::stats::snippet;
 use super::util::{self, Rng};
 use super::workers::SearchOp;
 use super::{BenchArgs, Ctx};
+use crate::progress::Progress;
 
 const DAY: i64 = 86_400;
 /// The span the Observations of each Patient cover, ending at `DataSet::end`.
@@ -1048,70 +1047,6 @@ async fn exists(ctx: &Ctx, resource_type: &str, id: &str) -> anyhow::Result<bool
     }
 }
 
-/// A progress bar on a terminal; a line per 10 % otherwise (logs and CI
-/// would get a redraw per update from a bar).
-struct Progress {
-    bar: ProgressBar,
-    lines: bool,
-    total: u64,
-    done: AtomicU64,
-    /// Tenths already reported as lines.
-    reported: AtomicU64,
-    started: Instant,
-}
-
-impl Progress {
-    fn new(total: u64) -> Self {
-        let lines = !std::io::stderr().is_terminal();
-        let bar = if lines {
-            ProgressBar::hidden()
-        } else {
-            let bar = ProgressBar::new(total);
-            let style = ProgressStyle::with_template(
-                "rpm-seed {wide_bar} {human_pos}/{human_len} {per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-            bar.set_style(style);
-            bar
-        };
-        Self {
-            bar,
-            lines,
-            total: total.max(1),
-            done: AtomicU64::new(0),
-            reported: AtomicU64::new(0),
-            started: Instant::now(),
-        }
-    }
-
-    fn inc(&self, n: u64) {
-        self.bar.inc(n);
-        let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
-        if !self.lines {
-            return;
-        }
-        let tenth = (done * 10 / self.total).min(10);
-        if self.reported.fetch_max(tenth, Ordering::Relaxed) < tenth {
-            let secs = self.started.elapsed().as_secs_f64().max(1e-6);
-            eprintln!(
-                "rpm-seed: {:>3} % ({done}/{} resources, {:.0}/s)",
-                tenth * 10,
-                self.total,
-                done as f64 / secs
-            );
-        }
-    }
-
-    /// Prints without tearing the bar.
-    fn println(&self, msg: &str) {
-        self.bar.suspend(|| eprintln!("{msg}"));
-    }
-
-    fn finish(&self) {
-        self.bar.finish_and_clear();
-    }
-}
-
 /// What seeding did, for the console and the JSON report.
 #[derive(Debug, Clone, Serialize)]
 pub struct SeedReport {
@@ -1280,7 +1215,7 @@ pub async fn seed(ctx: &Ctx, opts: &Options) -> anyhow::Result<(DataSet, SeedRep
     );
 
     let base_url = ctx.base_url()?;
-    let progress = Progress::new(total);
+    let progress = Progress::new("rpm-seed", total, "resources");
     let counters = Counters::default();
     for phase in phases(&ds, opts.bundle_size, devices.len()) {
         let (ds, devices, base_url, progress, counters) =

@@ -15,6 +15,7 @@ use super::http::{
 };
 use super::util::{Clock, Rng};
 use super::workers::random_observation;
+use crate::progress::Progress;
 
 /// Entries per transaction Bundle.
 const BUNDLE_SIZE: usize = 100;
@@ -93,6 +94,22 @@ impl<'a> Seeder<'a> {
         resource_type: &'static str,
         bodies: Vec<String>,
     ) -> anyhow::Result<Vec<String>> {
+        let progress = Progress::new(
+            format!("seeding {resource_type}"),
+            bodies.len() as u64,
+            "resources",
+        );
+        let ids = self.create_chunks(resource_type, bodies, &progress).await;
+        progress.finish();
+        ids
+    }
+
+    async fn create_chunks(
+        &mut self,
+        resource_type: &'static str,
+        bodies: Vec<String>,
+        progress: &Progress,
+    ) -> anyhow::Result<Vec<String>> {
         let mut chunks: Vec<Vec<String>> = Vec::new();
         let mut it = bodies.into_iter().peekable();
         while it.peek().is_some() {
@@ -109,12 +126,13 @@ impl<'a> Seeder<'a> {
             match self.transaction(resource_type, &first).await {
                 Ok(got) => {
                     self.method = SeedMethod::Transaction;
+                    progress.inc(got.len() as u64);
                     ids.extend(got);
                 }
                 Err(e) => {
                     self.method = SeedMethod::Post;
                     self.tx_rejection = Some(format!("{e:#}"));
-                    ids.extend(post_many(self.ctx, resource_type, first).await?);
+                    ids.extend(post_many(self.ctx, resource_type, first, progress).await?);
                 }
             }
         }
@@ -124,10 +142,13 @@ impl<'a> Seeder<'a> {
                 let got: Vec<Vec<String>> = stream::iter(rest)
                     .map(|chunk| async move {
                         match this.transaction(resource_type, &chunk).await {
-                            Ok(ids) => Ok(ids),
+                            Ok(ids) => {
+                                progress.inc(ids.len() as u64);
+                                Ok(ids)
+                            }
                             // A failed transaction created nothing, so the
                             // chunk can safely be retried as single POSTs.
-                            Err(_) => post_many(this.ctx, resource_type, chunk).await,
+                            Err(_) => post_many(this.ctx, resource_type, chunk, progress).await,
                         }
                     })
                     .buffered(BUNDLE_CONCURRENCY)
@@ -137,7 +158,7 @@ impl<'a> Seeder<'a> {
             }
             SeedMethod::Post | SeedMethod::Untried => {
                 for chunk in rest {
-                    ids.extend(post_many(self.ctx, resource_type, chunk).await?);
+                    ids.extend(post_many(self.ctx, resource_type, chunk, progress).await?);
                 }
             }
         }
@@ -179,6 +200,7 @@ pub async fn post_many(
     ctx: &Ctx,
     resource_type: &'static str,
     bodies: Vec<String>,
+    progress: &Progress,
 ) -> anyhow::Result<Vec<String>> {
     let url = ctx.url(resource_type)?;
     stream::iter(bodies)
@@ -192,7 +214,10 @@ pub async fn post_many(
             let url = &url;
             async move {
                 match send(req, Some(resource_type)).await {
-                    Ok(Some(id)) => Ok(id),
+                    Ok(Some(id)) => {
+                        progress.inc(1);
+                        Ok(id)
+                    }
                     Ok(None) => bail!("POST {url}: no id returned"),
                     Err(f) => Err(failure(&format!("POST {url}"), f)),
                 }

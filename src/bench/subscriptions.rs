@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::ingest::put;
 use super::stats::fmt_ms;
+use crate::progress::Progress;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SubscriptionArgs {
@@ -29,6 +30,7 @@ pub struct SubscriptionArgs {
     /// Seconds measured, after the warm-up
     #[arg(long, default_value_t = 30)]
     pub duration: u64,
+    /// Seconds of writes before the measurement starts (not measured)
     #[arg(long, default_value_t = 5)]
     pub warmup: u64,
     /// Where the receiver listens; the server must reach it there
@@ -82,10 +84,15 @@ pub async fn run(args: SubscriptionArgs) -> anyhow::Result<()> {
         .map(|i| format!("bs-{run}-{i}"))
         .collect();
     let setup = Arc::new((http.clone(), origin.clone(), admin.clone(), hook.clone()));
+    let progress = Arc::new(Progress::new(
+        "creating subscriptions",
+        patients.len() as u64,
+        "patients",
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     for chunk in patients.chunks(patients.len().div_ceil(8)) {
         let chunk = chunk.to_vec();
-        let setup = setup.clone();
+        let (setup, progress) = (setup.clone(), progress.clone());
         tasks.spawn(async move {
             let (http, origin, admin, hook) = &*setup;
             for p in chunk {
@@ -112,6 +119,7 @@ pub async fn run(args: SubscriptionArgs) -> anyhow::Result<()> {
                     }),
                 )
                 .await?;
+                progress.inc(1);
             }
             anyhow::Ok(())
         });
@@ -119,6 +127,7 @@ pub async fn run(args: SubscriptionArgs) -> anyhow::Result<()> {
     while let Some(done) = tasks.join_next().await {
         done??;
     }
+    progress.finish();
     // Every subscription active before the clock starts.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {

@@ -165,6 +165,11 @@ async fn device(app: &TestApp, code: &str, versions: &[(&str, &str, &str)]) -> S
 
 /// `vitalbridge bill --month {month}` against the app's database: its standard output.
 fn bill(app: &TestApp, month: &str) -> String {
+    bill_output(app, month).0
+}
+
+/// [`bill`]'s standard output and its standard error (progress lines: not a terminal).
+fn bill_output(app: &TestApp, month: &str) -> (String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
         .args([
             "bill",
@@ -176,12 +181,9 @@ fn bill(app: &TestApp, month: &str) -> String {
         .output()
         .expect("bill runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stdout}{stderr}");
+    (stdout, stderr)
 }
 
 /// The invoices of `org`, oldest first.
@@ -302,8 +304,18 @@ async fn february(app: &TestApp) -> February {
 /// changes nothing; a corrected price cancels the issued invoice and issues a new one.
 async fn a_month_is_invoiced_from_device_history(app: TestApp) {
     let f = february(&app).await;
-    let out = bill(&app, "2024-02");
+    let (out, progress) = bill_output(&app, "2024-02");
     assert!(out.contains("2 invoices issued (6 ChargeItems)"), "{out}");
+    // Off a terminal, both phases report in plain lines, without a bar's escape codes.
+    for line in [
+        "bill 2024-02: devices: 100 % (",
+        "bill 2024-02: devices: done, ",
+        "bill 2024-02: recipients: 100 % (",
+        "bill 2024-02: recipients: done, ",
+    ] {
+        assert!(progress.contains(line), "{line} in {progress}");
+    }
+    assert!(!progress.contains('\x1b'), "{progress:?}");
 
     let ny = invoices(&app, "ny-clinic").await;
     assert_eq!(ny.len(), 1, "{ny:?}");

@@ -441,6 +441,17 @@ async fn logs_carry_request_ids_and_no_patient_data_sqlite() {
     logs_carry_request_ids_and_no_patient_data(Backend::Sqlite).await
 }
 
+/// `vitalbridge reindex --batch {batch}` on `database_url`, its output captured (stderr is not a
+/// terminal).
+fn reindex(database_url: &str, batch: usize) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
+        .args(["reindex", "--database-url", database_url])
+        .args(["--batch", &batch.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("reindex runs")
+}
+
 /// `vitalbridge reindex` rebuilds the search index from the stored JSON: after the index rows
 /// are lost, searches find nothing; after a reindex (with the server still running) they find
 /// exactly what they found before.
@@ -493,16 +504,7 @@ async fn reindex_rebuilds_lost_rows(backend: Backend) {
     }
     assert_eq!(app.get(&query).await.json()["total"], 0);
 
-    let out = Command::new(env!("CARGO_BIN_EXE_vitalbridge"))
-        .args([
-            "reindex",
-            "--database-url",
-            &app.database_url,
-            "--batch",
-            "2",
-        ])
-        .output()
-        .expect("reindex runs");
+    let out = reindex(&app.database_url, 2);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -541,6 +543,63 @@ async fn reindex_rebuilds_lost_rows_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reindex_rebuilds_lost_rows_sqlite() {
     reindex_rebuilds_lost_rows(Backend::Sqlite).await;
+}
+
+/// Off a terminal (a log file, a CI job), a long command reports its progress in plain lines
+/// at each 10 % and a final line, without a progress bar's escape codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reindex_reports_progress_in_plain_lines_off_a_terminal() {
+    let app = crate::common::spawn(Backend::Sqlite).await;
+    let entries: Vec<Value> = (0..300)
+        .map(|i| {
+            json!({
+                "resource": patient(&format!("Progress{i}")),
+                "request": {"method": "POST", "url": "Patient"}
+            })
+        })
+        .collect();
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let r = app
+        .send(
+            app.client
+                .post(&app.base)
+                .header("content-type", "application/fhir+json")
+                .body(bundle.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let out = reindex(&app.database_url, 20);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let total = 300 + vitalbridge::fhir::profiles::PROFILES.len();
+    // Batches of 20 are less than a tenth of the total: a line as each tenth is passed, with
+    // the percentage reached.
+    let percents: Vec<u64> = stderr
+        .lines()
+        .filter_map(|l| {
+            let (p, _) = l.strip_prefix("reindex: ")?.split_once(" % (")?;
+            p.trim().parse().ok()
+        })
+        .collect();
+    assert_eq!(percents.len(), 10, "{stderr}");
+    for (tenth, p) in (1..=10).zip(&percents) {
+        assert!((tenth * 10..tenth * 10 + 10).contains(p), "{stderr}");
+    }
+    assert!(
+        stderr.contains(&format!("reindex: 100 % ({total}/{total} resources, ")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("reindex: done, {total} resources in ")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+    assert!(
+        stdout.contains(&format!("reindexed {total} resources")),
+        "{stdout}"
+    );
 }
 
 /// `vitalbridge decode` (issue 5, item 4): JSON on stdout for a packet it can read; status 2
