@@ -9,6 +9,8 @@
 #   - the official FHIR R4 examples (npm package hl7.fhir.r4.examples) for the round-trip test;
 #   - npm oidc-provider (tests/oidc), the real OpenID provider of the federation tests;
 #   - PyPI aiosmtpd (in target/pyenv), the real SMTP server of the Subscription email tests;
+#   - Debian chromium and chromium-driver, the browser of the API explorer test;
+#   - PyPI schemathesis (in target/stenv), run against the OpenAPI document;
 #   - dbus-daemon and python-dbusmock (Debian packages), the simulated BlueZ of the gateway tests
 #     (tests/ble/bluez_sim.py).
 # Then it checks formatting and lints and runs the whole test suite on both backends.
@@ -121,7 +123,30 @@ ensure_ble_simulator() {
     die "could not install dbus-daemon and python3-dbusmock"
 }
 
+# Headless Chromium and ChromeDriver for the API explorer test (tests/api/explorer.rs).
+ensure_chromium() {
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return; fi
+  [ "$(id -u)" = 0 ] || die "the explorer test needs /usr/bin/chromium and /usr/bin/chromedriver (Debian chromium, chromium-driver)"
+  log "installing Chromium and ChromeDriver (Debian chromium, chromium-driver)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null ||
+    die "could not install chromium and chromium-driver"
+}
+
+# PyPI schemathesis, run against the OpenAPI document (tests/api/openapi.rs), in a virtual
+# environment of its own under target/.
+ensure_schemathesis() {
+  local venv=target/stenv
+  if [ -x "$venv/bin/schemathesis" ]; then return; fi
+  log "installing schemathesis (PyPI) into $venv"
+  python3 -m venv "$venv" >/dev/null 2>&1 || die "could not create $venv (python3-venv)"
+  "$venv/bin/pip" install -q --disable-pip-version-check 'schemathesis==4.32.5' ||
+    die "could not install schemathesis"
+}
+
 ensure_postgres
+ensure_chromium
+ensure_schemathesis
 ensure_ble_simulator
 ensure_examples
 ensure_oidc_provider

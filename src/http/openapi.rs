@@ -187,11 +187,14 @@ pub fn document() -> OpenApi {
         .paths(paths)
         .components(Some(components))
         .tags(Some(
-            [
-                (
-                    "FHIR system",
-                    "Whole-system interactions and the CapabilityStatement",
-                ),
+            [(
+                "FHIR system",
+                "Whole-system interactions and the CapabilityStatement",
+            )]
+            .into_iter()
+            .chain(DOCUMENTED_TYPES.iter().map(|t| (*t, "")))
+            .chain([
+                ("AuditEvent", "The audit trail, written by the server only"),
                 (
                     "FHIR other types",
                     "Every other R4 resource type, served alike",
@@ -209,10 +212,7 @@ pub fn document() -> OpenApi {
                     "Readings from hubs, gateways and cellular devices",
                 ),
                 ("Service", "Liveness"),
-            ]
-            .into_iter()
-            .chain(DOCUMENTED_TYPES.iter().map(|t| (*t, "")))
-            .chain([("AuditEvent", "The audit trail, written by the server only")])
+            ])
             .map(|(name, text)| {
                 TagBuilder::new()
                     .name(name)
@@ -906,9 +906,12 @@ fn audit_events(paths: &mut Paths) {
         .build(),
     );
     let refused = |id: &str| {
-        op(id, "Refused: the server alone writes the audit trail", tag).response(
-            "405",
-            fhir_response("Method not allowed", "OperationOutcome"),
+        // The token is checked before the method (401, 403).
+        with_errors(
+            op(id, "Refused: the server alone writes the audit trail", tag).response(
+                "405",
+                fhir_response("Method not allowed", "OperationOutcome"),
+            ),
         )
     };
     for (path, methods, id, with_id) in [
@@ -1208,7 +1211,7 @@ fn oauth(paths: &mut Paths) {
                     json!({"type": "object", "required": ["launch"]}),
                 ),
             )
-            .response("default", oauth_error())
+            .response("default", fhir_response("An error", "OperationOutcome"))
             .build(),
     );
     paths.add_path_operation(
@@ -1292,7 +1295,7 @@ fn management(paths: &mut Paths) {
                 "200",
                 json_response(
                     "The clients",
-                    json!({"type": "array", "items": schema_ref("ClientView")}),
+                    json!({"type": "object", "required": ["clients"], "properties": {"clients": {"type": "array", "items": schema_ref("ClientView")}}}),
                 ),
             ),
         ),
@@ -1336,7 +1339,7 @@ fn management(paths: &mut Paths) {
                 "200",
                 json_response(
                     "The users",
-                    json!({"type": "array", "items": schema_ref("UserView")}),
+                    json!({"type": "object", "required": ["users"], "properties": {"users": {"type": "array", "items": schema_ref("UserView")}}}),
                 ),
             ),
         ),
@@ -1411,7 +1414,7 @@ fn ingestion(paths: &mut Paths) {
                     "200",
                     json_response(
                         "The messages",
-                        json!({"type": "array", "items": {"type": "object"}}),
+                        json!({"type": "object", "required": ["messages"], "properties": {"messages": {"type": "array", "items": {"type": "object"}}}}),
                     ),
                 ),
         ),

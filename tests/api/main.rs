@@ -17,6 +17,7 @@ mod crud;
 mod email;
 mod errors;
 mod examples;
+mod explorer;
 mod federation;
 mod formats;
 mod gateway;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::common::{Backend, spawn};
+use crate::common::{ADMIN_ID, ADMIN_SECRET, Backend, spawn};
 
 /// `{anything}` → `{}`, so that paths compare whatever their parameters are called.
 fn shape(path: &str) -> String {
@@ -215,4 +215,74 @@ async fn the_explorer_is_served_offline() {
         init.contains("\"validatorUrl\": \"none\""),
         "no call to swagger.io: {init}"
     );
+}
+
+/// schemathesis (PyPI, installed by `scripts/test.sh` into `target/stenv`) sends the examples
+/// and boundary values ("coverage" phase) of every operation of the document to a server on
+/// PostgreSQL, as an admin with a token refreshed by `tests/schemathesis/hooks.py`. No answer
+/// may be a server error, nor contradict the document (status code, content type, schema).
+/// `VB_ST_SEED` picks another seed, `VB_ST_PHASES` adds phases (`fuzzing`), `VB_ST_MAX_TIME`
+/// gives more time (seconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_errors() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let st = root.join("target/stenv/bin/schemathesis");
+    assert!(
+        st.exists(),
+        "{} is missing: scripts/test.sh installs PyPI schemathesis",
+        st.display()
+    );
+    let app = spawn(Backend::Postgres).await;
+    let seed = std::env::var("VB_ST_SEED").unwrap_or_else(|_| "20261202".into());
+    let phases = std::env::var("VB_ST_PHASES").unwrap_or_else(|_| "examples,coverage".into());
+    let max_time = std::env::var("VB_ST_MAX_TIME").unwrap_or_else(|_| "300".into());
+    let origin = app.origin();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&st)
+            .args(["run", "openapi/openapi.json", "--url", &origin])
+            .args([
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance,\
+                 response_schema_conformance",
+            ])
+            .args(["--phases", &phases, "--seed", &seed, "--workers", "2"])
+            // Removing clients and users would remove the admin client the run signs in with.
+            .args(["--exclude-operation-id", "deleteClient"])
+            .args(["--exclude-operation-id", "deleteUser"])
+            // A full coverage run of all 306 operations takes more than 15 minutes on two
+            // cores (schemathesis is CPU-bound on the FHIR schemas): CI runs a 5-minute slice,
+            // `VB_ST_MAX_TIME` sets another budget.
+            .args(["--max-time", &max_time, "--no-color"])
+            .current_dir(root)
+            .env("SCHEMATHESIS_HOOKS", "hooks")
+            .env("PYTHONPATH", root.join("tests/schemathesis"))
+            .env("VB_ST_ORIGIN", &origin)
+            .env("VB_ST_CLIENT_ID", ADMIN_ID)
+            .env("VB_ST_CLIENT_SECRET", ADMIN_SECRET)
+            .output()
+    })
+    .await
+    .expect("joined")
+    .expect("schemathesis runs");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let tail: String = {
+        let lines: Vec<&str> = report.lines().collect();
+        lines[lines.len().saturating_sub(150)..].join("\n")
+    };
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{tail}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "Selected: 306/308" and "Tested: N": within the time budget, a good part of the
+    // operations was tested.
+    let count = |label: &str| {
+        report
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .and_then(|v| v.split('/').next())
+            .and_then(|n| n.trim().parse::<usize>().ok())
+    };
+    assert!(count("Selected:").is_some_and(|n| n > 200), "{tail}");
+    assert!(count("Tested:").is_some_and(|n| n >= 30), "{tail}");
 }
