@@ -14,18 +14,25 @@
 #   SCENARIOS=read,create scripts/bench-ab.sh VB_AUDIT=off:target/release/vitalbridge \
 #     VB_AUDIT=on:target/release/vitalbridge
 #
-# Each run also prints the CPU time the server and PostgreSQL spent during it, per request, to
-# tell which side a difference comes from.
+# Each run also prints the CPU time spent per request inside its timed phase (after seeding and
+# warm-up; one scenario per run for this): the whole machine's, the server's and PostgreSQL's.
+# On this 2-core VM throughput drifts by ±15 % from round to round, more than the few percent a
+# setting costs; CPU time per request is steadier, and while both cores are busy throughput is
+# its inverse, so a setting's cost is the difference of the machine's CPU per request.
 set -uo pipefail
 
 # CPU time (clock ticks) of the processes given, and of every PostgreSQL process.
 ticks() { awk '{ s += $14 + $15 } END { print s + 0 }' "${@/#//proc/}" 2>/dev/null; }
+# Busy CPU time of the whole machine (clock ticks): user, nice, system, irq and softirq (not
+# idle, iowait or the time the hypervisor gave to other guests).
+busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat; }
 pg_pids() { for p in $(pgrep -x postgres); do printf '%s/stat ' "$p"; done; }
 
 SCENARIOS=${SCENARIOS:-create}
 ROUNDS=${ROUNDS:-2}
 CLIENTS=${CLIENTS:-32}
 DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
 PG_ADMIN=${VB_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 PORT=${PORT:-18095}
 SECRET=ab-$RANDOM$RANDOM
@@ -48,18 +55,29 @@ for round in $(seq "$ROUNDS"); do
       auth=(--client-id ab --client-secret "$SECRET")
     fi
     echo "== ${setting[*]} $bin, round $round"
-    # shellcheck disable=SC2046
-    server0=$(ticks "$pid/stat"); pg0=$(ticks $(pg_pids))
+    # The CPU counters are read at the start and the end of the timed phase: the bench says on
+    # stderr when a scenario starts its warm-up.
     "$bin" bench --base-url "http://127.0.0.1:$PORT/fhir" --clients "$CLIENTS" \
-      --duration "$DURATION" --scenarios "$SCENARIOS" "${auth[@]}" | tee /tmp/bench-ab.$$ \
-      | grep -E '^[a-z-]+ +[0-9]+ +[0-9.]+ +[0-9.]+ '
-    # shellcheck disable=SC2046
-    server1=$(ticks "$pid/stat"); pg1=$(ticks $(pg_pids))
-    requests=$(awk '/^[a-z-]+ +[0-9]+ +[0-9.]+ +[0-9.]+ / { n += $2 } END { print n + 0 }' /tmp/bench-ab.$$)
-    hz=$(getconf CLK_TCK)
-    awk -v s=$((server1 - server0)) -v p=$((pg1 - pg0)) -v n="$requests" -v hz="$hz" 'BEGIN {
-      printf "cpu: server %.1f s, postgres %.1f s; per request: server %.1f us, postgres %.1f us\n",
-        s / hz, p / hz, n ? s / hz / n * 1e6 : 0, n ? p / hz / n * 1e6 : 0 }'
+      --duration "$DURATION" --warmup "$WARMUP" --scenarios "$SCENARIOS" "${auth[@]}" \
+      > /tmp/bench-ab.$$ 2> /tmp/bench-ab-err.$$ &
+    bench=$!
+    until grep -q '^running' /tmp/bench-ab-err.$$ || ! kill -0 $bench 2>/dev/null; do sleep 0.05; done
+    sleep "$WARMUP.2"
+    pgs=$(pg_pids)
+    # shellcheck disable=SC2086
+    read -r b0 s0 p0 <<< "$(busy) $(ticks "$pid/stat") $(ticks $pgs)"
+    sleep "$((DURATION - 1)).6"
+    # shellcheck disable=SC2086
+    read -r b1 s1 p1 <<< "$(busy) $(ticks "$pid/stat") $(ticks $pgs)"
+    wait $bench
+    grep -E '^[a-z-]+ +[0-9]+ +[0-9.]+ +[0-9.]+ ' /tmp/bench-ab.$$
+    # Requests in the sampled window, from the timed phase's rate.
+    rate=$(awk '/^[a-z-]+ +[0-9]+ +[0-9.]+ +[0-9.]+ / { n += $3 } END { print n + 0 }' /tmp/bench-ab.$$)
+    awk -v b=$((b1 - b0)) -v s=$((s1 - s0)) -v p=$((p1 - p0)) -v rate="$rate" \
+      -v secs="$((DURATION - 1)).6" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+      n = rate * secs
+      printf "cpu per request: machine %.1f us, server %.1f us, postgres %.1f us (%.1f s window)\n",
+        b / hz / n * 1e6, s / hz / n * 1e6, p / hz / n * 1e6, secs }'
     kill $pid; wait $pid 2>/dev/null
     psql "$PG_ADMIN" -qc "drop database if exists $db" >/dev/null 2>&1
   done
