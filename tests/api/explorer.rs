@@ -187,8 +187,6 @@ async fn a_developer_tries_a_request_in_the_explorer() {
         )
         .await;
     assert!(matches!(put.status, 200 | 201), "{}", put.text);
-    let token = admin_token(&app.origin()).await;
-
     let driver = Driver::start().await;
     driver
         .call(
@@ -209,7 +207,9 @@ async fn a_developer_tries_a_request_in_the_explorer() {
         "{title}"
     );
 
-    // Authorize with a bearer token.
+    // Authorize with a bearer token, fetched now: tokens live five minutes, and starting
+    // Chromium and loading the page can take minutes on a loaded machine.
+    let token = admin_token(&app.origin()).await;
     driver.click(".swagger-ui .btn.authorize").await;
     driver
         .type_into(
