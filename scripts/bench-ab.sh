@@ -15,7 +15,7 @@
 #     VB_AUDIT=on:target/release/vitalbridge
 #
 # Each run also prints the CPU time spent per request inside its timed phase (after seeding and
-# warm-up; one scenario per run for this): the whole machine's, the server's and PostgreSQL's.
+# warm-up of the first scenario; give one scenario per run for these figures): the whole machine's, the server's and PostgreSQL's.
 # On this 2-core VM throughput drifts by ±15 % from round to round, more than the few percent a
 # setting costs; CPU time per request is steadier, and while both cores are busy throughput is
 # its inverse, so a setting's cost is the difference of the machine's CPU per request.
@@ -71,8 +71,9 @@ for round in $(seq "$ROUNDS"); do
     read -r b1 s1 p1 <<< "$(busy) $(ticks "$pid/stat") $(ticks $pgs)"
     wait $bench
     grep -E '^[a-z-]+ +[0-9]+ +[0-9.]+ +[0-9.]+ ' /tmp/bench-ab.$$
-    # Requests in the sampled window, from the timed phase's rate.
-    rate=$(awk '/^[a-z-]+ +[0-9]+ +[0-9.]+ +[0-9.]+ / { n += $3 } END { print n + 0 }' /tmp/bench-ab.$$)
+    # Requests in the sampled window, from the rate of the timed phase it lies in (the first
+    # scenario's).
+    rate=$(awk '/^[a-z-]+ +[0-9]+ +[0-9.]+ +[0-9.]+ / { print $3; exit }' /tmp/bench-ab.$$)
     awk -v b=$((b1 - b0)) -v s=$((s1 - s0)) -v p=$((p1 - p0)) -v rate="$rate" \
       -v secs="$((DURATION - 1)).6" -v hz="$(getconf CLK_TCK)" 'BEGIN {
       n = rate * secs
@@ -82,3 +83,4 @@ for round in $(seq "$ROUNDS"); do
     psql "$PG_ADMIN" -qc "drop database if exists $db" >/dev/null 2>&1
   done
 done
+rm -f /tmp/bench-ab.$$ /tmp/bench-ab-err.$$
