@@ -14,8 +14,9 @@
 #   SCENARIOS=read,create scripts/bench-ab.sh VB_AUDIT=off:target/release/vitalbridge \
 #     VB_AUDIT=on:target/release/vitalbridge
 #
-# Each run also prints the CPU time spent per request inside its timed phase (after seeding and
-# warm-up of the first scenario; give one scenario per run for these figures): the whole machine's, the server's and PostgreSQL's.
+# Each run also prints the CPU time spent per request inside the timed phase of its first
+# scenario (after seeding and warm-up; give one scenario per run for these figures): the whole
+# machine's, the server's and PostgreSQL's.
 # On this 2-core VM throughput drifts by ±15 % from round to round, more than the few percent a
 # setting costs; CPU time per request is steadier, and while both cores are busy throughput is
 # its inverse, so a setting's cost is the difference of the machine's CPU per request.
