@@ -4,6 +4,7 @@ pub mod error;
 mod fhir_routes;
 pub mod format;
 pub mod openapi;
+mod openapi_examples;
 pub mod request_id;
 pub mod tls;
 

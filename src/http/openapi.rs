@@ -27,8 +27,8 @@ use utoipa::openapi::security::{
 };
 use utoipa::openapi::tag::TagBuilder;
 use utoipa::openapi::{
-    Components, Content, InfoBuilder, OpenApi, OpenApiBuilder, Paths, RefOr, Required, Response,
-    ResponseBuilder, Schema, ServerBuilder,
+    Components, Content, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Paths, RefOr,
+    Required, Response, ResponseBuilder, Schema, ServerBuilder,
 };
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
@@ -66,6 +66,8 @@ const FHIR_JSON: &str = "application/fhir+json";
 const FHIR_XML: &str = "application/fhir+xml";
 const BEARER: &str = "bearer";
 const SMART: &str = "smart";
+/// A confidential client's own credentials, for introspection and revocation.
+const CLIENT_BASIC: &str = "clientBasic";
 
 /// The router of `/openapi.json` and the explorer at `/docs`. Both are public
 /// (`auth::routes::is_public`): they describe the API, they hold no data.
@@ -146,6 +148,18 @@ pub fn document() -> OpenApi {
                 .description(Some(
                     "An access token from /auth/token (client credentials, SMART Backend \
                      Services or the authorization code flow), pasted as is",
+                ))
+                .build(),
+        ),
+    );
+    components.add_security_scheme(
+        CLIENT_BASIC,
+        SecurityScheme::Http(
+            Http::builder()
+                .scheme(HttpAuthScheme::Basic)
+                .description(Some(
+                    "A confidential client's id and secret, form-urlencoded then HTTP Basic \
+                     (RFC 6749 section 2.3.1)",
                 ))
                 .build(),
         ),
@@ -341,6 +355,12 @@ fn with_errors(b: OperationBuilder) -> OperationBuilder {
 }
 
 fn fhir_body(text: &str, schema: &str, required: bool) -> RequestBody {
+    fhir_body_with(text, schema, required, None)
+}
+
+/// A FHIR request body; `example` fills the explorer's editor and is the body schemathesis
+/// sends first.
+fn fhir_body_with(text: &str, schema: &str, required: bool, example: Option<Value>) -> RequestBody {
     RequestBodyBuilder::new()
         .description(Some(text))
         .required(Some(if required {
@@ -348,7 +368,13 @@ fn fhir_body(text: &str, schema: &str, required: bool) -> RequestBody {
         } else {
             Required::False
         }))
-        .content(FHIR_JSON, Content::new(Some(from_json(schema_ref(schema)))))
+        .content(
+            FHIR_JSON,
+            ContentBuilder::new()
+                .schema(Some(from_json(schema_ref(schema))))
+                .example(example)
+                .build(),
+        )
         .content(
             FHIR_XML,
             Content::new(Some(from_json(json!({"type": "string"})))),
@@ -567,7 +593,12 @@ fn fhir_type(paths: &mut Paths, t: TypePath<'_>) {
                     "create; with If-None-Exist a conditional create \
                      (https://hl7.org/fhir/R4/http.html#ccreate)",
                 ))
-                .request_body(Some(fhir_body("The new resource", schema, true)))
+                .request_body(Some(fhir_body_with(
+                    "The new resource",
+                    schema,
+                    true,
+                    super::openapi_examples::example(schema),
+                )))
                 .response("201", one("Created; Location and ETag name the version"))
                 .response(
                     "200",
@@ -1261,24 +1292,27 @@ fn oauth(paths: &mut Paths) {
         paths.add_path_operation(
             path,
             vec![HttpMethod::Post],
-            public(
-                op(id, summary, tag)
-                    .description(Some("The client authenticates with HTTP Basic"))
-                    .request_body(Some(form_body(
-                        "The token",
-                        &[
-                            ("token", "The token"),
-                            ("token_type_hint", "access_token or refresh_token"),
-                        ],
-                        &["token"],
-                    )))
-                    .response(
-                        "200",
-                        json_response("The answer", json!({"type": "object"})),
-                    )
-                    .response("400", oauth_error())
-                    .response("401", oauth_error()),
-            ),
+            op(id, summary, tag)
+                .description(Some("The client authenticates with HTTP Basic"))
+                .securities(Some([SecurityRequirement::new::<_, _, &str>(
+                    CLIENT_BASIC,
+                    [],
+                )]))
+                .request_body(Some(form_body(
+                    "The token",
+                    &[
+                        ("token", "The token"),
+                        ("token_type_hint", "access_token or refresh_token"),
+                    ],
+                    &["token"],
+                )))
+                .response(
+                    "200",
+                    json_response("The answer", json!({"type": "object"})),
+                )
+                .response("400", oauth_error())
+                .response("401", oauth_error())
+                .build(),
         );
     }
 }
