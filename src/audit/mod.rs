@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::Principal;
 use crate::http::AppState;
-use crate::store::audit::{AuditAgent, AuditInsert};
+use crate::store::audit::{AuditAgent, AuditInsert, AuditPartition};
 use crate::store::{Store, StoreError};
 
 /// Rows waiting to be written, at most; beyond it requests wait for room.
@@ -107,6 +107,8 @@ struct Dictionaries {
     agents: HashMap<String, i32>,
     interactions: HashMap<(&'static str, &'static str, &'static str), i16>,
     key: String,
+    /// Where the writer's ids go (PostgreSQL).
+    partition: AuditPartition,
 }
 
 /// Agents remembered at most; beyond it the cache starts again (a lookup is one statement).
@@ -222,6 +224,8 @@ impl Audit {
 async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
     let mut msgs = Vec::with_capacity(BATCH);
     let mut dicts = Dictionaries::default();
+    // Partitions left unindexed by a process that stopped.
+    index_partitions(&store);
     while rx.recv_many(&mut msgs, BATCH).await > 0 {
         // Let entries gather (unless a flush waits or the batch is full already): senders only
         // push to the queue meanwhile, nothing wakes this task per entry.
@@ -255,7 +259,26 @@ async fn write_batch(
     entries: &[Entry],
 ) -> Result<(), StoreError> {
     let rows = dicts.rows(store, entries).await?;
-    store.insert_audit(&rows).await
+    if store.insert_audit(&rows, &mut dicts.partition).await? {
+        index_partitions(store);
+    }
+    Ok(())
+}
+
+/// Builds the entity indexes of full PostgreSQL partitions in the background
+/// ([`Store::index_audit_partitions`]): searches by entity find them either way, faster once
+/// they are built.
+fn index_partitions(store: &Store) {
+    let store = store.clone();
+    tokio::spawn(async move {
+        match store.index_audit_partitions().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(partitions = n, "audit partitions indexed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot index audit partitions; retried when the next one is added")
+            }
+        }
+    });
 }
 
 /// Writes a batch. While the database is down the batch is kept and retried with backoff; after

@@ -99,7 +99,8 @@ impl AuditAgent<'_> {
 /// Rows in COPY's text format: tab-separated columns, `\N` for null, backslash escapes for
 /// backslash, tab, newline and carriage return
 /// (https://www.postgresql.org/docs/current/sql-copy.html#id-1.9.3.55.9.2).
-fn copy_text(rows: &[AuditInsert<'_>]) -> Vec<u8> {
+/// Each row starts with its id: `first`, `first + 1`, ….
+fn copy_text(first: i64, rows: &[AuditInsert<'_>]) -> Vec<u8> {
     use std::io::Write as _;
     fn opt(out: &mut Vec<u8>, s: Option<&str>) {
         let Some(s) = s else {
@@ -117,8 +118,8 @@ fn copy_text(rows: &[AuditInsert<'_>]) -> Vec<u8> {
         }
     }
     let mut out = Vec::with_capacity(rows.len() * 96);
-    for r in rows {
-        let _ = write!(out, "{}\t", r.recorded);
+    for (id, r) in (first..).zip(rows) {
+        let _ = write!(out, "{id}\t{}\t", r.recorded);
         match r.agent {
             Some(a) => {
                 let _ = write!(out, "{a}");
@@ -189,25 +190,76 @@ macro_rules! bind_all {
     }};
 }
 
+/// Ids a PostgreSQL batch takes from `audit_log_id_seq` at once, its increment
+/// (`0018_audit_partitions.sql`): one `nextval` per COPY of at most this many rows.
+const AUDIT_BLOCK: usize = 4096;
+
+/// Session advisory lock held by the one process that builds partitions' entity indexes.
+const AUDIT_INDEX_LOCK: i64 = 0x7662_6175_6469_7431;
+
+/// The partition `[lower, upper)` of `audit_log` that a PostgreSQL writer last wrote to: while
+/// its ids fall inside, it looks nothing up.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct AuditPartition(Option<(i64, i64)>);
+
+impl AuditPartition {
+    fn covers(&self, id: i64) -> bool {
+        self.0
+            .is_some_and(|(lower, upper)| lower <= id && id < upper)
+    }
+}
+
+/// The range of a new partition for `id`: the multiple of `size` around it, cut where the
+/// partitions below and above it end and begin (a size changed in between, or ids skipped).
+fn partition_range(id: i64, size: i64, below: Option<i64>, above: Option<i64>) -> (i64, i64) {
+    let start = id - id.rem_euclid(size);
+    let lower = below.map_or(start, |b| b.max(start));
+    let upper = above.map_or(start.saturating_add(size), |a| {
+        a.min(start.saturating_add(size))
+    });
+    (lower, upper)
+}
+
 impl Store {
-    /// Appends audit rows in one transaction. PostgreSQL takes them through `COPY … FROM STDIN`
+    /// Appends audit rows. PostgreSQL takes them through `COPY … FROM STDIN`
     /// (https://www.postgresql.org/docs/current/sql-copy.html), its cheapest way in: no
-    /// statement executed per row, nothing to plan. SQLite, in process, takes them row by row
-    /// through one prepared statement.
-    pub async fn insert_audit(&self, rows: &[AuditInsert<'_>]) -> Result<(), StoreError> {
+    /// statement executed per row, nothing to plan; one transaction per block of ids. SQLite,
+    /// in process, takes them row by row through one prepared statement, in one transaction.
+    /// True when a PostgreSQL partition was added: the ones before it can now be indexed
+    /// ([`Store::index_audit_partitions`]).
+    pub async fn insert_audit(
+        &self,
+        rows: &[AuditInsert<'_>],
+        partition: &mut AuditPartition,
+    ) -> Result<bool, StoreError> {
         if rows.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         const COLUMNS: &str = "audit_log (recorded, agent, interaction, status, entity_type, entity_id, address, \
              request_id)";
         match self {
             Store::Pg { pool, .. } => {
                 use sqlx::postgres::PgPoolCopyExt as _;
-                let mut copy = pool
-                    .copy_in_raw(&format!("copy {COLUMNS} from stdin"))
-                    .await?;
-                copy.send(copy_text(rows)).await?;
-                copy.finish().await?;
+                let mut added = false;
+                for block in rows.chunks(AUDIT_BLOCK) {
+                    let first: i64 = sqlx::query_scalar("select nextval('audit_log_id_seq')")
+                        .fetch_one(pool)
+                        .await?;
+                    if !partition.covers(first) {
+                        let (range, new) = audit_partition_for(pool, first).await?;
+                        *partition = AuditPartition(Some(range));
+                        added |= new;
+                    }
+                    let mut copy = pool
+                        .copy_in_raw(&format!(
+                            "copy audit_log (id, {} from stdin",
+                            COLUMNS.trim_start_matches("audit_log (")
+                        ))
+                        .await?;
+                    copy.send(copy_text(first, block)).await?;
+                    copy.finish().await?;
+                }
+                return Ok(added);
             }
             Store::Sqlite { write, .. } => {
                 let sql = format!("insert into {COLUMNS} values ($1, $2, $3, $4, $5, $6, $7, $8)");
@@ -228,7 +280,58 @@ impl Store {
                 tx.commit().await?;
             }
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// Builds the entity index of every PostgreSQL audit partition that has a newer one
+    /// (`0018_audit_partitions.sql`), one at a time and without blocking writers
+    /// (`CREATE INDEX CONCURRENTLY`,
+    /// https://www.postgresql.org/docs/15/sql-createindex.html#SQL-CREATEINDEX-CONCURRENTLY).
+    /// One process builds at a time, holding an advisory lock on a connection of its own that
+    /// closes afterwards, so that a build cut short releases it. Returns how many were built.
+    pub async fn index_audit_partitions(&self) -> Result<usize, StoreError> {
+        use sqlx::Connection as _;
+        let Store::Pg { pool, .. } = self else {
+            return Ok(0);
+        };
+        let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options()).await?;
+        let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+            .bind(AUDIT_INDEX_LOCK)
+            .fetch_one(&mut conn)
+            .await?;
+        if !locked {
+            return Ok(0);
+        }
+        let todo: Vec<String> = sqlx::query_scalar(
+            "select name from audit_partition \
+             where not entity_indexed and lower < (select max(lower) from audit_partition) \
+             order by lower",
+        )
+        .fetch_all(&mut conn)
+        .await?;
+        for name in &todo {
+            // Names are the writer's own (`audit_log_<lower>`), quoted all the same.
+            let table = format!("\"{}\"", name.replace('"', ""));
+            let index = format!("\"{}_entity\"", name.replace('"', ""));
+            // A build that stopped half way leaves an invalid index of this name behind.
+            for sql in [
+                format!("drop index concurrently if exists {index}"),
+                format!(
+                    "create index concurrently {index} on {table} (entity_id) \
+                     where entity_id is not null"
+                ),
+            ] {
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await?;
+            }
+            sqlx::query("update audit_partition set entity_indexed = true where name = $1")
+                .bind(name)
+                .execute(&mut conn)
+                .await?;
+        }
+        conn.close().await?;
+        Ok(todo.len())
     }
 
     /// The id of an agent in the `audit_agent` dictionary, added if new. Several processes may
@@ -312,6 +415,51 @@ impl Store {
     }
 }
 
+/// The partition of `audit_log` for `id`, added if missing (and then `true`). Creators take
+/// turns on the `audit_partition` table's lock; readers and writers of the trail do not wait
+/// for it.
+async fn audit_partition_for(
+    pool: &sqlx::PgPool,
+    id: i64,
+) -> Result<((i64, i64), bool), StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("lock table audit_partition in share row exclusive mode")
+        .execute(&mut *tx)
+        .await?;
+    let found: Option<(i64, i64)> =
+        sqlx::query_as("select lower, upper from audit_partition where lower <= $1 and $1 < upper")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if let Some(range) = found {
+        tx.commit().await?;
+        return Ok((range, false));
+    }
+    let (size, below, above): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+        "select (select ids from audit_partition_size), \
+                (select max(upper) from audit_partition where upper <= $1), \
+                (select min(lower) from audit_partition where lower > $1)",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let (lower, upper) = partition_range(id, size, below, above);
+    let name = format!("audit_log_{lower}");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "create table \"{name}\" partition of audit_log for values from ({lower}) to ({upper})"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("insert into audit_partition (name, lower, upper) values ($1, $2, $3)")
+        .bind(&name)
+        .bind(lower)
+        .bind(upper)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(((lower, upper), true))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,9 +477,32 @@ mod tests {
             request_id: None,
         };
         assert_eq!(
-            String::from_utf8(copy_text(&[row])).expect("utf-8"),
-            "7\t3\t2\t200\t\\N\ta\\\\b\\tc\\nd\\re\t::1\t\\N\n"
+            String::from_utf8(copy_text(41, &[row])).expect("utf-8"),
+            "41\t7\t3\t2\t200\t\\N\ta\\\\b\\tc\\nd\\re\t::1\t\\N\n"
         );
+    }
+
+    #[test]
+    fn partitions_hold_whole_multiples_and_never_overlap() {
+        const M: i64 = 1 << 24;
+        assert_eq!(partition_range(M + 4096, M, Some(M), None), (M, 2 * M));
+        assert_eq!(
+            partition_range(3 * M + 8192, M, Some(M), None),
+            (3 * M, 4 * M)
+        );
+        // The size shrank while a partition was open: the new one starts where it ends.
+        assert_eq!(
+            partition_range(M + 8192, 4096, Some(M + 4096), None),
+            (M + 8192, M + 12288)
+        );
+        // A block below a newer partition (another process wrote first).
+        assert_eq!(
+            partition_range(M, 2 * M, Some(M / 2), Some(M + M / 2)),
+            (M / 2, M + M / 2)
+        );
+        let covered = AuditPartition(Some((M, 2 * M)));
+        assert!(covered.covers(M) && covered.covers(2 * M - 1));
+        assert!(!covered.covers(2 * M) && !AuditPartition::default().covers(0));
     }
 
     #[test]

@@ -372,3 +372,82 @@ async fn an_older_trail_survives_the_upgrade_postgres() {
 async fn an_older_trail_survives_the_upgrade_sqlite() {
     an_older_trail_survives_the_upgrade(Backend::Sqlite).await
 }
+
+/// On PostgreSQL the trail lives in partitions (`0018_audit_partitions.sql`): each written
+/// batch takes a block of 4,096 ids, the partition being written has no entity index, and
+/// once a newer partition exists the older ones get theirs in the background. Searches by
+/// entity find rows in indexed and unindexed partitions alike, newest first across them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trail_spans_partitions_on_postgres() {
+    use sqlx::Connection as _;
+    let app = crate::common::spawn(Backend::Postgres).await;
+    // Two blocks per partition from here on (the one being written keeps its size).
+    app.sql("update audit_partition_size set ids = 8192").await;
+    app.sql("select setval('audit_log_id_seq', (select max(upper) from audit_partition), false)")
+        .await;
+    let id = app.create(&patient("Partitioned")).await;
+    const READS: usize = 7;
+    for _ in 0..READS {
+        assert_eq!(app.get(&format!("Patient/{id}")).await.status, 200);
+        // Longer than the writer gathers (100 ms): one batch, one block, per read.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let found = events(&app, &format!("entity=Patient/{id}&subtype=read"), READS).await;
+    let ids: Vec<i64> = found
+        .iter()
+        .map(|e| e["id"].as_str().expect("id").parse().expect("numeric id"))
+        .collect();
+    assert_eq!(ids.len(), READS, "{ids:?}");
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    let mut partitions: Vec<i64> = ids.iter().map(|i| i / 8192).collect();
+    partitions.dedup();
+    assert!(partitions.len() >= 3, "the reads span partitions: {ids:?}");
+
+    let mut c = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .expect("connect");
+    let mut state: Vec<(String, bool, bool)> = Vec::new();
+    for _ in 0..200 {
+        state = sqlx::query_as(
+            "select p.name, p.entity_indexed, \
+                    exists (select 1 from pg_indexes i where i.tablename = p.name \
+                            and i.indexname = p.name || '_entity') \
+             from audit_partition p where p.name <> 'audit_log_0' order by p.lower",
+        )
+        .fetch_all(&mut c)
+        .await
+        .expect("partitions");
+        let (newest, older) = state.split_last().expect("partitions");
+        if older.iter().all(|(_, done, index)| *done && *index) {
+            assert!(
+                !newest.1 && !newest.2,
+                "the newest is not indexed: {state:?}"
+            );
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(state.len() >= 3, "{state:?}");
+    let (_, older) = state.split_last().expect("partitions");
+    assert!(
+        older.iter().all(|(_, done, index)| *done && *index),
+        "older partitions are indexed: {state:?}"
+    );
+    // An indexed partition can be read through its index (the planner would rather scan a
+    // table this small).
+    let (first, _, _) = &state[0];
+    sqlx::query("set enable_seqscan = off")
+        .execute(&mut c)
+        .await
+        .expect("set");
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "explain select id from \"{first}\" where entity_id = 'x'"
+    )))
+    .fetch_all(&mut c)
+    .await
+    .expect("plan");
+    assert!(
+        plan.iter().any(|l| l.contains(&format!("{first}_entity"))),
+        "{plan:?}"
+    );
+}
