@@ -116,9 +116,12 @@ impl Driver {
         .await
     }
 
-    /// Waits until `script` returns something truthy; that value.
+    /// Waits until `script` returns something truthy; that value. Generous: on this 2-core
+    /// machine, idle, opening an operation takes Swagger UI about 30 s (it samples an example
+    /// response from the recursive FHIR schemas) and its answer 14 s more; under the test run's
+    /// load, longer.
     async fn until(&self, what: &str, script: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             let v = self.script(script, json!([])).await;
             if !(v.is_null() || v == json!(false) || v == json!("")) && v.get("error").is_none() {
