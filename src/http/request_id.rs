@@ -18,6 +18,11 @@ pub fn current() -> Option<String> {
     REQUEST_ID.try_with(|id| id.clone()).ok()
 }
 
+/// `f` of the id of the request being served, if any, without copying it.
+pub fn with_current<R>(f: impl FnOnce(&str) -> R) -> Option<R> {
+    REQUEST_ID.try_with(|id| f(id)).ok()
+}
+
 pub async fn middleware(req: Request, next: Next) -> Response {
     let id = req
         .headers()
