@@ -126,15 +126,20 @@ class Server:
 
     def window(self, seconds):
         """Runs wrk for `seconds`; returns (req/s, machine, server, PostgreSQL, wrk CPU ticks,
-        iowait, steal ticks)."""
+        iowait, steal ticks, the audit connection's CPU ticks)."""
         pgs = pg_pids()
-        b0, s0, p0 = busy(), ticks([self.proc.pid]), ticks(pgs)
+        # The audit writer's own connection (`application_name` vitalbridge-audit), if any.
+        aud = subprocess.run(
+            ["psql", PG, "-Atc", "select pid from pg_stat_activity where application_name = "
+             f"'vitalbridge-audit' and datname = '{self.db}'"],
+            capture_output=True, text=True).stdout.split()
+        b0, s0, p0, a0 = busy(), ticks([self.proc.pid]), ticks(pgs), ticks(aud)
         w0, (io0, st0) = os.times(), stolen()
         out = subprocess.run(
             ["wrk", "-t2", f"-c{CLIENTS}", f"-d{seconds}s", "--timeout", "30s",
              "-H", "Authorization: Bearer " + self.token(), "-s", self.lua,
              f"http://127.0.0.1:{self.port}"], capture_output=True, text=True).stdout
-        b1, s1, p1 = busy(), ticks([self.proc.pid]), ticks(pgs)
+        b1, s1, p1, a1 = busy(), ticks([self.proc.pid]), ticks(pgs), ticks(aud)
         w1, (io1, st1) = os.times(), stolen()
         # wrk's CPU: a control, since the setting cannot change what wrk does per request.
         w = (w1.children_user + w1.children_system - w0.children_user - w0.children_system) * HZ
@@ -142,7 +147,7 @@ class Server:
         if line is None or "non2xx=0" not in line or "errors=0" not in line:
             sys.exit(f"wrk against {self.setting or self.binary}: {line or out}")
         rate = float(line.split("req/s=")[1].split()[0])
-        return rate, b1 - b0, s1 - s0, p1 - p0, w, io1 - io0, st1 - st0
+        return rate, b1 - b0, s1 - s0, p1 - p0, w, io1 - io0, st1 - st0, a1 - a0
 
     def stop(self):
         self.proc.terminate()
@@ -212,11 +217,12 @@ def main():
                 for i in order:
                     got[i] = servers[i].window(WINDOW)
                     rows[i].append(got[i])
-                    r, b, sv, p, w, io, st = got[i]
+                    r, b, sv, p, w, io, st, a = got[i]
                     n = r * WINDOW
                     print(f"pair {pair + 1:3} {names[i]:>14}: {r:9.1f} req/s, CPU us/req "
                           f"machine {b / HZ / n * 1e6:6.1f} server {sv / HZ / n * 1e6:6.1f} "
-                          f"PostgreSQL {p / HZ / n * 1e6:6.1f} wrk {w / HZ / n * 1e6:5.1f}; "
+                          f"PostgreSQL {p / HZ / n * 1e6:6.1f} (audit {a / HZ / n * 1e6:4.1f}) "
+                          f"wrk {w / HZ / n * 1e6:5.1f}; "
                           f"iowait {io} steal {st} ticks", flush=True)
                 ratios.append(got[1][0] / got[0][0])
     finally:
@@ -228,7 +234,8 @@ def main():
         n = sum(x[0] * WINDOW for x in rows[i])
         per = lambda k: sum(x[k] for x in rows[i]) / HZ / n * 1e6
         print(f"{names[i]:>14}: mean {statistics.mean(r):9.1f} req/s; CPU us/req machine "
-              f"{per(1):.1f}, server {per(2):.1f}, PostgreSQL {per(3):.1f}, wrk {per(4):.1f}; "
+              f"{per(1):.1f}, server {per(2):.1f}, PostgreSQL {per(3):.1f} (audit connection "
+              f"{per(7):.1f}), wrk {per(4):.1f}; "
               f"iowait {sum(x[5] for x in rows[i])} steal {sum(x[6] for x in rows[i])} ticks")
     mean = statistics.mean(ratios)
     half = 1.96 * statistics.stdev(ratios) / math.sqrt(len(ratios))

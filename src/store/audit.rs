@@ -261,11 +261,11 @@ impl Store {
             return Ok(false);
         }
         match self {
-            Store::Pg { pool, .. } => {
+            Store::Pg { pool, audit, .. } => {
                 let mut added = false;
                 for block in rows.chunks(AUDIT_BLOCK) {
                     let first: i64 = sqlx::query_scalar("select nextval('audit_log_id_seq')")
-                        .fetch_one(pool)
+                        .fetch_one(audit)
                         .await?;
                     let (_, _, table) = match state.partition.take() {
                         Some(known) if covers(&known, first) => state.partition.insert(known),
@@ -279,7 +279,7 @@ impl Store {
                     copy_text(&mut state.text, first, block);
                     // Forgotten on failure: the next attempt looks the partition up again, in
                     // case this one went away.
-                    if let Err(e) = copy_audit(pool, table, &state.text).await {
+                    if let Err(e) = copy_audit(audit, table, &state.text).await {
                         state.partition = None;
                         return Err(e);
                     }

@@ -193,6 +193,10 @@ pub enum Store {
         creates: tokio::sync::mpsc::Sender<CreateJob>,
         /// Point reads of current versions, answered in batches by [`batch::read_batcher`].
         reads: tokio::sync::mpsc::Sender<batch::ReadJob>,
+        /// The audit trail's writer (`crate::audit`): a connection of its own, so that its COPYs
+        /// never wait for or hold up a request's connection, and named (`application_name`
+        /// `vitalbridge-audit`) so that its share of PostgreSQL can be told apart.
+        audit: PgPool,
     },
     Sqlite {
         /// Readers run concurrently (WAL mode).
@@ -243,14 +247,22 @@ impl Store {
             // cached statements planned once per connection: planning took as long as running
             // them. PostgreSQL's `auto` mode kept re-planning them, so these connections force
             // the generic plan (https://www.postgresql.org/docs/15/runtime-config-query.html#GUC-PLAN-CACHE_MODE).
-            let generic = pool_options()
-                .min_connections(0)
-                .connect_lazy_with(options.options([("plan_cache_mode", "force_generic_plan")]));
+            let generic = pool_options().min_connections(0).connect_lazy_with(
+                options
+                    .clone()
+                    .options([("plan_cache_mode", "force_generic_plan")]),
+            );
             let (creates, jobs) = tokio::sync::mpsc::channel(1024);
             let jobs = std::sync::Arc::new(tokio::sync::Mutex::new(jobs));
             for _ in 0..CREATE_BATCHERS {
                 tokio::spawn(create_batcher(pool.clone(), jobs.clone()));
             }
+            let audit = PgPoolOptions::new()
+                .max_connections(1)
+                .min_connections(0)
+                .test_before_acquire(false)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_lazy_with(options.clone().application_name("vitalbridge-audit"));
             let (reads, read_jobs) = tokio::sync::mpsc::channel(1024);
             let read_jobs = std::sync::Arc::new(tokio::sync::Mutex::new(read_jobs));
             for _ in 0..batch::READ_BATCHERS {
@@ -261,6 +273,7 @@ impl Store {
                 generic,
                 creates,
                 reads,
+                audit,
             })
         } else {
             let options = SqliteConnectOptions::from_str(url)?
