@@ -359,8 +359,14 @@ impl Store {
 
     pub async fn close(&self) {
         match self {
-            Store::Pg { pool, generic, .. } => {
+            Store::Pg {
+                pool,
+                generic,
+                audit,
+                ..
+            } => {
                 generic.close().await;
+                audit.close().await;
                 pool.close().await
             }
             Store::Sqlite { read, write, maint } => {
