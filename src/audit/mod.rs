@@ -249,6 +249,8 @@ struct Queue {
     room: Notify,
     /// Every [`Audit`] handle is gone: the writer writes what is left and stops.
     closed: AtomicBool,
+    /// The writer has ended (or panicked): nothing would make room any more.
+    stopped: AtomicBool,
 }
 
 impl Queue {
@@ -322,6 +324,10 @@ impl Audit {
             if h.0.push(&mut entry) {
                 return;
             }
+            if h.0.stopped.load(Ordering::Acquire) {
+                tracing::error!("the audit writer has stopped; an audit row is lost");
+                return;
+            }
             room.await;
         }
     }
@@ -338,6 +344,16 @@ impl Audit {
 
 /// Writes queued rows in batches until every [`Audit`] handle is gone.
 async fn writer(store: Store, queue: Arc<Queue>) {
+    /// Marks the writer ended however it ends, a panic included, and wakes requests waiting
+    /// for room so that they do not wait forever.
+    struct Stopped(Arc<Queue>);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            self.0.stopped.store(true, Ordering::Release);
+            self.0.room.notify_waiters();
+        }
+    }
+    let _stopped = Stopped(queue.clone());
     let mut dicts = Dictionaries::default();
     // The writer's vector: swapped with the queue's, so that neither side allocates once both
     // have grown to the load.

@@ -15,7 +15,7 @@ pub const HEADER: &str = "x-request-id";
 
 /// The id of the request being served, if any.
 pub fn current() -> Option<String> {
-    REQUEST_ID.try_with(|id| id.clone()).ok()
+    with_current(str::to_owned)
 }
 
 /// `f` of the id of the request being served, if any, without copying it.
