@@ -157,5 +157,11 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
+# The explorer test drives a real browser, whose every step is slow on a loaded 2-core machine;
+# run alongside the other tests (schemathesis among them) it once took longer than an access
+# token lives. So it runs after them, on its own; the build is shared, nothing is compiled twice.
+explorer=explorer::a_developer_tries_a_request_in_the_explorer
 log "cargo test"
-cargo test --all-targets -- --test-threads="${VB_TEST_THREADS:-4}"
+cargo test --all-targets -- --test-threads="${VB_TEST_THREADS:-4}" --skip "$explorer"
+log "cargo test: the API explorer in Chromium, on its own"
+cargo test --test api -- --exact "$explorer"

@@ -210,21 +210,6 @@ async fn a_developer_tries_a_request_in_the_explorer() {
         "{title}"
     );
 
-    // Authorize with a bearer token, fetched now: tokens live five minutes, and starting
-    // Chromium and loading the page can take minutes on a loaded machine.
-    let token = admin_token(&app.origin()).await;
-    driver.click(".swagger-ui .btn.authorize").await;
-    driver
-        .type_into(
-            ".auth-container input[type=text], .auth-container input:not([type])",
-            &token,
-        )
-        .await;
-    driver
-        .click(".auth-container .auth-btn-wrapper .btn.modal-btn.auth.authorize")
-        .await;
-    driver.click(".auth-btn-wrapper .btn-done").await;
-
     // Try GET /fhir/Patient/{id}.
     driver
         .click("#operations-Patient-readPatient .opblock-summary-control, #operations-Patient-readPatient .opblock-summary")
@@ -248,6 +233,22 @@ async fn a_developer_tries_a_request_in_the_explorer() {
             "explorer-1",
         )
         .await;
+    // Authorize with a bearer token fetched only now, just before Execute: tokens live five
+    // minutes, and on a loaded 2-core machine each step in the browser can take many seconds
+    // (a CI run once saw a token fetched before opening the operation expire before Execute).
+    let token = admin_token(&app.origin()).await;
+    driver.click(".swagger-ui .btn.authorize").await;
+    driver
+        .type_into(
+            ".auth-container input[type=text], .auth-container input:not([type])",
+            &token,
+        )
+        .await;
+    driver
+        .click(".auth-container .auth-btn-wrapper .btn.modal-btn.auth.authorize")
+        .await;
+    driver.click(".auth-btn-wrapper .btn-done").await;
+
     driver
         .click("#operations-Patient-readPatient .execute")
         .await;
