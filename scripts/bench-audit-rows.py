@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""PostgreSQL's CPU per audit row, for the two layouts of `audit_log` (issue 4).
+"""PostgreSQL's CPU per audit row, for the three layouts of the trail (issue 4).
 
 `0017`: one table, primary key, BRIN on `recorded`, btree on `entity_id`; `0018`: the partition
 being written, ids in blocks of 4,096, no entity index; then what `CREATE INDEX CONCURRENTLY`
-costs per row when the partition is indexed. Backend CPU from /proc, so the figures hold while
+costs per row when the partition is indexed; `0019`: one `audit_block` row per batch, the
+batch's rows as COPY text lines in an uncompressed bytea. Backend CPU from /proc, so the figures hold while
 the machine does other things too (less steadily). Needs PyPI `psycopg[binary]`:
 
     python3 -m venv target/mbenv && target/mbenv/bin/pip install 'psycopg[binary]'
@@ -42,10 +43,23 @@ create table audit_log (id bigint not null default nextval('audit_log_id_seq'), 
 create index audit_log_recorded on audit_log using brin (recorded);
 create table audit_log_1 partition of audit_log for values from (1) to (1000000000);
 """
+BLOCKS = """
+create sequence audit_log_id_seq increment by 4096;
+create table audit_block (first_id bigint primary key, last_id bigint not null, n integer not null,
+  recorded_min bigint not null, recorded_max bigint not null, data bytea not null);
+alter table audit_block alter column data set storage external;
+create index audit_block_recorded on audit_block (recorded_max);
+"""
 COLS = "recorded, agent, interaction, status, entity_type, entity_id, address, request_id"
 
 def write(variant, cur, rs):
-    if variant == "0017":
+    if variant == "0019":
+        b = cur.execute("select nextval('audit_log_id_seq')").fetchone()[0]
+        data = "".join("\t".join([str(b + i)] + ["\\N" if v is None else str(v) for v in r]) + "\n"
+                       for i, r in enumerate(rs)).encode()
+        cur.execute("insert into audit_block values (%s, %s, %s, %s, %s, %s)",
+                    (b, b + len(rs) - 1, len(rs), rs[0][0], rs[-1][0], data), binary=True)
+    elif variant == "0017":
         with cur.copy(f"copy audit_log ({COLS}) from stdin") as cp:
             for r in rs: cp.write_row(r)
     else:
@@ -58,8 +72,9 @@ admin = psycopg.connect(PG, autocommit=True)
 admin.execute("drop database if exists auditmb2"); admin.execute("create database auditmb2")
 c = psycopg.connect(PG.rsplit("/", 1)[0] + "/auditmb2", autocommit=True)
 pid = c.execute("select pg_backend_pid()").fetchone()[0]
-for variant, ddl in [("0017", OLD), ("0018", NEW)] * 2:
-    c.execute("drop table if exists audit_log cascade; drop sequence if exists audit_log_id_seq")
+for variant, ddl in [("0017", OLD), ("0018", NEW), ("0019", BLOCKS)] * 2:
+    c.execute("drop table if exists audit_log cascade; drop table if exists audit_block; "
+              "drop sequence if exists audit_log_id_seq")
     c.execute(ddl)
     cur = c.cursor(); n = 0
     while n < PRE:

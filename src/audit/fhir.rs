@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::http::error::{ApiError, Issue};
-use crate::store::audit::{AuditCond, AuditRow, AuditValue};
+use crate::store::audit::{AuditColumn, AuditFilter, AuditRow};
 use crate::store::{Store, format_instant, parse_instant_range};
 
 const DEFAULT_COUNT: i64 = 50;
@@ -128,21 +128,9 @@ fn codes(value: &str) -> Vec<String> {
         .collect()
 }
 
-fn any_of(column: &str, values: Vec<String>) -> AuditCond {
-    let sql = values
-        .iter()
-        .map(|_| format!("{column} = ?"))
-        .collect::<Vec<_>>()
-        .join(" or ");
-    AuditCond {
-        sql: format!("({sql})"),
-        values: values.into_iter().map(AuditValue::Text).collect(),
-    }
-}
-
-/// A `date` parameter: prefix and instant range (search.html#prefix), as conditions on
+/// A `date` parameter: prefix and instant range (search.html#prefix), as a condition on
 /// `recorded`.
-fn date_cond(value: &str) -> Option<AuditCond> {
+fn date_cond(value: &str) -> Option<AuditFilter> {
     let (prefix, rest) = match value.get(..2) {
         Some(p @ ("eq" | "ne" | "gt" | "lt" | "ge" | "le" | "sa" | "eb")) => (p, &value[2..]),
         _ => ("eq", value),
@@ -153,24 +141,21 @@ fn date_cond(value: &str) -> Option<AuditCond> {
     if lo == hi && !rest.contains('.') {
         hi = lo + 999_999;
     }
-    let (sql, values) = match prefix {
-        "eq" => ("(recorded >= ? and recorded <= ?)", vec![lo, hi]),
-        "ne" => ("(recorded < ? or recorded > ?)", vec![lo, hi]),
-        "gt" | "sa" => ("recorded > ?", vec![hi]),
-        "ge" => ("recorded >= ?", vec![lo]),
-        "lt" | "eb" => ("recorded < ?", vec![lo]),
-        _ => ("recorded <= ?", vec![hi]),
+    let (lo, hi, inside) = match prefix {
+        "eq" => (lo, hi, true),
+        "ne" => (lo, hi, false),
+        "gt" | "sa" => (hi.saturating_add(1), i64::MAX, true),
+        "ge" => (lo, i64::MAX, true),
+        "lt" | "eb" => (i64::MIN, lo.saturating_sub(1), true),
+        _ => (i64::MIN, hi, true),
     };
-    Some(AuditCond {
-        sql: sql.into(),
-        values: values.into_iter().map(AuditValue::Int).collect(),
-    })
+    Some(AuditFilter::Recorded { lo, hi, inside })
 }
 
 /// An AuditEvent search, parsed.
 #[derive(Debug, Default)]
 pub struct AuditQuery {
-    pub conds: Vec<AuditCond>,
+    pub conds: Vec<AuditFilter>,
     pub oldest_first: bool,
     pub count: i64,
     pub total: bool,
@@ -197,19 +182,19 @@ pub fn parse(params: &[(String, String)]) -> AuditQuery {
             q.kept.push((name.clone(), value.clone()));
         }
         let column = match name.as_str() {
-            "action" => Some("action"),
-            "outcome" => Some("outcome"),
-            "subtype" => Some("subtype"),
-            "altid" => Some("subject"),
-            "agent-name" => Some("client_id"),
-            "agent-role" => Some("role"),
-            "address" => Some("address"),
+            "action" => Some(AuditColumn::Action),
+            "outcome" => Some(AuditColumn::Outcome),
+            "subtype" => Some(AuditColumn::Subtype),
+            "altid" => Some(AuditColumn::Subject),
+            "agent-name" => Some(AuditColumn::ClientId),
+            "agent-role" => Some(AuditColumn::Role),
+            "address" => Some(AuditColumn::Address),
             _ => None,
         };
         if let Some(col) = column {
             match codes(value) {
                 c if c.is_empty() => q.invalid.push(bad("no value")),
-                c => q.conds.push(any_of(col, c)),
+                c => q.conds.push(AuditFilter::AnyOf(col, c)),
             }
             continue;
         }
@@ -219,15 +204,9 @@ pub fn parse(params: &[(String, String)]) -> AuditQuery {
                 .map(|v| v.trim().parse::<i64>())
                 .collect::<Result<Vec<i64>, _>>()
             {
-                Ok(ids) => q.conds.push(AuditCond {
-                    sql: format!("({})", vec!["id = ?"; ids.len()].join(" or ")),
-                    values: ids.into_iter().map(AuditValue::Int).collect(),
-                }),
+                Ok(ids) => q.conds.push(AuditFilter::Ids(ids)),
                 // No row has such an id.
-                Err(_) => q.conds.push(AuditCond {
-                    sql: "1 = 0".into(),
-                    values: vec![],
-                }),
+                Err(_) => q.conds.push(AuditFilter::Ids(vec![])),
             },
             "type" => {
                 let kinds: Vec<String> = codes(value)
@@ -241,7 +220,7 @@ pub fn parse(params: &[(String, String)]) -> AuditQuery {
                 if kinds.is_empty() {
                     q.invalid.push(bad("no value"));
                 } else {
-                    q.conds.push(any_of("kind", kinds));
+                    q.conds.push(AuditFilter::AnyOf(AuditColumn::Kind, kinds));
                 }
             }
             "date" => match date_cond(value) {
@@ -263,33 +242,26 @@ pub fn parse(params: &[(String, String)]) -> AuditQuery {
                 if orgs.is_empty() {
                     q.invalid.push(bad("no value"));
                 } else {
-                    q.conds.push(any_of("organization", orgs));
+                    q.conds
+                        .push(AuditFilter::AnyOf(AuditColumn::Organization, orgs));
                 }
             }
             "entity" => {
-                let mut sql = Vec::new();
-                let mut values = Vec::new();
-                for v in value.split(',').filter(|v| !v.trim().is_empty()) {
-                    let local = v.split("/fhir/").last().unwrap_or(v);
-                    match local.split_once('/') {
-                        Some((t, id)) => {
-                            sql.push("(entity_type = ? and entity_id = ?)");
-                            values.push(AuditValue::Text(t.to_owned()));
-                            values.push(AuditValue::Text(id.to_owned()));
+                let entities: Vec<(Option<String>, String)> = value
+                    .split(',')
+                    .filter(|v| !v.trim().is_empty())
+                    .map(|v| {
+                        let local = v.split("/fhir/").last().unwrap_or(v);
+                        match local.split_once('/') {
+                            Some((t, id)) => (Some(t.to_owned()), id.to_owned()),
+                            None => (None, local.to_owned()),
                         }
-                        None => {
-                            sql.push("entity_id = ?");
-                            values.push(AuditValue::Text(local.to_owned()));
-                        }
-                    }
-                }
-                if sql.is_empty() {
+                    })
+                    .collect();
+                if entities.is_empty() {
                     q.invalid.push(bad("no value"));
                 } else {
-                    q.conds.push(AuditCond {
-                        sql: format!("({})", sql.join(" or ")),
-                        values,
-                    });
+                    q.conds.push(AuditFilter::Entity(entities));
                 }
             }
             "_count" => match value.parse::<i64>() {
@@ -323,9 +295,10 @@ pub async fn search(store: &Store, q: &AuditQuery, base: &str) -> Result<Value, 
     };
     let mut conds = q.conds.clone();
     if let Some(c) = q.cursor {
-        conds.push(AuditCond {
-            sql: if q.oldest_first { "id > ?" } else { "id < ?" }.into(),
-            values: vec![AuditValue::Int(c)],
+        conds.push(if q.oldest_first {
+            AuditFilter::IdAbove(c)
+        } else {
+            AuditFilter::IdBelow(c)
         });
     }
     let rows = store
@@ -392,9 +365,18 @@ mod tests {
             ("_count", "10"),
             ("foo", "bar"),
         ]));
-        assert_eq!(q.conds[0].sql, "(action = ? or action = ?)");
-        assert_eq!(q.conds[1].sql, "recorded >= ?");
-        assert_eq!(q.conds[2].sql, "((entity_type = ? and entity_id = ?))");
+        assert_eq!(
+            q.conds,
+            [
+                AuditFilter::AnyOf(AuditColumn::Action, vec!["R".into(), "E".into()]),
+                AuditFilter::Recorded {
+                    lo: 1_796_083_200_000_000,
+                    hi: i64::MAX,
+                    inside: true
+                },
+                AuditFilter::Entity(vec![(Some("Patient".into()), "7".into())]),
+            ]
+        );
         assert!(q.oldest_first);
         assert_eq!(q.count, 10);
         assert_eq!(q.unknown, ["foo"]);
@@ -411,11 +393,21 @@ mod tests {
         // To the second: that whole second.
         let c = date_cond("eq2026-12-01T10:00:00Z").expect("date");
         assert_eq!(
-            c.values,
-            [
-                AuditValue::Int(1_796_119_200_000_000),
-                AuditValue::Int(1_796_119_200_999_999)
-            ]
+            c,
+            AuditFilter::Recorded {
+                lo: 1_796_119_200_000_000,
+                hi: 1_796_119_200_999_999,
+                inside: true
+            }
+        );
+        let gt = date_cond("gt2026-12-01T10:00:00Z").expect("date");
+        assert_eq!(
+            gt,
+            AuditFilter::Recorded {
+                lo: 1_796_119_201_000_000,
+                hi: i64::MAX,
+                inside: true
+            }
         );
     }
 

@@ -152,6 +152,11 @@ impl Entry {
 #[derive(Default)]
 struct Dictionaries {
     agents: HashMap<String, i32>,
+    /// Agent ids of verified callers by the address of their `Principal`: the token cache
+    /// hands every request with one token the same `Arc`, so most rows find their agent without
+    /// building and hashing its key. The `Arc` is held, so that its address cannot be another
+    /// caller's while it is a key here.
+    principals: HashMap<usize, (Arc<Principal>, i32)>,
     interactions: HashMap<(&'static str, &'static str, &'static str), i16>,
     key: String,
     /// Where the writer's ids go (PostgreSQL), and its COPY buffer.
@@ -173,8 +178,14 @@ impl Dictionaries {
         let mut rows: Vec<AuditInsert<'a>> = std::mem::take(&mut self.spare);
         rows.reserve(entries.len());
         for e in entries {
+            let known = e.principal.as_ref().and_then(|p| {
+                let (_, id) = self.principals.get(&(Arc::as_ptr(p) as usize))?;
+                Some(*id)
+            });
             let agent = e.agent();
-            let agent = if agent.is_empty() {
+            let agent = if known.is_some() {
+                known
+            } else if agent.is_empty() {
                 None
             } else {
                 agent.key_into(&mut self.key);
@@ -190,6 +201,13 @@ impl Dictionaries {
                     }
                 }
             };
+            if let (Some(p), None, Some(id)) = (&e.principal, known, agent) {
+                if self.principals.len() >= AGENTS_CACHED {
+                    self.principals.clear();
+                }
+                self.principals
+                    .insert(Arc::as_ptr(p) as usize, (p.clone(), id));
+            }
             let w = &e.what;
             let what = (w.kind, w.subtype, w.action);
             let interaction = match self.interactions.get(&what) {
@@ -358,8 +376,6 @@ async fn writer(store: Store, queue: Arc<Queue>) {
     // The writer's vector: swapped with the queue's, so that neither side allocates once both
     // have grown to the load.
     let mut taken: Vec<Entry> = Vec::with_capacity(BATCH);
-    // Partitions left unindexed by a process that stopped.
-    index_partitions(&store);
     loop {
         queue.work.notified().await;
         let closed = queue.closed.load(Ordering::Acquire);
@@ -397,28 +413,9 @@ async fn write_batch(
     entries: &[Entry],
 ) -> Result<(), StoreError> {
     let rows = dicts.rows(store, entries).await?;
-    let added = store.insert_audit(&rows, &mut dicts.state).await;
+    let written = store.insert_audit(&rows, &mut dicts.state).await;
     dicts.recycle(rows);
-    if added? {
-        index_partitions(store);
-    }
-    Ok(())
-}
-
-/// Builds the entity indexes of full PostgreSQL partitions in the background
-/// ([`Store::index_audit_partitions`]): searches by entity find them either way, faster once
-/// they are built.
-fn index_partitions(store: &Store) {
-    let store = store.clone();
-    tokio::spawn(async move {
-        match store.index_audit_partitions().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(partitions = n, "audit partitions indexed"),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot index audit partitions; retried when the next one is added")
-            }
-        }
-    });
+    written
 }
 
 /// Writes a batch. While the database is down the batch is kept and retried with backoff; after
@@ -772,17 +769,23 @@ mod tests {
         }
     }
 
-    /// More entries than the queue holds: the ones beyond wait for room instead of being
-    /// dropped, a flush returns once all are written, and the writer stops with the last handle.
-    #[tokio::test]
-    async fn a_full_queue_makes_requests_wait_and_loses_nothing() {
-        let dir = std::env::temp_dir().join(format!("vb-audit-queue-{}", std::process::id()));
+    /// A migrated SQLite store in a fresh temporary directory (removed by the caller).
+    async fn sqlite_store(name: &str) -> (Store, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("vb-audit-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let url = format!("sqlite://{}/t.db", dir.display());
         let store = Store::connect(&url, &Default::default())
             .await
             .expect("store");
         store.migrate().await.expect("migrate");
+        (store, dir)
+    }
+
+    /// More entries than the queue holds: the ones beyond wait for room instead of being
+    /// dropped, a flush returns once all are written, and the writer stops with the last handle.
+    #[tokio::test]
+    async fn a_full_queue_makes_requests_wait_and_loses_nothing() {
+        let (store, dir) = sqlite_store("queue").await;
         let audit = Audit::start(store.clone());
         let n = QUEUE + 500;
         let senders: Vec<_> = (0..4)
@@ -810,6 +813,59 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(queue.strong_count(), 0, "the writer is still running");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Rows of one verified caller share an agent id whether found by the principal's address
+    /// or by its key; another caller gets another.
+    #[tokio::test]
+    async fn rows_name_each_caller_by_its_own_agent() {
+        let (store, dir) = sqlite_store("agents").await;
+        let principal = |client: &str| {
+            Arc::new(Principal {
+                client_id: client.into(),
+                subject: client.into(),
+                role: crate::auth::Role::Customer,
+                organization: Some("o1".into()),
+                scopes: vec![],
+                patient: None,
+                token_id: "t".into(),
+                expires_at: 0,
+                issuer: None,
+            })
+        };
+        let (a, b) = (principal("a"), principal("b"));
+        let callers = [
+            Some(a.clone()),
+            Some(a.clone()),
+            Some(b),
+            Some(principal("a")),
+            None,
+        ];
+        let entries: Vec<Entry> = callers
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| Entry {
+                principal: p,
+                ..entry(i)
+            })
+            .collect();
+        let mut dicts = Dictionaries::default();
+        for _ in 0..2 {
+            let agents: Vec<Option<i32>> = dicts
+                .rows(&store, &entries)
+                .await
+                .expect("rows")
+                .iter()
+                .map(|r| r.agent)
+                .collect();
+            assert!(agents[0].is_some() && agents[2].is_some(), "{agents:?}");
+            assert_eq!(agents[1], agents[0]);
+            assert_ne!(agents[2], agents[0]);
+            assert_eq!(agents[3], agents[0], "the same caller by key");
+            assert_eq!(agents[4], None);
+        }
+        assert_eq!(dicts.principals.len(), 3);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

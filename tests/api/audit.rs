@@ -373,81 +373,117 @@ async fn an_older_trail_survives_the_upgrade_sqlite() {
     an_older_trail_survives_the_upgrade(Backend::Sqlite).await
 }
 
-/// On PostgreSQL the trail lives in partitions (`0018_audit_partitions.sql`): each written
-/// batch takes a block of 4,096 ids, the partition being written has no entity index, and
-/// once a newer partition exists the older ones get theirs in the background. Searches by
-/// entity find rows in indexed and unindexed partitions alike, newest first across them.
+/// On PostgreSQL the trail lives in blocks, one row of `audit_block` per written batch
+/// (`0019_audit_blocks.sql`). Searches read across blocks: by entity, newest and oldest first,
+/// page by page with stable cursors, by date and by id, and count them all; the `audit_event`
+/// view decodes the same rows in SQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_trail_spans_partitions_on_postgres() {
+async fn the_trail_spans_blocks_on_postgres() {
     use sqlx::Connection as _;
     let app = crate::common::spawn(Backend::Postgres).await;
-    // Two blocks per partition from here on (the one being written keeps its size).
-    app.sql("update audit_partition_size set ids = 8192").await;
-    app.sql("select setval('audit_log_id_seq', (select max(upper) from audit_partition), false)")
-        .await;
-    let id = app.create(&patient("Partitioned")).await;
+    let id = app.create(&patient("Blocked")).await;
     const READS: usize = 7;
     for _ in 0..READS {
         assert_eq!(app.get(&format!("Patient/{id}")).await.status, 200);
         // Longer than the writer gathers (100 ms): one batch, one block, per read.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
-    let found = events(&app, &format!("entity=Patient/{id}&subtype=read"), READS).await;
+    let query = format!("entity=Patient/{id}&subtype=read");
+    let found = events(&app, &query, READS).await;
     let ids: Vec<i64> = found
         .iter()
         .map(|e| e["id"].as_str().expect("id").parse().expect("numeric id"))
         .collect();
     assert_eq!(ids.len(), READS, "{ids:?}");
     assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
-    let mut partitions: Vec<i64> = ids.iter().map(|i| i / 8192).collect();
-    partitions.dedup();
-    assert!(partitions.len() >= 3, "the reads span partitions: {ids:?}");
 
     let mut c = sqlx::PgConnection::connect(&app.database_url)
         .await
         .expect("connect");
-    let mut state: Vec<(String, bool, bool)> = Vec::new();
-    for _ in 0..200 {
-        state = sqlx::query_as(
-            "select p.name, p.entity_indexed, \
-                    exists (select 1 from pg_indexes i where i.tablename = p.name \
-                            and i.indexname = p.name || '_entity') \
-             from audit_partition p where p.name <> 'audit_log_0' order by p.lower",
-        )
-        .fetch_all(&mut c)
-        .await
-        .expect("partitions");
-        let (newest, older) = state.split_last().expect("partitions");
-        if older.iter().all(|(_, done, index)| *done && *index) {
-            assert!(
-                !newest.1 && !newest.2,
-                "the newest is not indexed: {state:?}"
-            );
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(state.len() >= 3, "{state:?}");
-    let (_, older) = state.split_last().expect("partitions");
-    assert!(
-        older.iter().all(|(_, done, index)| *done && *index),
-        "older partitions are indexed: {state:?}"
-    );
-    // An indexed partition can be read through its index (the planner would rather scan a
-    // table this small).
-    let (first, _, _) = &state[0];
-    sqlx::query("set enable_seqscan = off")
-        .execute(&mut c)
-        .await
-        .expect("set");
-    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "explain select id from \"{first}\" where entity_id = 'x'"
+    let blocks: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "select distinct b.first_id from audit_block b where {} order by 1",
+        ids.iter()
+            .map(|i| format!("({i} between b.first_id and b.last_id)"))
+            .collect::<Vec<_>>()
+            .join(" or ")
     )))
     .fetch_all(&mut c)
     .await
-    .expect("plan");
+    .expect("blocks");
     assert!(
-        plan.iter().any(|l| l.contains(&format!("{first}_entity"))),
-        "{plan:?}"
+        blocks.len() >= 3,
+        "the reads span blocks: {blocks:?} {ids:?}"
+    );
+    let view: Vec<(i64, String, Option<String>)> = sqlx::query_as(
+        "select id, subtype, entity_id from audit_event where entity_type = 'Patient' \
+         and entity_id = $1 and subtype = 'read' order by id desc",
+    )
+    .bind(&id)
+    .fetch_all(&mut c)
+    .await
+    .expect("the view");
+    assert_eq!(
+        view.iter().map(|v| v.0).collect::<Vec<_>>(),
+        ids,
+        "the view decodes the same rows"
+    );
+
+    // Pages of two, oldest first, each after the last one shown; with the total.
+    let mut url = Some(format!(
+        "AuditEvent?{query}&_sort=date&_count=2&_total=accurate"
+    ));
+    let mut paged = Vec::new();
+    while let Some(u) = url.take() {
+        let r = if u.starts_with("http") {
+            app.send(app.client.get(&u)).await
+        } else {
+            app.get(&u).await
+        };
+        assert_eq!(r.status, 200, "{}", r.text);
+        let b = r.json();
+        assert_eq!(b["total"], READS, "{b}");
+        for e in b["entry"].as_array().cloned().unwrap_or_default() {
+            paged.push(
+                e["resource"]["id"]
+                    .as_str()
+                    .expect("id")
+                    .parse::<i64>()
+                    .expect("id"),
+            );
+        }
+        url = b["link"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+            .and_then(|l| l["url"].as_str())
+            .map(str::to_owned);
+    }
+    let mut oldest_first = ids.clone();
+    oldest_first.reverse();
+    assert_eq!(paged, oldest_first);
+
+    // By id, in an older block, and a few ids at once; by date around one row.
+    let middle = ids[READS / 2];
+    let r = app.get(&format!("AuditEvent/{middle}")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let one = r.json();
+    assert_eq!(
+        one["entity"][0]["what"]["reference"],
+        format!("Patient/{id}")
+    );
+    let some = events(&app, &format!("_id={},{}", ids[0], ids[READS - 1]), 2).await;
+    assert_eq!(some.len(), 2);
+    let unknown = app.get(&format!("AuditEvent/{}", ids[0] + 1_000_000)).await;
+    assert_eq!(unknown.status, 404);
+    let at = one["recorded"].as_str().expect("recorded");
+    let same_time = events(&app, &format!("{query}&date=ge{at}&date=le{at}"), 1).await;
+    assert!(
+        same_time.iter().any(|e| e["id"] == one["id"]),
+        "{at}: {same_time:?}"
+    );
+    let earlier = events(&app, &format!("{query}&date=lt{at}"), 1).await;
+    assert!(
+        earlier
+            .iter()
+            .all(|e| e["id"].as_str().and_then(|i| i.parse::<i64>().ok()) < Some(middle))
     );
 }
