@@ -159,7 +159,7 @@ struct Dictionaries {
     principals: HashMap<usize, (Arc<Principal>, i32)>,
     interactions: HashMap<(&'static str, &'static str, &'static str), i16>,
     key: String,
-    /// Where the writer's ids go (PostgreSQL), and its COPY buffer.
+    /// The buffer the writer builds a block's text in.
     state: AuditWriter,
     /// The rows vector of the last batch, empty, kept for its allocation (see [`AuditWriter`]).
     spare: Vec<AuditInsert<'static>>,
@@ -167,6 +167,9 @@ struct Dictionaries {
 
 /// Agents remembered at most; beyond it the cache starts again (a lookup is one statement).
 const AGENTS_CACHED: usize = 50_000;
+/// Principals remembered at most (each held alive while remembered; a token's lasts five
+/// minutes); beyond it that cache starts again, and its rows find their agent by key.
+const PRINCIPALS_CACHED: usize = 4_096;
 
 impl Dictionaries {
     /// The batch as rows, adding what the dictionaries lack.
@@ -202,7 +205,7 @@ impl Dictionaries {
                 }
             };
             if let (Some(p), None, Some(id)) = (&e.principal, known, agent) {
-                if self.principals.len() >= AGENTS_CACHED {
+                if self.principals.len() >= PRINCIPALS_CACHED {
                     self.principals.clear();
                 }
                 self.principals
